@@ -1,0 +1,21 @@
+//! Herald's database schema, as sea-orm migrations that run unchanged on SQLite
+//! and PostgreSQL.
+//!
+//! Conventions that every table follows, so that the same queries work on both
+//! databases: ids are text (`<prefix>_<ULID>`, which sort by creation time),
+//! times are `BIGINT` milliseconds since the Unix epoch, JSON documents are
+//! text, and every child row is deleted with its parent (`ON DELETE CASCADE`).
+//! One file per migration: `DeriveMigrationName` names a migration after it.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261129_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261129_000001_initial::Migration)]
+    }
+}

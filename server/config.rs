@@ -1,0 +1,144 @@
+//! Every setting of the `herald` command, as one clap tree. Each flag has an
+//! environment twin; their names are part of the product (DESIGN.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "Herald: webhook dispatch over gRPC")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// How log lines look.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the gRPC server, the delivery engine and the metrics endpoint.
+    Serve(Box<ServeConfig>),
+    /// Applies pending database migrations and exits.
+    Migrate(DatabaseArgs),
+    /// Manages API keys directly in the database (works while no server runs).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Creates an API key and prints its token once.
+    Create(KeyCreateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH` (created if missing) or `postgres://…`.
+    #[arg(long, env = "HERALD_DATABASE_URL", default_value = "sqlite://herald.db")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    Admin,
+    Publisher,
+    Consumer,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyCreateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// What the key may do.
+    #[arg(long, value_enum)]
+    pub scope: ScopeArg,
+    /// A label to recognise the key by.
+    #[arg(long, default_value = "cli")]
+    pub name: String,
+    /// For `--scope consumer`: the consumer's id or uid.
+    #[arg(long)]
+    pub consumer: Option<String>,
+}
+
+/// Settings of `herald serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Where gRPC listens.
+    #[arg(long, env = "HERALD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Where Prometheus metrics are served, at `/metrics`.
+    #[arg(long, env = "HERALD_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// A bootstrap admin key (`hk_…`). Without it and with no admin key stored,
+    /// the first start creates one and prints it once.
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Accept `http://` endpoint URLs (for development and private networks).
+    #[arg(long, env = "HERALD_ALLOW_HTTP")]
+    pub allow_http: bool,
+    /// Address ranges exempt from the SSRF block, e.g. `127.0.0.0/8`.
+    #[arg(long = "allow-target-cidr", env = "HERALD_ALLOW_TARGET_CIDRS", value_delimiter = ',')]
+    pub allow_target_cidrs: Vec<IpNet>,
+    /// Delays between tries after the first, e.g. `5s,5m,30m`.
+    #[arg(
+        long,
+        env = "HERALD_RETRY_SCHEDULE",
+        value_delimiter = ',',
+        value_parser = humantime::parse_duration,
+        default_value = "5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub retry_schedule: Vec<Duration>,
+    /// How long one delivery request may take.
+    #[arg(long, env = "HERALD_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, default_value = "15s")]
+    pub request_timeout: Duration,
+    /// An endpoint failing continuously this long is disabled.
+    #[arg(long, env = "HERALD_DISABLE_AFTER", value_parser = humantime::parse_duration, default_value = "5days")]
+    pub disable_after: Duration,
+    /// Events, deliveries and attempts older than this are purged.
+    #[arg(long, env = "HERALD_RETENTION", value_parser = humantime::parse_duration, default_value = "30days")]
+    pub retention: Duration,
+    /// Largest accepted event payload, in bytes.
+    #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
+    pub max_payload_bytes: usize,
+    /// PEM certificate chain: serve gRPC over TLS (with `--tls-key`).
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// How long shutdown waits for in-flight deliveries.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "20s")]
+    pub shutdown_grace: Duration,
+    /// Interval of heartbeats on idle subscription streams.
+    #[arg(long, env = "HERALD_STREAM_HEARTBEAT", value_parser = humantime::parse_duration, default_value = "15s")]
+    pub stream_heartbeat: Duration,
+}
+
+impl ServeConfig {
+    /// The defaults of `herald serve` with no flags, for tests and embedding.
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        let mut config = match Cli::try_parse_from(["herald", "serve"]) {
+            Ok(Cli {
+                command: Command::Serve(config),
+                ..
+            }) => *config,
+            _ => unreachable!("`herald serve` parses with its defaults"),
+        };
+        config.database.database_url = database_url.into();
+        config
+    }
+}

@@ -1,0 +1,130 @@
+//! Event type names (`invoice.paid`) and the filters endpoints subscribe with
+//! (`invoice.paid`, `invoice.*`, or nothing for everything).
+
+use crate::error::{Error, Result};
+
+pub const MAX_NAME_LENGTH: usize = 256;
+pub const MAX_FILTERS: usize = 256;
+
+/// Checks `name`: segments of `a-z 0-9 _` joined by single dots.
+pub fn parse_name(field: &str, name: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if name.len() > MAX_NAME_LENGTH {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_NAME_LENGTH} characters"),
+        ));
+    }
+    if !is_valid_name(name) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{name:?} is not a valid event type: use lowercase segments of a-z, 0-9 and _ joined by dots, like invoice.paid"
+            ),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn is_valid_name(name: &str) -> bool {
+    name.split('.').all(|segment| {
+        !segment.is_empty()
+            && segment
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
+    })
+}
+
+/// An endpoint's (or a live tail's) choice of event types.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventTypeFilter {
+    patterns: Vec<String>,
+}
+
+impl EventTypeFilter {
+    /// Checks each entry: an exact name, or a name prefix followed by `.*`.
+    pub fn parse(field: &str, patterns: &[String]) -> Result<Self> {
+        if patterns.len() > MAX_FILTERS {
+            return Err(Error::invalid(
+                field,
+                format!("must have at most {MAX_FILTERS} entries"),
+            ));
+        }
+        let mut checked: Vec<String> = Vec::with_capacity(patterns.len());
+        for (index, pattern) in patterns.iter().enumerate() {
+            let valid = match pattern.strip_suffix(".*") {
+                Some(prefix) => is_valid_name(prefix),
+                None => is_valid_name(pattern),
+            };
+            if !valid || pattern.len() > MAX_NAME_LENGTH {
+                return Err(Error::invalid(
+                    &format!("{field}[{index}]"),
+                    format!(
+                        "{pattern:?} is neither an event type (invoice.paid) nor a prefix pattern ending in .* (invoice.*)"
+                    ),
+                ));
+            }
+            if !checked.contains(pattern) {
+                checked.push(pattern.clone());
+            }
+        }
+        Ok(EventTypeFilter { patterns: checked })
+    }
+
+    /// Wraps patterns read back from storage.
+    pub fn from_stored(patterns: Vec<String>) -> Self {
+        EventTypeFilter { patterns }
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Whether an event of type `name` passes. `invoice.*` matches
+    /// `invoice.paid` and `invoice.line.added` but not `invoice` itself.
+    pub fn matches(&self, name: &str) -> bool {
+        self.patterns.is_empty()
+            || self.patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => pattern == name,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(patterns: &[&str]) -> EventTypeFilter {
+        let owned: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        EventTypeFilter::parse("event_types", &owned).expect("valid filter")
+    }
+
+    #[test]
+    fn names_follow_the_rule() {
+        for good in ["invoice", "invoice.paid", "a_b.c1.d_2"] {
+            assert!(parse_name("name", good).is_ok(), "{good}");
+        }
+        for bad in ["", "Invoice", "invoice.", ".paid", "invoice..paid", "invoice-paid", "invoice.*", "in voice"] {
+            assert!(parse_name("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters_match_exact_names_and_prefixes() {
+        let all = filter(&[]);
+        assert!(all.matches("anything.at_all"));
+        let some = filter(&["invoice.*", "user.created"]);
+        assert!(some.matches("invoice.paid"));
+        assert!(some.matches("invoice.line.added"));
+        assert!(!some.matches("invoice"));
+        assert!(!some.matches("invoices.paid"));
+        assert!(some.matches("user.created"));
+        assert!(!some.matches("user.deleted"));
+        let err = EventTypeFilter::parse("event_types", &["ok".into(), "bad*".into()]).expect_err("invalid");
+        assert!(err.to_string().starts_with("event_types[1]: "), "{err}");
+        assert!(EventTypeFilter::parse("event_types", &["*".into()]).is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! Validated values. Each type is built by a `parse` that enforces its rule and
+//! names the offending field on failure; once a value exists it is valid, so
+//! handlers and storage never check it again. Nothing here knows about gRPC or
+//! the database.
+
+pub mod api_key;
+pub mod consumer;
+pub mod endpoint;
+pub mod event_type;
+pub mod ids;
+pub mod page;
+pub mod secret;
+pub mod target;
+pub mod time;

@@ -1,0 +1,15 @@
+//! Time as stored: milliseconds since the Unix epoch, an `i64` that compares
+//! the same way in SQLite and PostgreSQL.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn duration_millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,62 @@
+//! The gRPC surface: one module per service, the auth layer, and the
+//! conversions between protobuf messages and storage rows. This is the only
+//! part of Herald that knows tonic and prost types.
+
+pub mod admin;
+pub mod auth;
+pub mod convert;
+pub mod events;
+pub mod streams;
+pub mod subscriptions;
+
+use std::sync::Arc;
+
+use tonic::service::Routes;
+
+use crate::domain::target::TargetPolicy;
+use crate::proto;
+use crate::storage::Database;
+use auth::{AuthLayer, Authenticator};
+
+/// The encoded descriptors of `proto/`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("herald_descriptor");
+
+/// What the handlers share.
+pub struct AppState {
+    pub db: Database,
+    pub authenticator: Arc<Authenticator>,
+    pub target_policy: TargetPolicy,
+    pub max_payload_bytes: usize,
+}
+
+/// Every service Herald serves, behind the auth layer.
+pub fn routes(state: Arc<AppState>) -> Result<(Routes, AuthLayer), tonic_reflection::server::Error> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl 1.8.6 speaks only v1alpha reflection.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    drop(health_reporter);
+
+    let routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(proto::subscriptions_server::SubscriptionsServer::new(
+            subscriptions::SubscriptionsService::new(state.clone()),
+        ))
+        .add_service(proto::events_server::EventsServer::new(
+            events::EventsService::new(state.clone()),
+        ))
+        .add_service(proto::streams_server::StreamsServer::new(
+            streams::StreamsService::new(state.clone()),
+        ))
+        .add_service(proto::admin_server::AdminServer::new(admin::AdminService::new(
+            state.clone(),
+        )));
+    Ok((routes, AuthLayer::new(state.authenticator.clone())))
+}

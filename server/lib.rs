@@ -1,0 +1,36 @@
+//! Herald: a webhook dispatch service.
+//!
+//! A map of the crate, one module per concern:
+//! - `config`: every command-line flag and its environment twin (clap).
+//! - `serve`: start-up, the gRPC server, graceful shutdown.
+//! - `grpc`: the gRPC services, the auth layer and the proto conversions; the
+//!   only module that knows tonic and prost types.
+//! - `domain`: validated values (ids, names, URLs and the SSRF policy,
+//!   secrets, API keys, paging); no I/O.
+//! - `storage`: the database (SQLite or PostgreSQL through sea-orm), one
+//!   module of queries per resource.
+//! - `metrics`: Prometheus metric names and the `/metrics` endpoint.
+//! - `cli`: the offline subcommands (`migrate`, `key create`).
+//! - `error`: the one error type and its mapping to gRPC statuses.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod serve;
+pub mod storage;
+
+/// The generated protobuf and gRPC server code of `proto/herald/v1`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("herald.v1");
+}
+
+/// Installs the process-wide rustls crypto provider (ring). Several crates in
+/// the tree bring rustls with different providers; without an explicit choice
+/// a TLS server panics at start. Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,83 @@
+//! The `herald` binary: parse the command line, set up logging, and hand over
+//! to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use herald::config::{Cli, Command, KeyCommand, LogFormat};
+use herald::serve::Herald;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,h2=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
+
+async fn run(cli: Cli) -> herald::error::Result<()> {
+    match cli.command {
+        Command::Serve(config) => {
+            let herald = Herald::start(*config).await?;
+            if let Some(token) = &herald.generated_admin_token {
+                println!("Created the first admin API key. It is shown only now; keep it:\n\n    {token}\n");
+                println!("Use it as:  grpcurl -H 'authorization: Bearer {token}' -plaintext {} list\n", herald.grpc_addr()?);
+            }
+            let shutdown = CancellationToken::new();
+            cancel_on_signal(shutdown.clone());
+            herald.serve(shutdown).await
+        }
+        Command::Migrate(args) => herald::cli::migrate(&args).await,
+        Command::Key {
+            command: KeyCommand::Create(args),
+        } => {
+            let token = herald::cli::create_key(&args).await?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herald: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

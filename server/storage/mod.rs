@@ -1,0 +1,144 @@
+//! The database: connecting (SQLite or PostgreSQL), migrating, and one module
+//! of queries per resource. Storage returns `crate::error::Error`, never a gRPC
+//! status; the entities in `entities` never leave this module and the gRPC
+//! layer's conversions.
+
+pub mod api_keys;
+pub mod consumers;
+pub mod stats;
+pub mod entities;
+
+use std::fs::{File, OpenOptions};
+use std::time::Duration;
+
+use herald_migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection};
+
+use crate::error::{Error, Result};
+
+/// A migrated connection pool, plus (on SQLite) the lock that keeps a second
+/// Herald process away from the same file.
+#[derive(Clone)]
+pub struct Database {
+    pub conn: DatabaseConnection,
+    _sqlite_lock: Option<std::sync::Arc<File>>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database").field("backend", &self.backend()).finish()
+    }
+}
+
+impl Database {
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let database = Self::connect(url).await?;
+        database.migrate().await?;
+        Ok(database)
+    }
+
+    /// Connects without migrating.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            Self::connect_sqlite(rest).await
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::connect_postgres(url).await
+        } else {
+            Err(Error::invalid(
+                "database_url",
+                "must start with sqlite:// or postgres://",
+            ))
+        }
+    }
+
+    async fn connect_sqlite(rest: &str) -> Result<Self> {
+        let rest = rest.trim_start_matches("//");
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let in_memory = path.is_empty() || path == ":memory:" || query.contains("mode=memory");
+        let lock = if in_memory {
+            None
+        } else {
+            Some(std::sync::Arc::new(lock_sqlite_file(path)?))
+        };
+        // sqlx refuses to create a missing file unless asked: a first start
+        // must just work.
+        let query = if query.contains("mode=") {
+            query.to_owned()
+        } else if query.is_empty() {
+            "mode=rwc".to_owned()
+        } else {
+            format!("{query}&mode=rwc")
+        };
+        let mut options = ConnectOptions::new(format!("sqlite://{path}?{query}"));
+        // One connection: SQLite has one writer at a time anyway, and a single
+        // connection rules out SQLITE_BUSY between our own transactions.
+        // Writes are batched by the callers (group commit), not parallelised.
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .sqlx_logging(false)
+            .acquire_timeout(Duration::from_secs(30))
+            .map_sqlx_sqlite_opts(|opts| {
+                opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10))
+            });
+        let conn = sea_orm::Database::connect(options).await?;
+        Ok(Database {
+            conn,
+            _sqlite_lock: lock,
+        })
+    }
+
+    async fn connect_postgres(url: &str) -> Result<Self> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(16)
+            .min_connections(1)
+            .sqlx_logging(false)
+            .acquire_timeout(Duration::from_secs(30));
+        let conn = sea_orm::Database::connect(options).await?;
+        Ok(Database {
+            conn,
+            _sqlite_lock: None,
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        Migrator::up(&self.conn, None).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> DatabaseBackend {
+        self.conn.get_database_backend()
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.backend() == DatabaseBackend::Postgres
+    }
+}
+
+/// SQLite is single-process: a second Herald on the same file would run a
+/// second dispatcher over the same queue. An advisory lock on the database
+/// file itself (SQLite's own locks are of another kind and unaffected) makes
+/// the second process fail at start with a clear message.
+fn lock_sqlite_file(path: &str) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|err| Error::Unavailable(format!("cannot open SQLite database {path}: {err}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::FailedPrecondition(format!(
+            "SQLite database {path} is in use by another Herald process; SQLite is single-process (use PostgreSQL to run several instances)"
+        ))),
+        Err(std::fs::TryLockError::Error(err)) => Err(Error::Unavailable(format!(
+            "cannot lock SQLite database {path}: {err}"
+        ))),
+    }
+}
