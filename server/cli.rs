@@ -21,14 +21,24 @@ pub async fn create_key(args: &KeyCreateArgs) -> Result<String> {
         ScopeArg::Consumer => Scope::Consumer,
     };
     let consumer_id = match (scope, &args.consumer) {
-        (Scope::Consumer, None) => return Err(Error::invalid("--consumer", "is required with --scope consumer")),
+        (Scope::Consumer, None) => {
+            return Err(Error::invalid(
+                "--consumer",
+                "is required with --scope consumer",
+            ));
+        }
         (Scope::Consumer, Some(reference)) => Some(
             consumers::resolve(&db.conn, reference)
                 .await?
                 .ok_or_else(|| Error::not_found("consumer", reference))?
                 .id,
         ),
-        (_, Some(_)) => return Err(Error::invalid("--consumer", "is only allowed with --scope consumer")),
+        (_, Some(_)) => {
+            return Err(Error::invalid(
+                "--consumer",
+                "is only allowed with --scope consumer",
+            ));
+        }
         (_, None) => None,
     };
     let token = generate_token();

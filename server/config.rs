@@ -46,7 +46,11 @@ pub enum KeyCommand {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// `sqlite://PATH` (created if missing) or `postgres://…`.
-    #[arg(long, env = "HERALD_DATABASE_URL", default_value = "sqlite://herald.db")]
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        default_value = "sqlite://herald.db"
+    )]
     pub database_url: String,
 }
 
@@ -91,7 +95,11 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_ALLOW_HTTP")]
     pub allow_http: bool,
     /// Address ranges exempt from the SSRF block, e.g. `127.0.0.0/8`.
-    #[arg(long = "allow-target-cidr", env = "HERALD_ALLOW_TARGET_CIDRS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-target-cidr",
+        env = "HERALD_ALLOW_TARGET_CIDRS",
+        value_delimiter = ','
+    )]
     pub allow_target_cidrs: Vec<IpNet>,
     /// Delays between tries after the first, e.g. `5s,5m,30m`.
     #[arg(

@@ -10,9 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,h2=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,h2=warn,hyper=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -25,15 +28,16 @@ fn cancel_on_signal(token: CancellationToken) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -51,8 +55,13 @@ async fn run(cli: Cli) -> herald::error::Result<()> {
         Command::Serve(config) => {
             let herald = Herald::start(*config).await?;
             if let Some(token) = &herald.generated_admin_token {
-                println!("Created the first admin API key. It is shown only now; keep it:\n\n    {token}\n");
-                println!("Use it as:  grpcurl -H 'authorization: Bearer {token}' -plaintext {} list\n", herald.grpc_addr()?);
+                println!(
+                    "Created the first admin API key. It is shown only now; keep it:\n\n    {token}\n"
+                );
+                println!(
+                    "Use it as:  grpcurl -H 'authorization: Bearer {token}' -plaintext {} list\n",
+                    herald.grpc_addr()?
+                );
             }
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone());

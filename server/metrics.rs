@@ -30,7 +30,10 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(DELIVERY_LATENCY.to_owned()),
-                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0],
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        15.0, 60.0, 300.0, 3600.0,
+                    ],
                 )
                 .map(PrometheusBuilder::build_recorder)
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
@@ -45,9 +48,16 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    metrics::describe_counter!(EVENTS_PUBLISHED, "Events committed by Publish and PublishBatch.");
+    metrics::describe_counter!(
+        EVENTS_PUBLISHED,
+        "Events committed by Publish and PublishBatch."
+    );
     metrics::describe_counter!(DELIVERIES, "Delivery attempts by outcome.");
-    metrics::describe_histogram!(DELIVERY_LATENCY, metrics::Unit::Seconds, "Time from publish to successful delivery.");
+    metrics::describe_histogram!(
+        DELIVERY_LATENCY,
+        metrics::Unit::Seconds,
+        "Time from publish to successful delivery."
+    );
     metrics::describe_gauge!(QUEUE_DEPTH, "Pending deliveries that are due.");
     metrics::describe_gauge!(OPEN_STREAMS, "Open subscription streams.");
     metrics::describe_counter!(DISABLED_ENDPOINTS, "Endpoints disabled automatically.");
@@ -64,7 +74,9 @@ pub struct OpenStreamGuard(());
 
 impl Drop for OpenStreamGuard {
     fn drop(&mut self) {
-        let open = OPEN_STREAM_COUNT.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let open = OPEN_STREAM_COUNT
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
         metrics::gauge!(OPEN_STREAMS).set(open as f64);
     }
 }

@@ -33,12 +33,20 @@ pub struct Herald {
 impl Herald {
     /// Binds the configured addresses, then starts as [`Herald::start_on`].
     pub async fn start(config: ServeConfig) -> Result<Herald> {
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|err| Error::Unavailable(format!("cannot listen on --grpc-addr {}: {err}", config.grpc_addr)))?;
-        let metrics_listener = crate::metrics::bind(config.metrics_addr).await.map_err(|err| {
-            Error::Unavailable(format!("cannot listen on --metrics-addr {}: {err}", config.metrics_addr))
+        let grpc_listener = TcpListener::bind(config.grpc_addr).await.map_err(|err| {
+            Error::Unavailable(format!(
+                "cannot listen on --grpc-addr {}: {err}",
+                config.grpc_addr
+            ))
         })?;
+        let metrics_listener = crate::metrics::bind(config.metrics_addr)
+            .await
+            .map_err(|err| {
+                Error::Unavailable(format!(
+                    "cannot listen on --metrics-addr {}: {err}",
+                    config.metrics_addr
+                ))
+            })?;
         Self::start_on(config, grpc_listener, metrics_listener).await
     }
 
@@ -91,20 +99,26 @@ impl Herald {
             shutdown.clone(),
         ));
 
-        let (routes, auth_layer) =
-            grpc::routes(self.state.clone()).map_err(|err| Error::Internal(format!("reflection: {err}")))?;
+        let (routes, auth_layer) = grpc::routes(self.state.clone())
+            .map_err(|err| Error::Internal(format!("reflection: {err}")))?;
         let mut builder = Server::builder();
         if let (Some(cert), Some(key)) = (&self.config.tls_cert, &self.config.tls_key) {
-            let cert = std::fs::read(cert)
-                .map_err(|err| Error::Unavailable(format!("cannot read --tls-cert {}: {err}", cert.display())))?;
-            let key = std::fs::read(key)
-                .map_err(|err| Error::Unavailable(format!("cannot read --tls-key {}: {err}", key.display())))?;
+            let cert = std::fs::read(cert).map_err(|err| {
+                Error::Unavailable(format!("cannot read --tls-cert {}: {err}", cert.display()))
+            })?;
+            let key = std::fs::read(key).map_err(|err| {
+                Error::Unavailable(format!("cannot read --tls-key {}: {err}", key.display()))
+            })?;
             builder = builder
                 .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
                 .map_err(|err| Error::Unavailable(format!("invalid TLS configuration: {err}")))?;
         }
         let address = self.grpc_listener.local_addr().ok();
-        tracing::info!(?address, tls = self.config.tls_cert.is_some(), "herald serving gRPC");
+        tracing::info!(
+            ?address,
+            tls = self.config.tls_cert.is_some(),
+            "herald serving gRPC"
+        );
         let result = builder
             .layer(auth_layer)
             .add_routes(routes)
@@ -132,7 +146,14 @@ pub async fn bootstrap_admin(db: &Database, admin_token: Option<&str>) -> Result
             }
             Some(_) => {}
             None => {
-                let row = api_keys::insert(&db.conn, "bootstrap (--admin-token)", Scope::Admin, None, &token).await?;
+                let row = api_keys::insert(
+                    &db.conn,
+                    "bootstrap (--admin-token)",
+                    Scope::Admin,
+                    None,
+                    &token,
+                )
+                .await?;
                 tracing::info!(key_id = %row.id, "registered the --admin-token key");
             }
         }
@@ -142,7 +163,14 @@ pub async fn bootstrap_admin(db: &Database, admin_token: Option<&str>) -> Result
         return Ok(None);
     }
     let token = generate_token();
-    let row = api_keys::insert(&db.conn, "bootstrap (first start)", Scope::Admin, None, &token).await?;
+    let row = api_keys::insert(
+        &db.conn,
+        "bootstrap (first start)",
+        Scope::Admin,
+        None,
+        &token,
+    )
+    .await?;
     tracing::warn!(key_id = %row.id, "no admin key existed: created one; its token is printed once on stdout");
     Ok(Some(token.token))
 }

@@ -129,7 +129,11 @@ enum ApiKeys {
 }
 
 fn id(column: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(column).string_len(64).not_null().primary_key().to_owned()
+    ColumnDef::new(column)
+        .string_len(64)
+        .not_null()
+        .primary_key()
+        .to_owned()
 }
 
 fn millis(column: impl IntoIden) -> ColumnDef {
@@ -161,10 +165,19 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Consumers::Table)
                     .col(id(Consumers::Id))
-                    .col(ColumnDef::new(Consumers::Uid).string_len(256).not_null().unique_key())
+                    .col(
+                        ColumnDef::new(Consumers::Uid)
+                            .string_len(256)
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(Consumers::Name).string_len(256).not_null())
                     .col(ColumnDef::new(Consumers::Metadata).text().not_null())
-                    .col(ColumnDef::new(Consumers::CallbackSecret).string_len(128).not_null())
+                    .col(
+                        ColumnDef::new(Consumers::CallbackSecret)
+                            .string_len(128)
+                            .not_null(),
+                    )
                     .col(millis(Consumers::CreatedAt))
                     .col(millis(Consumers::UpdatedAt))
                     .to_owned(),
@@ -176,7 +189,11 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Endpoints::Table)
                     .col(id(Endpoints::Id))
-                    .col(ColumnDef::new(Endpoints::ConsumerId).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(Endpoints::ConsumerId)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Endpoints::Kind).string_len(16).not_null())
                     .col(ColumnDef::new(Endpoints::Url).text().null())
                     .col(ColumnDef::new(Endpoints::Description).text().not_null())
@@ -215,8 +232,16 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(EndpointSecrets::Table)
                     .col(id(EndpointSecrets::Id))
-                    .col(ColumnDef::new(EndpointSecrets::EndpointId).string_len(64).not_null())
-                    .col(ColumnDef::new(EndpointSecrets::Secret).string_len(128).not_null())
+                    .col(
+                        ColumnDef::new(EndpointSecrets::EndpointId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(EndpointSecrets::Secret)
+                            .string_len(128)
+                            .not_null(),
+                    )
                     .col(millis(EndpointSecrets::CreatedAt))
                     .col(optional_millis(EndpointSecrets::ExpiresAt))
                     .foreign_key(&mut cascade(
@@ -265,7 +290,11 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Events::ConsumerId).string_len(64).not_null())
                     .col(ColumnDef::new(Events::EventType).string_len(256).not_null())
                     .col(ColumnDef::new(Events::Payload).text().not_null())
-                    .col(ColumnDef::new(Events::IdempotencyKey).string_len(256).null())
+                    .col(
+                        ColumnDef::new(Events::IdempotencyKey)
+                            .string_len(256)
+                            .null(),
+                    )
                     .col(ColumnDef::new(Events::CallbackUrl).text().null())
                     .col(millis(Events::CreatedAt))
                     .foreign_key(&mut cascade(
@@ -301,10 +330,26 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(IdempotencyKeys::Table)
-                    .col(ColumnDef::new(IdempotencyKeys::ConsumerId).string_len(64).not_null())
-                    .col(ColumnDef::new(IdempotencyKeys::Key).string_len(256).not_null())
-                    .col(ColumnDef::new(IdempotencyKeys::EventId).string_len(64).not_null())
-                    .col(ColumnDef::new(IdempotencyKeys::PayloadHash).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(IdempotencyKeys::ConsumerId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(IdempotencyKeys::Key)
+                            .string_len(256)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(IdempotencyKeys::EventId)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(IdempotencyKeys::PayloadHash)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(millis(IdempotencyKeys::CreatedAt))
                     .primary_key(
                         Index::create()
@@ -326,11 +371,19 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Deliveries::Table)
                     .col(id(Deliveries::Id))
-                    .col(ColumnDef::new(Deliveries::EventId).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(Deliveries::EventId)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Deliveries::EndpointId).string_len(64).null())
                     .col(ColumnDef::new(Deliveries::Url).text().null())
                     .col(ColumnDef::new(Deliveries::Status).string_len(16).not_null())
-                    .col(ColumnDef::new(Deliveries::AttemptCount).integer().not_null())
+                    .col(
+                        ColumnDef::new(Deliveries::AttemptCount)
+                            .integer()
+                            .not_null(),
+                    )
                     .col(optional_millis(Deliveries::NextAttemptAt))
                     .col(ColumnDef::new(Deliveries::LeaseOwner).string_len(64).null())
                     .col(optional_millis(Deliveries::LeaseExpiresAt))
@@ -389,7 +442,11 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Attempts::Table)
                     .col(id(Attempts::Id))
-                    .col(ColumnDef::new(Attempts::DeliveryId).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(Attempts::DeliveryId)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Attempts::EventId).string_len(64).not_null())
                     .col(ColumnDef::new(Attempts::EndpointId).string_len(64).null())
                     .col(ColumnDef::new(Attempts::Url).text().not_null())
@@ -432,7 +489,12 @@ impl MigrationTrait for Migration {
                     .col(id(ApiKeys::Id))
                     .col(ColumnDef::new(ApiKeys::Name).string_len(256).not_null())
                     .col(ColumnDef::new(ApiKeys::Prefix).string_len(32).not_null())
-                    .col(ColumnDef::new(ApiKeys::TokenHash).string_len(64).not_null().unique_key())
+                    .col(
+                        ColumnDef::new(ApiKeys::TokenHash)
+                            .string_len(64)
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(ApiKeys::Scope).string_len(16).not_null())
                     .col(ColumnDef::new(ApiKeys::ConsumerId).string_len(64).null())
                     .col(millis(ApiKeys::CreatedAt))
@@ -461,7 +523,9 @@ impl MigrationTrait for Migration {
             Endpoints::Table.into_iden(),
             Consumers::Table.into_iden(),
         ] {
-            manager.drop_table(Table::drop().table(table).to_owned()).await?;
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
         }
         Ok(())
     }

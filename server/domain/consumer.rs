@@ -81,7 +81,10 @@ pub fn parse_metadata(
             ));
         }
     }
-    Ok(metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    Ok(metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
 }
 
 #[cfg(test)]

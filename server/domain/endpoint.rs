@@ -47,20 +47,34 @@ pub fn parse_description(field: &str, description: &str) -> Result<String> {
 
 /// Extra headers: valid HTTP names and values, and none of the headers Herald
 /// sets itself (a caller must not be able to forge a signature header).
-pub fn parse_headers(field: &str, headers: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+pub fn parse_headers(
+    field: &str,
+    headers: &HashMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
     if headers.len() > MAX_HEADERS {
-        return Err(Error::invalid(field, format!("must have at most {MAX_HEADERS} entries")));
+        return Err(Error::invalid(
+            field,
+            format!("must have at most {MAX_HEADERS} entries"),
+        ));
     }
     let mut checked = BTreeMap::new();
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
         if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-            return Err(Error::invalid(field, format!("{name:?} is not a valid HTTP header name")));
+            return Err(Error::invalid(
+                field,
+                format!("{name:?} is not a valid HTTP header name"),
+            ));
         }
         if lower.starts_with("webhook-")
             || matches!(
                 lower.as_str(),
-                "content-type" | "content-length" | "host" | "user-agent" | "transfer-encoding" | "connection"
+                "content-type"
+                    | "content-length"
+                    | "host"
+                    | "user-agent"
+                    | "transfer-encoding"
+                    | "connection"
             )
         {
             return Err(Error::invalid(
@@ -106,8 +120,16 @@ mod tests {
     #[test]
     fn reserved_and_malformed_headers_are_refused() {
         let ok: HashMap<String, String> = [("X-Team".to_string(), "payments".to_string())].into();
-        assert_eq!(parse_headers("headers", &ok).expect("valid")["x-team"], "payments");
-        for (name, value) in [("webhook-signature", "v1,x"), ("Host", "a"), ("bad name", "x"), ("x-ok", "line\nbreak")] {
+        assert_eq!(
+            parse_headers("headers", &ok).expect("valid")["x-team"],
+            "payments"
+        );
+        for (name, value) in [
+            ("webhook-signature", "v1,x"),
+            ("Host", "a"),
+            ("bad name", "x"),
+            ("x-ok", "line\nbreak"),
+        ] {
             let headers: HashMap<String, String> = [(name.to_string(), value.to_string())].into();
             assert!(parse_headers("headers", &headers).is_err(), "{name}");
         }

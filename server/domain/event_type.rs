@@ -86,10 +86,13 @@ impl EventTypeFilter {
     /// `invoice.paid` and `invoice.line.added` but not `invoice` itself.
     pub fn matches(&self, name: &str) -> bool {
         self.patterns.is_empty()
-            || self.patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => name.starts_with(prefix),
-                None => pattern == name,
-            })
+            || self
+                .patterns
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => pattern == name,
+                })
     }
 }
 
@@ -107,7 +110,16 @@ mod tests {
         for good in ["invoice", "invoice.paid", "a_b.c1.d_2"] {
             assert!(parse_name("name", good).is_ok(), "{good}");
         }
-        for bad in ["", "Invoice", "invoice.", ".paid", "invoice..paid", "invoice-paid", "invoice.*", "in voice"] {
+        for bad in [
+            "",
+            "Invoice",
+            "invoice.",
+            ".paid",
+            "invoice..paid",
+            "invoice-paid",
+            "invoice.*",
+            "in voice",
+        ] {
             assert!(parse_name("name", bad).is_err(), "{bad}");
         }
     }
@@ -123,7 +135,8 @@ mod tests {
         assert!(!some.matches("invoices.paid"));
         assert!(some.matches("user.created"));
         assert!(!some.matches("user.deleted"));
-        let err = EventTypeFilter::parse("event_types", &["ok".into(), "bad*".into()]).expect_err("invalid");
+        let err = EventTypeFilter::parse("event_types", &["ok".into(), "bad*".into()])
+            .expect_err("invalid");
         assert!(err.to_string().starts_with("event_types[1]: "), "{err}");
         assert!(EventTypeFilter::parse("event_types", &["*".into()]).is_err());
     }

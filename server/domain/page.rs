@@ -53,7 +53,10 @@ impl PageRequest {
         let page_size = usize::try_from(self.size).unwrap_or(usize::MAX);
         if rows.len() > page_size {
             rows.truncate(page_size);
-            let token = rows.last().map(|row| URL_SAFE_NO_PAD.encode(key(row))).unwrap_or_default();
+            let token = rows
+                .last()
+                .map(|row| URL_SAFE_NO_PAD.encode(key(row)))
+                .unwrap_or_default();
             (rows, token)
         } else {
             (rows, String::new())

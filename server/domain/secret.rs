@@ -39,7 +39,10 @@ impl SigningSecret {
         if !(MIN_BYTES..=MAX_BYTES).contains(&key.len()) {
             return Err(Error::invalid(
                 field,
-                format!("must decode to {MIN_BYTES} to {MAX_BYTES} bytes, not {}", key.len()),
+                format!(
+                    "must decode to {MIN_BYTES} to {MAX_BYTES} bytes, not {}",
+                    key.len()
+                ),
             ));
         }
         Ok(SigningSecret(raw.to_owned()))

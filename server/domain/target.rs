@@ -41,7 +41,8 @@ impl TargetPolicy {
                 format!("must be at most {MAX_URL_LENGTH} characters"),
             ));
         }
-        let url = Url::parse(raw).map_err(|err| Error::invalid(field, format!("is not a valid URL ({err})")))?;
+        let url = Url::parse(raw)
+            .map_err(|err| Error::invalid(field, format!("is not a valid URL ({err})")))?;
         match url.scheme() {
             "https" => {}
             "http" if self.allow_http => {}
@@ -80,7 +81,8 @@ impl TargetPolicy {
             Some(Host::Domain(name)) => {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-                if (name == "localhost" || name.ends_with(".localhost")) && !self.permits(loopback) {
+                if (name == "localhost" || name.ends_with(".localhost")) && !self.permits(loopback)
+                {
                     return Err(blocked(loopback));
                 }
             }
@@ -154,15 +156,39 @@ mod tests {
     #[test]
     fn non_public_addresses_are_recognised() {
         for blocked in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-            "224.0.0.1", "0.0.0.0", "255.255.255.255", "240.0.0.1", "::1", "::", "fe80::1", "fc00::1",
-            "fd12::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::127.0.0.1",
-            "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "::ffff:169.254.169.254",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "224.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "::ffff:169.254.169.254",
         ] {
             let address: IpAddr = blocked.parse().expect("test address parses");
             assert!(is_non_public(address), "{blocked} must be blocked");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "100.128.0.1"] {
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "100.128.0.1",
+        ] {
             let address: IpAddr = public.parse().expect("test address parses");
             assert!(!is_non_public(address), "{public} must be allowed");
         }
@@ -197,8 +223,16 @@ mod tests {
             allow_http: true,
             allowed: vec!["127.0.0.0/8".parse().expect("range parses")],
         };
-        assert!(policy.parse_url("url", "http://127.0.0.1:8080/hook").is_ok());
-        assert!(policy.parse_url("url", "http://localhost:8080/hook").is_ok());
+        assert!(
+            policy
+                .parse_url("url", "http://127.0.0.1:8080/hook")
+                .is_ok()
+        );
+        assert!(
+            policy
+                .parse_url("url", "http://localhost:8080/hook")
+                .is_ok()
+        );
         assert!(policy.parse_url("url", "http://10.0.0.1/").is_err());
     }
 }

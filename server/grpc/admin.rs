@@ -73,7 +73,9 @@ impl proto::admin_server::Admin for AdminService {
             ),
             (_, "") => None,
             (_, _) => {
-                return Err(Error::invalid("consumer_id", "is only allowed for a CONSUMER key").into());
+                return Err(
+                    Error::invalid("consumer_id", "is only allowed for a CONSUMER key").into(),
+                );
             }
         };
         let token = generate_token();

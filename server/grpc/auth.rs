@@ -85,19 +85,19 @@ pub fn required_access(path: &str) -> Access {
     };
     match (service, method) {
         ("herald.v1.Admin", _) => Access::AdminOnly,
+        ("herald.v1.Subscriptions", "CreateEventType" | "UpdateEventType" | "DeleteEventType") => {
+            Access::AdminOnly
+        }
         (
             "herald.v1.Subscriptions",
-            "CreateEventType" | "UpdateEventType" | "DeleteEventType",
-        ) => Access::AdminOnly,
-        (
-            "herald.v1.Subscriptions",
-            "CreateConsumer" | "ListConsumers" | "UpdateConsumer" | "DeleteConsumer"
+            "CreateConsumer"
+            | "ListConsumers"
+            | "UpdateConsumer"
+            | "DeleteConsumer"
             | "RotateConsumerCallbackSecret",
         ) => Access::Producer,
         ("herald.v1.Events", "Publish" | "PublishBatch") => Access::Producer,
-        ("herald.v1.Subscriptions" | "herald.v1.Events" | "herald.v1.Streams", _) => {
-            Access::AnyKey
-        }
+        ("herald.v1.Subscriptions" | "herald.v1.Events" | "herald.v1.Streams", _) => Access::AnyKey,
         _ => Access::AdminOnly,
     }
 }
@@ -124,20 +124,31 @@ impl Authenticator {
     /// Forgets cached principals, so that a revocation applies at once on this
     /// node (other nodes see it within the cache's lifetime).
     pub fn forget_all(&self) {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     async fn authenticate(&self, headers: &http::HeaderMap, path: &str) -> Result<Principal> {
-        let header = headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or_else(|| Error::Unauthenticated("missing authorization header: send `authorization: Bearer hk_…`".into()))?;
+        let header = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
+            Error::Unauthenticated(
+                "missing authorization header: send `authorization: Bearer hk_…`".into(),
+            )
+        })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| Error::Unauthenticated("authorization header must be `Bearer hk_…`".into()))?;
+            .ok_or_else(|| {
+                Error::Unauthenticated("authorization header must be `Bearer hk_…`".into())
+            })?;
         let hash = hash_token(token);
         let principal = self.lookup(&hash).await?;
         let allowed = match required_access(path) {
@@ -168,8 +179,12 @@ impl Authenticator {
         let key = api_keys::find_live_by_hash(&self.db.conn, hash)
             .await?
             .ok_or_else(|| Error::Unauthenticated("unknown or revoked API key".into()))?;
-        let scope = Scope::from_stored(&key.scope)
-            .ok_or_else(|| Error::Internal(format!("api key {} has unknown scope {:?}", key.id, key.scope)))?;
+        let scope = Scope::from_stored(&key.scope).ok_or_else(|| {
+            Error::Internal(format!(
+                "api key {} has unknown scope {:?}",
+                key.id, key.scope
+            ))
+        })?;
         let principal = Principal {
             key_id: key.id,
             scope,
@@ -215,13 +230,17 @@ pub struct AuthService<S> {
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>>;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -254,17 +273,41 @@ mod tests {
 
     #[test]
     fn the_permission_table_covers_every_service() {
-        assert_eq!(required_access("/grpc.health.v1.Health/Check"), Access::Public);
+        assert_eq!(
+            required_access("/grpc.health.v1.Health/Check"),
+            Access::Public
+        );
         assert_eq!(
             required_access("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
             Access::Public
         );
-        assert_eq!(required_access("/herald.v1.Admin/CreateApiKey"), Access::AdminOnly);
-        assert_eq!(required_access("/herald.v1.Subscriptions/CreateEventType"), Access::AdminOnly);
-        assert_eq!(required_access("/herald.v1.Subscriptions/CreateConsumer"), Access::Producer);
-        assert_eq!(required_access("/herald.v1.Events/Publish"), Access::Producer);
-        assert_eq!(required_access("/herald.v1.Subscriptions/CreateEndpoint"), Access::AnyKey);
-        assert_eq!(required_access("/herald.v1.Streams/Subscribe"), Access::AnyKey);
-        assert_eq!(required_access("/unknown.Service/Method"), Access::AdminOnly);
+        assert_eq!(
+            required_access("/herald.v1.Admin/CreateApiKey"),
+            Access::AdminOnly
+        );
+        assert_eq!(
+            required_access("/herald.v1.Subscriptions/CreateEventType"),
+            Access::AdminOnly
+        );
+        assert_eq!(
+            required_access("/herald.v1.Subscriptions/CreateConsumer"),
+            Access::Producer
+        );
+        assert_eq!(
+            required_access("/herald.v1.Events/Publish"),
+            Access::Producer
+        );
+        assert_eq!(
+            required_access("/herald.v1.Subscriptions/CreateEndpoint"),
+            Access::AnyKey
+        );
+        assert_eq!(
+            required_access("/herald.v1.Streams/Subscribe"),
+            Access::AnyKey
+        );
+        assert_eq!(
+            required_access("/unknown.Service/Method"),
+            Access::AdminOnly
+        );
     }
 }

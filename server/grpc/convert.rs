@@ -22,7 +22,10 @@ pub fn optional_timestamp(millis: Option<i64>) -> Option<Timestamp> {
 /// A protobuf timestamp from `field` to epoch milliseconds.
 pub fn millis(field: &str, timestamp: &Timestamp) -> Result<i64> {
     if !(0..1_000_000_000).contains(&timestamp.nanos) {
-        return Err(Error::invalid(field, "nanos must be between 0 and 999999999"));
+        return Err(Error::invalid(
+            field,
+            "nanos must be between 0 and 999999999",
+        ));
     }
     timestamp
         .seconds
@@ -36,17 +39,22 @@ pub fn duration(field: &str, duration: &prost_types::Duration) -> Result<std::ti
     if duration.seconds < 0 || duration.nanos < 0 {
         return Err(Error::invalid(field, "must not be negative"));
     }
-    Ok(std::time::Duration::new(duration.seconds as u64, duration.nanos as u32))
+    Ok(std::time::Duration::new(
+        duration.seconds as u64,
+        duration.nanos as u32,
+    ))
 }
 
 /// A JSON object of strings, as stored, to a protobuf map. Rows are written by
 /// Herald, so a malformed document is a bug, reported as internal.
 pub fn string_map(json: &str) -> Result<HashMap<String, String>> {
-    serde_json::from_str(json).map_err(|err| Error::Internal(format!("stored map is not valid JSON: {err}")))
+    serde_json::from_str(json)
+        .map_err(|err| Error::Internal(format!("stored map is not valid JSON: {err}")))
 }
 
 pub fn string_list(json: &str) -> Result<Vec<String>> {
-    serde_json::from_str(json).map_err(|err| Error::Internal(format!("stored list is not valid JSON: {err}")))
+    serde_json::from_str(json)
+        .map_err(|err| Error::Internal(format!("stored list is not valid JSON: {err}")))
 }
 
 pub fn map_to_json(map: &BTreeMap<String, String>) -> String {
@@ -76,7 +84,25 @@ mod tests {
             let ts = timestamp(millis_value).expect("some");
             assert_eq!(millis("t", &ts).expect("valid"), millis_value);
         }
-        assert!(millis("t", &Timestamp { seconds: 0, nanos: -1 }).is_err());
-        assert!(millis("t", &Timestamp { seconds: i64::MAX, nanos: 0 }).is_err());
+        assert!(
+            millis(
+                "t",
+                &Timestamp {
+                    seconds: 0,
+                    nanos: -1
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            millis(
+                "t",
+                &Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0
+                }
+            )
+            .is_err()
+        );
     }
 }

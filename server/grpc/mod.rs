@@ -30,7 +30,9 @@ pub struct AppState {
 }
 
 /// Every service Herald serves, behind the auth layer.
-pub fn routes(state: Arc<AppState>) -> Result<(Routes, AuthLayer), tonic_reflection::server::Error> {
+pub fn routes(
+    state: Arc<AppState>,
+) -> Result<(Routes, AuthLayer), tonic_reflection::server::Error> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -55,8 +57,8 @@ pub fn routes(state: Arc<AppState>) -> Result<(Routes, AuthLayer), tonic_reflect
         .add_service(proto::streams_server::StreamsServer::new(
             streams::StreamsService::new(state.clone()),
         ))
-        .add_service(proto::admin_server::AdminServer::new(admin::AdminService::new(
-            state.clone(),
-        )));
+        .add_service(proto::admin_server::AdminServer::new(
+            admin::AdminService::new(state.clone()),
+        ));
     Ok((routes, AuthLayer::new(state.authenticator.clone())))
 }

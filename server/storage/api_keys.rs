@@ -33,7 +33,10 @@ pub async fn insert(
 }
 
 /// The live (unrevoked) key with this token hash.
-pub async fn find_live_by_hash(db: &impl ConnectionTrait, hash: &str) -> Result<Option<api_key::Model>> {
+pub async fn find_live_by_hash(
+    db: &impl ConnectionTrait,
+    hash: &str,
+) -> Result<Option<api_key::Model>> {
     Ok(ApiKeys::find()
         .filter(api_key::Column::TokenHash.eq(hash))
         .filter(api_key::Column::RevokedAt.is_null())

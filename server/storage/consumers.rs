@@ -7,7 +7,10 @@ use crate::domain::consumer::is_consumer_id;
 use crate::error::Result;
 
 /// Finds a consumer by Herald id (`con_…`) or by uid.
-pub async fn resolve(db: &impl ConnectionTrait, reference: &str) -> Result<Option<consumer::Model>> {
+pub async fn resolve(
+    db: &impl ConnectionTrait,
+    reference: &str,
+) -> Result<Option<consumer::Model>> {
     let query = if is_consumer_id(reference) {
         Consumers::find_by_id(reference.to_owned())
     } else {

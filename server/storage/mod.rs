@@ -5,8 +5,8 @@
 
 pub mod api_keys;
 pub mod consumers;
-pub mod stats;
 pub mod entities;
+pub mod stats;
 
 use std::fs::{File, OpenOptions};
 use std::time::Duration;
@@ -26,7 +26,9 @@ pub struct Database {
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("backend", &self.backend()).finish()
+        f.debug_struct("Database")
+            .field("backend", &self.backend())
+            .finish()
     }
 }
 

@@ -29,7 +29,8 @@ pub struct Stats {
 }
 
 pub async fn collect(db: &impl ConnectionTrait) -> Result<Stats> {
-    let deliveries = |status: &str| format!("SELECT COUNT(*) FROM deliveries WHERE status = '{status}'");
+    let deliveries =
+        |status: &str| format!("SELECT COUNT(*) FROM deliveries WHERE status = '{status}'");
     Ok(Stats {
         consumers: count(db, "SELECT COUNT(*) FROM consumers").await?,
         endpoints: count(db, "SELECT COUNT(*) FROM endpoints").await?,

@@ -1,0 +1,8 @@
+//! End-to-end tests: a real Herald on port 0, real databases (a fresh SQLite
+//! file and a fresh PostgreSQL database per test), real gRPC clients.
+//! One test binary, so the suite links once.
+
+mod common;
+
+mod admin;
+mod grpcurl;
