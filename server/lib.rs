@@ -9,12 +9,15 @@
 //!   secrets, API keys, paging); no I/O.
 //! - `storage`: the database (SQLite or PostgreSQL through sea-orm), one
 //!   module of queries per resource.
+//! - `delivery`: the engine that POSTs committed deliveries, retries them and
+//!   records attempts; never calls the gRPC layer.
 //! - `metrics`: Prometheus metric names and the `/metrics` endpoint.
 //! - `cli`: the offline subcommands (`migrate`, `key create`).
 //! - `error`: the one error type and its mapping to gRPC statuses.
 
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod grpc;

@@ -67,6 +67,7 @@ impl Herald {
                 allowed: config.allow_target_cidrs.clone(),
             },
             max_payload_bytes: config.max_payload_bytes,
+            dispatcher: crate::delivery::Dispatcher::default(),
         });
         Ok(Herald {
             config,

@@ -27,6 +27,8 @@ pub struct AppState {
     pub authenticator: Arc<Authenticator>,
     pub target_policy: TargetPolicy,
     pub max_payload_bytes: usize,
+    /// Where committed deliveries go for their first attempt.
+    pub dispatcher: crate::delivery::Dispatcher,
 }
 
 /// Every service Herald serves, behind the auth layer.
