@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod consumers;
 pub mod entities;
+pub mod queue;
 pub mod stats;
 
 use std::fs::{File, OpenOptions};
