@@ -5,5 +5,7 @@
 mod common;
 
 mod admin;
+mod delivery;
 mod grpcurl;
+mod receiver;
 mod publish;
