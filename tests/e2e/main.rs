@@ -8,4 +8,5 @@ mod admin;
 mod delivery;
 mod grpcurl;
 mod receiver;
+mod events_api;
 mod publish;
