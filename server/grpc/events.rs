@@ -24,9 +24,9 @@ use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::publish::{EventInput, Published};
+use crate::storage::consumers;
 use crate::storage::entities::{attempt, delivery, endpoint, event};
 use crate::storage::events::{self as store, status};
-use crate::storage::consumers;
 
 pub struct EventsService {
     state: Arc<AppState>,
@@ -85,7 +85,10 @@ fn status_filter(raw: i32) -> Result<Option<&'static str>> {
         Ok(proto::DeliveryStatus::Succeeded) => Ok(Some(status::SUCCEEDED)),
         Ok(proto::DeliveryStatus::Failed) => Ok(Some(status::FAILED)),
         Ok(proto::DeliveryStatus::Cancelled) => Ok(Some(status::CANCELLED)),
-        Err(_) => Err(Error::invalid("status", format!("{raw} is not a DeliveryStatus"))),
+        Err(_) => Err(Error::invalid(
+            "status",
+            format!("{raw} is not a DeliveryStatus"),
+        )),
     }
 }
 
@@ -174,8 +177,10 @@ impl EventsService {
         let mut event_ids: Vec<String> = rows.iter().map(|row| row.event_id.clone()).collect();
         event_ids.sort();
         event_ids.dedup();
-        let mut endpoint_ids: Vec<String> =
-            rows.iter().filter_map(|row| row.endpoint_id.clone()).collect();
+        let mut endpoint_ids: Vec<String> = rows
+            .iter()
+            .filter_map(|row| row.endpoint_id.clone())
+            .collect();
         endpoint_ids.sort();
         endpoint_ids.dedup();
         let types: HashMap<String, String> = store::get_many(db, &event_ids)
@@ -354,11 +359,9 @@ impl proto::events_server::Events for EventsService {
             endpoint_id: optional(request.endpoint_id),
         };
         if query.delivery_id.is_none() && query.event_id.is_none() && query.endpoint_id.is_none() {
-            return Err(Error::invalid(
-                "delivery_id",
-                "or event_id or endpoint_id is required",
-            )
-            .into());
+            return Err(
+                Error::invalid("delivery_id", "or event_id or endpoint_id is required").into(),
+            );
         }
         if let Some(id) = &query.delivery_id {
             let row = if ids::has_prefix(id, ids::DELIVERY) {

@@ -38,9 +38,9 @@ use crate::domain::event_type::EventTypeFilter;
 use crate::domain::ids;
 use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
+use crate::storage::Database;
 use crate::storage::entities::{delivery, endpoint, event, idempotency_key};
 use crate::storage::events::{self as store, status};
-use crate::storage::Database;
 
 /// Roughly how many events one transaction takes (a job is never split, so a
 /// group may exceed this by one job).
@@ -222,7 +222,8 @@ impl Committer {
         for pair in &expired {
             stored_keys.remove(pair);
         }
-        let earlier_ids: Vec<String> = distinct(stored_keys.values().map(|row| row.event_id.clone()));
+        let earlier_ids: Vec<String> =
+            distinct(stored_keys.values().map(|row| row.event_id.clone()));
         let earlier_events: HashMap<String, Arc<event::Model>> =
             store::get_many(&txn, &earlier_ids)
                 .await?
@@ -442,8 +443,8 @@ fn plan_job(
             callback_url: prepared.callback_url.clone(),
             created_at: now,
         });
-        let new_delivery = |endpoint_id: Option<String>, url: Option<String>, leased: bool| {
-            delivery::Model {
+        let new_delivery =
+            |endpoint_id: Option<String>, url: Option<String>, leased: bool| delivery::Model {
                 id: ids::new_id(ids::DELIVERY),
                 event_id: event.id.clone(),
                 endpoint_id,
@@ -456,8 +457,7 @@ fn plan_job(
                 last_attempt_at: None,
                 created_at: now,
                 updated_at: now,
-            }
-        };
+            };
         let mut count: u32 = 0;
         for target in endpoints.get(&prepared.consumer_id).into_iter().flatten() {
             if !target.filter.matches(&prepared.event_type) {

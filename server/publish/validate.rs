@@ -101,7 +101,11 @@ impl Validator {
             return Err(Error::invalid(&field("consumer_id"), "is required"));
         }
         let event_type = event_type::parse_name(&field("event_type"), &input.event_type)?;
-        check_payload_size(&field("payload"), &input.payload, self.config.max_payload_bytes)?;
+        check_payload_size(
+            &field("payload"),
+            &input.payload,
+            self.config.max_payload_bytes,
+        )?;
         let idempotency_key = match input.idempotency_key.as_str() {
             "" => None,
             key if key.chars().count() > IDEMPOTENCY_KEY_MAX_CHARS => {
@@ -196,13 +200,11 @@ impl Validator {
         let row = events::get_event_type(&self.db.conn, name).await?;
         let info = row.map(|row| match previous {
             // Unchanged since it was compiled: keep the compiled schema.
-            Some(previous) if previous.updated_at == row.updated_at => {
-                Arc::new(EventTypeInfo {
-                    updated_at: row.updated_at,
-                    archived: row.archived,
-                    schema: previous.schema.clone(),
-                })
-            }
+            Some(previous) if previous.updated_at == row.updated_at => Arc::new(EventTypeInfo {
+                updated_at: row.updated_at,
+                archived: row.archived,
+                schema: previous.schema.clone(),
+            }),
             _ => Arc::new(EventTypeInfo {
                 updated_at: row.updated_at,
                 archived: row.archived,
@@ -269,7 +271,11 @@ fn check_against_schema(
         .map_err(|err| Error::invalid(field, format!("is not valid JSON ({err})")))?;
     schema.validate(&value).map_err(|violation| {
         let path = violation.instance_path().to_string();
-        let path = if path.is_empty() { "/".to_owned() } else { path };
+        let path = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path
+        };
         Error::invalid(
             field,
             format!("does not match the schema of {event_type:?}: at {path}: {violation}"),
@@ -318,7 +324,9 @@ mod tests {
             r#"{"type":"object","required":["amount"],"properties":{"amount":{"type":"integer"}}}"#,
         )
         .expect("schema compiles");
-        assert!(check_against_schema("payload", r#"{"amount": 3}"#, "invoice.paid", &schema).is_ok());
+        assert!(
+            check_against_schema("payload", r#"{"amount": 3}"#, "invoice.paid", &schema).is_ok()
+        );
         let err = check_against_schema("payload", r#"{"amount": "x"}"#, "invoice.paid", &schema)
             .expect_err("violates");
         let message = err.to_string();
@@ -334,7 +342,10 @@ mod tests {
         assert_eq!(a, request_hash("a.b", "{}", None));
         assert_ne!(a, request_hash("a.b", "{} ", None));
         assert_ne!(a, request_hash("a.b", "{}", Some("https://x.example/")));
-        assert_ne!(request_hash("a", "b{}", None), request_hash("ab", "{}", None));
+        assert_ne!(
+            request_hash("a", "b{}", None),
+            request_hash("ab", "{}", None)
+        );
         assert_eq!(a.len(), 64);
     }
 

@@ -15,9 +15,7 @@ use sea_orm::{
     QueryOrder, QuerySelect,
 };
 
-use super::entities::{
-    attempt, consumer, delivery, endpoint, event, event_type, idempotency_key,
-};
+use super::entities::{attempt, consumer, delivery, endpoint, event, event_type, idempotency_key};
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::page::PageRequest;
 use crate::error::Result;

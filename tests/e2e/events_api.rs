@@ -86,7 +86,11 @@ async fn list_events_pages_newest_first_and_filters(backend: Backend) {
         .into_inner()
         .events;
     assert_eq!(filtered.len(), 3, "{filtered:?}");
-    assert!(filtered.iter().all(|e| e.event_type.starts_with("invoice.")));
+    assert!(
+        filtered
+            .iter()
+            .all(|e| e.event_type.starts_with("invoice."))
+    );
     let exact = events
         .list_events(proto::ListEventsRequest {
             event_types: vec!["invoice.paid".into()],
@@ -266,7 +270,11 @@ async fn replay_and_redeliver_requeue_deliveries(backend: Backend) {
         .into_inner()
         .deliveries;
     assert_eq!(pending.len(), 3);
-    assert!(pending.iter().all(|d| d.attempt_count == 0 && d.next_attempt_at.is_some()));
+    assert!(
+        pending
+            .iter()
+            .all(|d| d.attempt_count == 0 && d.next_attempt_at.is_some())
+    );
     assert_status(
         events
             .replay(proto::ReplayRequest {
@@ -391,7 +399,10 @@ async fn list_attempts_and_deliveries_by_endpoint(backend: Backend) {
         .into_inner();
     assert_eq!(deliveries.deliveries.len(), 2);
     assert!(!deliveries.next_page_token.is_empty());
-    assert!(deliveries.deliveries[0].id > deliveries.deliveries[1].id, "newest first");
+    assert!(
+        deliveries.deliveries[0].id > deliveries.deliveries[1].id,
+        "newest first"
+    );
     let target = deliveries.deliveries[0].clone();
 
     // Attempts are written by the engine; one is recorded by hand here.
