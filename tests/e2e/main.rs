@@ -5,6 +5,7 @@
 mod common;
 
 mod admin;
+mod crash;
 mod delivery;
 mod grpcurl;
 mod receiver;
