@@ -29,6 +29,7 @@ both_backends!(
     callbacks_are_signed_with_the_consumer_secret,
     endpoints_failing_too_long_are_disabled,
     published_events_take_the_hot_path,
+    shutdown_lets_in_flight_deliveries_finish,
 );
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -71,7 +72,10 @@ async fn signed_delivery_arrives_intact(backend: Backend) {
     assert_eq!(request.body, payload.as_bytes(), "body byte for byte");
     assert_eq!(request.header("content-type"), "application/json");
     assert_eq!(request.header("webhook-id"), event_id);
-    let timestamp: i64 = request.header("webhook-timestamp").parse().expect("seconds");
+    let timestamp: i64 = request
+        .header("webhook-timestamp")
+        .parse()
+        .expect("seconds");
     assert!((timestamp - now_millis() / 1000).abs() < 60, "{timestamp}");
     assert!(request.header("webhook-signature").starts_with("v1,"));
     assert!(signature_matches(request, &secret), "signature verifies");
@@ -81,7 +85,9 @@ async fn signed_delivery_arrives_intact(backend: Backend) {
     );
     assert_eq!(request.header("x-team"), "payments");
 
-    let delivery = rows.wait_for_status(&delivery_id, "succeeded", DEADLINE).await;
+    let delivery = rows
+        .wait_for_status(&delivery_id, "succeeded", DEADLINE)
+        .await;
     assert_eq!(delivery.attempt_count, 1);
     assert!(delivery.lease_owner.is_none());
     let attempts = wait_for("the attempt row", DEADLINE, || async {
@@ -115,7 +121,9 @@ async fn failures_are_retried_with_a_stable_id_until_success(backend: Backend) {
     // The harness's schedule is 100 ms then 200 ms (±20%).
     let first_gap = received[1].at - received[0].at;
     assert!(first_gap >= Duration::from_millis(70), "{first_gap:?}");
-    let delivery = rows.wait_for_status(&delivery_id, "succeeded", DEADLINE).await;
+    let delivery = rows
+        .wait_for_status(&delivery_id, "succeeded", DEADLINE)
+        .await;
     assert_eq!(delivery.attempt_count, 3);
     let attempts = rows.attempts(&delivery_id).await;
     let codes: Vec<Option<i32>> = attempts.iter().map(|a| a.status_code).collect();
@@ -148,7 +156,10 @@ async fn an_exhausted_schedule_fails_the_delivery(backend: Backend) {
     assert_eq!(delivery.next_attempt_at, None);
     let endpoint_row = rows.endpoint_row(&endpoint).await;
     assert!(endpoint_row.failing_since.is_some());
-    assert!(endpoint_row.enabled, "5 days of failure are needed to disable");
+    assert!(
+        endpoint_row.enabled,
+        "5 days of failure are needed to disable"
+    );
     server.finish().await;
 }
 
@@ -225,7 +236,8 @@ async fn retry_after_is_honoured(backend: Backend) {
     let gap = received[1].at - received[0].at;
     // The schedule alone would retry after about 100 ms.
     assert!(gap >= Duration::from_millis(1900), "{gap:?}");
-    rows.wait_for_status(&delivery_id, "succeeded", DEADLINE).await;
+    rows.wait_for_status(&delivery_id, "succeeded", DEADLINE)
+        .await;
     let attempts = rows.attempts(&delivery_id).await;
     assert_eq!(attempts[0].status_code, Some(429));
     server.finish().await;
@@ -248,8 +260,15 @@ async fn slow_answers_time_out(backend: Backend) {
     let attempts = rows.attempts(&delivery_id).await;
     assert_eq!(attempts.len(), 3);
     for attempt in &attempts {
-        assert_eq!(attempt.error_class.as_deref(), Some("timeout"), "{attempt:?}");
-        assert!(attempt.duration_ms >= 450 && attempt.duration_ms < 3000, "{attempt:?}");
+        assert_eq!(
+            attempt.error_class.as_deref(),
+            Some("timeout"),
+            "{attempt:?}"
+        );
+        assert!(
+            attempt.duration_ms >= 450 && attempt.duration_ms < 3000,
+            "{attempt:?}"
+        );
     }
     server.finish().await;
 }
@@ -274,8 +293,10 @@ async fn huge_and_trickling_bodies_are_bounded(backend: Backend) {
     let (_, trickle_delivery) = rows
         .publish(&consumer.id, Some(&trickle_endpoint), None, "{}")
         .await;
-    rows.wait_for_status(&huge_delivery, "failed", DEADLINE).await;
-    rows.wait_for_status(&trickle_delivery, "failed", DEADLINE).await;
+    rows.wait_for_status(&huge_delivery, "failed", DEADLINE)
+        .await;
+    rows.wait_for_status(&trickle_delivery, "failed", DEADLINE)
+        .await;
     for attempt in rows.attempts(&huge_delivery).await {
         assert_eq!(attempt.error_class.as_deref(), Some("response_too_large"));
         assert_eq!(attempt.status_code, Some(200));
@@ -283,7 +304,11 @@ async fn huge_and_trickling_bodies_are_bounded(backend: Backend) {
         assert!(attempt.duration_ms < 1000, "{attempt:?}");
     }
     for attempt in rows.attempts(&trickle_delivery).await {
-        assert_eq!(attempt.error_class.as_deref(), Some("timeout"), "{attempt:?}");
+        assert_eq!(
+            attempt.error_class.as_deref(),
+            Some("timeout"),
+            "{attempt:?}"
+        );
         assert!(attempt.duration_ms < 3000, "{attempt:?}");
     }
     server.finish().await;
@@ -323,7 +348,11 @@ async fn a_stuck_endpoint_does_not_delay_another(backend: Backend) {
     }
     fast.wait_for_count(30, Duration::from_secs(5)).await;
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(stuck.received().len(), 2, "max_in_flight holds the rest back");
+    assert_eq!(
+        stuck.received().len(),
+        2,
+        "max_in_flight holds the rest back"
+    );
     server.finish().await;
 }
 
@@ -407,7 +436,8 @@ async fn callbacks_are_signed_with_the_consumer_secret(backend: Backend) {
     assert_eq!(received[0].path, "/callback");
     assert_eq!(received[0].header("webhook-id"), event_id);
     assert!(signature_matches(&received[0], &consumer.callback_secret));
-    rows.wait_for_status(&delivery_id, "succeeded", DEADLINE).await;
+    rows.wait_for_status(&delivery_id, "succeeded", DEADLINE)
+        .await;
     server.finish().await;
 }
 
@@ -502,4 +532,27 @@ async fn published_events_take_the_hot_path(backend: Backend) {
         TOTAL as f64 / elapsed.as_secs_f64()
     );
     server.finish().await;
+}
+
+/// A graceful stop waits (within the shutdown grace) for a request already
+/// in flight and records its outcome before the process ends.
+async fn shutdown_lets_in_flight_deliveries_finish(backend: Backend) {
+    let (server, rows) = setup(backend).await;
+    let receiver = Receiver::start(Reply::Slow(Duration::from_millis(1500))).await;
+    let consumer = rows.consumer().await;
+    let (endpoint, _) = rows
+        .endpoint(&consumer.id, EndpointSpec::to(receiver.url("/hook")))
+        .await;
+    let (_, delivery_id) = rows
+        .publish(&consumer.id, Some(&endpoint), None, "{}")
+        .await;
+    receiver.wait_for_count(1, DEADLINE).await;
+    let database = server.stop().await;
+    let delivery = rows.delivery(&delivery_id).await.expect("delivery");
+    assert_eq!(delivery.status, "succeeded", "{delivery:?}");
+    let attempts = rows.attempts(&delivery_id).await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].response_body, "slow but fine");
+    drop(rows);
+    database.drop_database().await;
 }
