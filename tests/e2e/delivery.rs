@@ -100,6 +100,21 @@ async fn signed_delivery_arrives_intact(backend: Backend) {
     assert_eq!(attempts[0].status_code, Some(204));
     assert_eq!(attempts[0].error_class, None);
     assert_eq!(attempts[0].url, receiver.url("/hook"));
+
+    // The outcome and the latency reach /metrics.
+    herald::install_crypto_provider();
+    let metrics_url = format!("http://{}/metrics", server.metrics_addr);
+    let metrics = reqwest::get(&metrics_url)
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("herald_deliveries_total{outcome=\"success\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("herald_delivery_latency_seconds_bucket"));
     server.finish().await;
 }
 
