@@ -5,5 +5,8 @@
 mod common;
 
 mod admin;
+mod authorization;
+mod client;
 mod grpcurl;
 mod process;
+mod subscriptions;
