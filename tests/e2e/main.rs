@@ -5,9 +5,13 @@
 mod common;
 
 mod admin;
+mod authorization;
+mod client;
 mod crash;
 mod delivery;
 mod events_api;
 mod grpcurl;
+mod process;
 mod publish;
 mod receiver;
+mod subscriptions;
