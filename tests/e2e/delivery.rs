@@ -30,6 +30,7 @@ both_backends!(
     endpoints_failing_too_long_are_disabled,
     published_events_take_the_hot_path,
     shutdown_lets_in_flight_deliveries_finish,
+    the_api_flow_delivers_and_rotation_double_signs,
 );
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -570,4 +571,76 @@ async fn shutdown_lets_in_flight_deliveries_finish(backend: Backend) {
     assert_eq!(attempts[0].response_body, "slow but fine");
     drop(rows);
     database.drop_database().await;
+}
+
+/// The whole path through the public API: CreateConsumer, CreateEndpoint,
+/// Publish, a signed POST; RotateEndpointSecret, then two signatures that
+/// verify with the previous and the new secret.
+async fn the_api_flow_delivers_and_rotation_double_signs(backend: Backend) {
+    use herald_client::proto;
+
+    let (server, _rows) = setup(backend).await;
+    let receiver = Receiver::start(Reply::Status(200)).await;
+    let mut subscriptions = server.subscriptions(crate::common::ADMIN_TOKEN).await;
+    let mut events = server.events(crate::common::ADMIN_TOKEN).await;
+    let consumer = subscriptions
+        .create_consumer(proto::CreateConsumerRequest {
+            uid: "delivery-flow".into(),
+            name: "Delivery flow".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create consumer")
+        .into_inner()
+        .consumer
+        .expect("consumer");
+    let created = subscriptions
+        .create_endpoint(proto::CreateEndpointRequest {
+            consumer_id: consumer.id.clone(),
+            url: receiver.url("/api-hook"),
+            ..Default::default()
+        })
+        .await
+        .expect("create endpoint")
+        .into_inner();
+    let endpoint = created.endpoint.expect("endpoint");
+    let publish = |n: u32| proto::PublishRequest {
+        consumer_id: consumer.id.clone(),
+        event_type: "flow.step".into(),
+        payload: format!("{{\"n\":{n}}}"),
+        ..Default::default()
+    };
+    events.publish(publish(1)).await.expect("publish");
+    let received = receiver.wait_for_count(1, DEADLINE).await;
+    assert!(signature_matches(&received[0], &created.secret));
+
+    let rotated = subscriptions
+        .rotate_endpoint_secret(proto::RotateEndpointSecretRequest {
+            id: endpoint.id.clone(),
+            grace_period: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("rotate")
+        .into_inner();
+    // The engine's endpoint cache refreshes within a few seconds.
+    let double = wait_for("a doubly signed delivery", Duration::from_secs(20), || {
+        let mut events = events.clone();
+        let receiver = &receiver;
+        let publish = publish(2);
+        async move {
+            let before = receiver.received().len();
+            events.publish(publish).await.expect("publish");
+            let received = receiver.wait_for_count(before + 1, DEADLINE).await;
+            let last = received.last().cloned()?;
+            (last.header("webhook-signature").split(' ').count() == 2).then_some(last)
+        }
+    })
+    .await;
+    assert!(signature_matches(&double, &created.secret));
+    assert!(signature_matches(&double, &rotated.secret));
+    server.finish().await;
 }
