@@ -284,7 +284,9 @@ impl Worker {
             let latency = now.saturating_sub(job.event.created_at).max(0) as f64 / 1000.0;
             metrics::histogram!(DELIVERY_LATENCY).record(latency);
             ("succeeded", EndpointEffect::Succeeded)
-        } else if report.status == Some(410) && endpoint_id.is_some() {
+        } else if report.status == Some(410) {
+            // Gone: never retried; an endpoint is disabled too (a callback
+            // URL has nothing to disable).
             metrics::counter!(DELIVERIES, "outcome" => "failed").increment(1);
             if let Some(endpoint_id) = &endpoint_id {
                 shared.cache.mark_disabled(endpoint_id);
