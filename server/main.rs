@@ -1,6 +1,7 @@
 //! The `herald` binary: parse the command line, set up logging, and hand over
 //! to the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -55,13 +56,17 @@ async fn run(cli: Cli) -> herald::error::Result<()> {
         Command::Serve(config) => {
             let herald = Herald::start(*config).await?;
             if let Some(token) = &herald.generated_admin_token {
-                println!(
-                    "Created the first admin API key. It is shown only now; keep it:\n\n    {token}\n"
-                );
-                println!(
-                    "Use it as:  grpcurl -H 'authorization: Bearer {token}' -plaintext {} list\n",
+                // Written in one go and never fatal: a closed stdout (a pipe
+                // whose reader left) must not take the server down.
+                let message = format!(
+                    "Created the first admin API key. It is shown only now; keep it:\n\n    {token}\n\n\
+                     Use it as:  grpcurl -H 'authorization: Bearer {token}' -plaintext {} list\n",
                     herald.grpc_addr()?
                 );
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout
+                    .write_all(message.as_bytes())
+                    .and_then(|()| stdout.flush());
             }
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone());

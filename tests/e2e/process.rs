@@ -46,7 +46,7 @@ fn serve(database_url: &str, extra: &[&str]) -> Served {
         ])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("spawn herald");
     Served { child, grpc }
@@ -115,20 +115,24 @@ async fn first_start_prints_an_admin_key_once_and_sigterm_exits_zero() {
     let url = format!("sqlite://{}", dir.path().join("first.db").display());
 
     let mut first = serve(&url, &[]);
+    // Keep draining stdout after the token is found, so the server never
+    // writes into a pipe nobody reads.
     let stdout = first.child.stdout.take().expect("stdout");
-    let token = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.split_whitespace()
-                    .find(|word| word.starts_with("hk_"))
-                    .map(str::to_owned)
-            })
-    })
-    .await
-    .expect("reader")
-    .expect("the first start prints an admin key");
+    let (found, token) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(word) = line.split_whitespace().find(|word| word.starts_with("hk_"))
+                && let Some(found) = found.take()
+            {
+                let _ = found.send(word.to_owned());
+            }
+        }
+    });
+    let token = tokio::time::timeout(Duration::from_secs(60), token)
+        .await
+        .expect("the first start prints an admin key within 60 s")
+        .expect("the first start prints an admin key");
     wait_serving(&first.grpc).await;
     stats(&first.grpc, &token)
         .await
