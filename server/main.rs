@@ -75,6 +75,7 @@ async fn run(cli: Cli) -> herald::error::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Listen(args) => herald::listen::run(args).await,
     }
 }
 

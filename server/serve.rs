@@ -19,6 +19,7 @@ use crate::domain::target::TargetPolicy;
 use crate::error::{Error, Result};
 use crate::grpc::{self, AppState, auth::Authenticator};
 use crate::storage::{Database, api_keys};
+use crate::streams::{StreamHub, StreamSettings};
 
 /// A started, not yet serving, Herald.
 pub struct Herald {
@@ -61,13 +62,20 @@ impl Herald {
         let generated_admin_token = bootstrap_admin(&db, config.admin_token.as_deref()).await?;
         let state = Arc::new(AppState {
             authenticator: Arc::new(Authenticator::new(db.clone())),
-            db,
+            db: db.clone(),
             target_policy: TargetPolicy {
                 allow_http: config.allow_http,
                 allowed: config.allow_target_cidrs.clone(),
             },
             max_payload_bytes: config.max_payload_bytes,
             dispatcher: crate::delivery::Dispatcher::default(),
+            streams: Arc::new(StreamHub::new(
+                db.clone(),
+                StreamSettings {
+                    heartbeat: config.stream_heartbeat,
+                    ..StreamSettings::default()
+                },
+            )),
         });
         Ok(Herald {
             config,
@@ -120,16 +128,26 @@ impl Herald {
             tls = self.config.tls_cert.is_some(),
             "herald serving gRPC"
         );
+        // Subscription streams never end on their own: they are ended (with
+        // UNAVAILABLE, asking to reconnect) as shutdown begins, or the
+        // server's graceful shutdown would wait for them forever.
+        let streams = self.state.streams.clone();
+        let signal = {
+            let shutdown = shutdown.clone();
+            let streams = streams.clone();
+            async move {
+                shutdown.cancelled().await;
+                streams.shutdown();
+            }
+        };
         let result = builder
             .layer(auth_layer)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc_listener),
-                shutdown.clone().cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), signal)
             .await;
         // Whatever ended the server ends everything else too.
         shutdown.cancel();
+        streams.stopped().await;
         let _ = metrics_task.await;
         tracing::info!("herald stopped");
         result.map_err(|err| Error::Unavailable(format!("gRPC server failed: {err}")))

@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod consumers;
 pub mod entities;
 pub mod stats;
+pub mod stream_queue;
 
 use std::fs::{File, OpenOptions};
 use std::time::Duration;
