@@ -6,3 +6,4 @@ mod common;
 
 mod admin;
 mod grpcurl;
+mod process;

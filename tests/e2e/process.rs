@@ -1,0 +1,204 @@
+//! The `herald` binary as an operator runs it: first start, offline key
+//! creation, the SQLite single-process guard, SIGTERM, and TLS.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use herald_client::proto;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+use crate::common::{Backend, TestServer, wait_for};
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+fn herald() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command.env_remove("HERALD_ADMIN_TOKEN").env_remove("HERALD_DATABASE_URL");
+    command
+}
+
+struct Served {
+    child: Child,
+    grpc: String,
+}
+
+fn serve(database_url: &str, extra: &[&str]) -> Served {
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let child = herald()
+        .args(["serve", "--grpc-addr", &grpc, "--metrics-addr", &metrics, "--database-url", database_url])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    Served { child, grpc }
+}
+
+async fn wait_serving(grpc: &str) {
+    let url = format!("http://{grpc}");
+    wait_for("herald to answer health checks", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "herald did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn stats(grpc: &str, token: &str) -> Result<proto::GetStatsResponse, tonic::Status> {
+    let channel = Channel::from_shared(format!("http://{grpc}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(proto::GetStatsRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    proto::admin_client::AdminClient::new(channel)
+        .get_stats(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_an_admin_key_once_and_sigterm_exits_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("first.db").display());
+
+    let mut first = serve(&url, &[]);
+    let stdout = first.child.stdout.take().expect("stdout");
+    let token = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.split_whitespace().find(|word| word.starts_with("hk_")).map(str::to_owned))
+    })
+    .await
+    .expect("reader")
+    .expect("the first start prints an admin key");
+    wait_serving(&first.grpc).await;
+    stats(&first.grpc, &token).await.expect("the printed key is an admin key");
+    let status = terminate(&mut first.child);
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
+
+    // The second start finds the key and prints nothing.
+    let mut second = serve(&url, &[]);
+    wait_serving(&second.grpc).await;
+    stats(&second.grpc, &token).await.expect("the key survives a restart");
+    let status = terminate(&mut second.child);
+    assert_eq!(status.code(), Some(0));
+    let output = second.child.wait_with_output().expect("output");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(!printed.contains("hk_"), "a second start must not mint a key: {printed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_key_creation_and_the_single_process_guard() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+
+    let migrated = herald().args(["migrate", "--database-url", &url]).output().expect("migrate");
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let created = herald()
+        .args(["key", "create", "--scope", "admin", "--name", "ops", "--database-url", &url])
+        .output()
+        .expect("key create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    assert!(token.starts_with("hk_"), "{token}");
+    let refused = herald()
+        .args(["key", "create", "--scope", "consumer", "--database-url", &url])
+        .output()
+        .expect("key create");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--consumer"));
+
+    let mut server = serve(&url, &[]);
+    wait_serving(&server.grpc).await;
+    stats(&server.grpc, &token).await.expect("an offline-created key works");
+
+    // A second process on the same SQLite file refuses to start.
+    let second = herald()
+        .args(["key", "create", "--scope", "admin", "--database-url", &url])
+        .output()
+        .expect("second process");
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use by another Herald process"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(terminate(&mut server.child).code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_is_served_over_tls() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("self-signed cert");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
+
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.tls_cert = Some(cert_path.clone());
+        config.tls_key = Some(key_path.clone());
+    })
+    .await;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(certified.cert.pem()))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://localhost:{}", server.addr.port()))
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls config")
+        .connect()
+        .await
+        .expect("TLS handshake with herald");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health over TLS")
+        .into_inner();
+    assert_eq!(answer.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    // Plaintext to a TLS port fails rather than silently working.
+    let plaintext = Channel::from_shared(server.url()).expect("url").connect().await;
+    if let Ok(channel) = plaintext {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        assert!(health.check(tonic_health::pb::HealthCheckRequest::default()).await.is_err());
+    }
+    server.finish().await;
+}
