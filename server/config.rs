@@ -45,7 +45,11 @@ pub enum Command {
 pub struct ListenArgs {
     /// The STREAM endpoint to receive: durable, acknowledged on a 2xx answer,
     /// sent again otherwise.
-    #[arg(long, required_unless_present = "consumer", conflicts_with = "consumer")]
+    #[arg(
+        long,
+        required_unless_present = "consumer",
+        conflicts_with = "consumer"
+    )]
     pub endpoint: Option<String>,
     /// Instead of --endpoint: tail this consumer's (id or uid) new events live;
     /// nothing is stored or acknowledged.

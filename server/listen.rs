@@ -162,7 +162,9 @@ impl Listener {
         };
         let target = match (&self.args.endpoint, &self.args.consumer) {
             (Some(endpoint_id), _) => format!("endpoint {endpoint_id}"),
-            (None, consumer) => format!("consumer {} (live tail)", consumer.as_deref().unwrap_or("")),
+            (None, consumer) => {
+                format!("consumer {} (live tail)", consumer.as_deref().unwrap_or(""))
+            }
         };
         eprintln!(
             "herald listen: receiving {target} from {}, forwarding to {}",
@@ -235,7 +237,10 @@ impl Listener {
                         .await
                     {
                         Ok(_) => format!("{status}, acked"),
-                        Err(err) => format!("{status}, ack failed ({}): it will come again", describe(&err)),
+                        Err(err) => format!(
+                            "{status}, ack failed ({}): it will come again",
+                            describe(&err)
+                        ),
                     }
                 }
             }

@@ -60,7 +60,11 @@ impl StreamsService {
         Ok(endpoint)
     }
 
-    async fn open(&self, principal: &Principal, request: proto::SubscribeRequest) -> Result<Receiver> {
+    async fn open(
+        &self,
+        principal: &Principal,
+        request: proto::SubscribeRequest,
+    ) -> Result<Receiver> {
         let hub = &self.state.streams;
         if !request.endpoint_id.is_empty() {
             if !request.consumer_id.is_empty() {
@@ -80,10 +84,7 @@ impl StreamsService {
                 Some(value) => duration("ack_timeout", value)?,
             };
             if !(MIN_ACK_TIMEOUT..=MAX_ACK_TIMEOUT).contains(&ack_timeout) {
-                return Err(Error::invalid(
-                    "ack_timeout",
-                    "must be between 1s and 1h",
-                ));
+                return Err(Error::invalid("ack_timeout", "must be between 1s and 1h"));
             }
             let max_unacked = match usize::try_from(request.max_unacked).unwrap_or(usize::MAX) {
                 0 => DEFAULT_MAX_UNACKED,

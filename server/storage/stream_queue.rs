@@ -42,7 +42,9 @@ pub async fn find_endpoint(
     db: &impl ConnectionTrait,
     endpoint_id: &str,
 ) -> Result<Option<endpoint::Model>> {
-    Ok(Endpoints::find_by_id(endpoint_id.to_owned()).one(db).await?)
+    Ok(Endpoints::find_by_id(endpoint_id.to_owned())
+        .one(db)
+        .await?)
 }
 
 /// Leases up to `limit` claimable deliveries of `endpoint_id` to `owner`,
@@ -165,7 +167,10 @@ pub async fn acknowledge(
     }
     let settled = Deliveries::update_many()
         .col_expr(delivery::Column::Status, Expr::value(SUCCEEDED))
-        .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(
+            delivery::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
         .col_expr(
             delivery::Column::LeaseExpiresAt,
             Expr::value(Option::<i64>::None),
@@ -187,7 +192,10 @@ pub async fn acknowledge(
 /// deliveries, so that they are claimable at once; returns how many.
 pub async fn release(db: &impl ConnectionTrait, endpoint_id: &str, owner: &str) -> Result<u64> {
     let result = Deliveries::update_many()
-        .col_expr(delivery::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(
+            delivery::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
         .col_expr(
             delivery::Column::LeaseExpiresAt,
             Expr::value(Option::<i64>::None),

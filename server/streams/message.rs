@@ -14,7 +14,9 @@ pub type Outgoing = Result<StreamItem>;
 pub enum StreamItem {
     Event(StreamMessage),
     /// Sent on an idle stream, with the time in epoch milliseconds.
-    Heartbeat { at: i64 },
+    Heartbeat {
+        at: i64,
+    },
 }
 
 /// One event as a subscriber receives it.
@@ -114,7 +116,12 @@ pub fn ack_token(delivery_id: &str, attempt: u32) -> String {
 
 /// Reads an ack token from `field` back into the delivery id it settles.
 pub fn parse_ack_token(field: &str, token: &str) -> Result<String> {
-    let malformed = || Error::invalid(field, format!("{token:?} is not an ack token from Subscribe"));
+    let malformed = || {
+        Error::invalid(
+            field,
+            format!("{token:?} is not an ack token from Subscribe"),
+        )
+    };
     let (delivery_id, attempt) = token.split_once(':').ok_or_else(malformed)?;
     if !ids::has_prefix(delivery_id, ids::DELIVERY) {
         return Err(malformed());

@@ -189,7 +189,11 @@ impl StreamHub {
     }
 
     /// Starts a live tail of `consumer_id`'s new events that pass `filter`.
-    pub fn tail(self: &Arc<Self>, consumer_id: String, filter: EventTypeFilter) -> Result<Receiver> {
+    pub fn tail(
+        self: &Arc<Self>,
+        consumer_id: String,
+        filter: EventTypeFilter,
+    ) -> Result<Receiver> {
         self.ensure_running()?;
         let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
         let events = self.events.subscribe();

@@ -164,7 +164,8 @@ impl Session {
     async fn claim_and_send(&mut self, limit: usize, ack_timeout: i64, now: i64) -> Result<usize> {
         let db = &self.hub.db;
         let endpoint_id = &self.subscription.endpoint_id;
-        let claimed = stream_queue::claim(db, endpoint_id, &self.owner, limit, ack_timeout, now).await?;
+        let claimed =
+            stream_queue::claim(db, endpoint_id, &self.owner, limit, ack_timeout, now).await?;
         if claimed.is_empty() {
             return Ok(0);
         }

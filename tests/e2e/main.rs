@@ -6,4 +6,6 @@ mod common;
 
 mod admin;
 mod grpcurl;
+mod listen;
 mod process;
+mod streams;
