@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::ServeConfig;
+use crate::delivery::EngineSettings;
 use crate::domain::api_key::{Scope, generate_token, parse_token};
 use crate::domain::target::TargetPolicy;
 use crate::error::{Error, Result};
@@ -27,6 +28,8 @@ pub struct Herald {
     state: Arc<AppState>,
     grpc_listener: TcpListener,
     metrics_listener: TcpListener,
+    /// The delivery engine, started by [`Herald::serve`].
+    engine: crate::delivery::Engine,
     /// An admin token minted at this start because none existed; shown once.
     pub generated_admin_token: Option<String>,
 }
@@ -60,6 +63,8 @@ impl Herald {
         crate::install_crypto_provider();
         let db = Database::open(&config.database.database_url).await?;
         let generated_admin_token = bootstrap_admin(&db, config.admin_token.as_deref()).await?;
+        let (dispatcher, engine) =
+            crate::delivery::Engine::new(db.clone(), EngineSettings::from_config(&config))?;
         let state = Arc::new(AppState {
             authenticator: Arc::new(Authenticator::new(db.clone())),
             db: db.clone(),
@@ -68,7 +73,7 @@ impl Herald {
                 allowed: config.allow_target_cidrs.clone(),
             },
             max_payload_bytes: config.max_payload_bytes,
-            dispatcher: crate::delivery::Dispatcher::default(),
+            dispatcher,
             streams: Arc::new(StreamHub::new(
                 db.clone(),
                 StreamSettings {
@@ -82,6 +87,7 @@ impl Herald {
             state,
             grpc_listener,
             metrics_listener,
+            engine,
             generated_admin_token,
         })
     }
@@ -122,6 +128,10 @@ impl Herald {
                 .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
                 .map_err(|err| Error::Unavailable(format!("invalid TLS configuration: {err}")))?;
         }
+        // The engine stops after publishing has (so that the last accepted
+        // events are handed over), then drains within --shutdown-grace.
+        let engine_stop = CancellationToken::new();
+        let engine_task = tokio::spawn(self.engine.run(engine_stop.clone()));
         let address = self.grpc_listener.local_addr().ok();
         tracing::info!(
             ?address,
@@ -148,6 +158,10 @@ impl Herald {
         // Whatever ended the server ends everything else too.
         shutdown.cancel();
         streams.stopped().await;
+        engine_stop.cancel();
+        if let Err(err) = engine_task.await {
+            tracing::error!(error = %err, "the delivery engine failed");
+        }
         let _ = metrics_task.await;
         tracing::info!("herald stopped");
         result.map_err(|err| Error::Unavailable(format!("gRPC server failed: {err}")))

@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod consumers;
 pub mod entities;
+pub mod queue;
 pub mod stats;
 pub mod stream_queue;
 

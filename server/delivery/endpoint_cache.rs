@@ -1,0 +1,189 @@
+//! Endpoint configuration in memory, so that the hot path reads no database
+//! per event. An entry is reloaded on a miss and once it is older than
+//! [`FRESH_FOR`]; disabling updates it at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue};
+use tokio::time::Instant;
+
+use crate::domain::endpoint::EndpointKind;
+use crate::domain::secret::SigningSecret;
+use crate::domain::time::now_millis;
+use crate::error::Result;
+use crate::storage::{Database, queue};
+
+/// How long a loaded entry is trusted.
+pub const FRESH_FOR: Duration = Duration::from_secs(3);
+/// `max_in_flight = 0` means this many.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+
+/// What the engine needs to know about an endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub is_stream: bool,
+    pub url: Option<String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub enabled: bool,
+    pub rate_limit: u32,
+    pub max_in_flight: usize,
+    pub ordered: bool,
+    /// Current and not yet expired rotated secrets, newest first, with expiry.
+    secrets: Vec<(SigningSecret, Option<i64>)>,
+}
+
+impl EndpointConfig {
+    /// The secrets live at `now`, newest first.
+    pub fn live_secrets(&self, now: i64) -> Vec<SigningSecret> {
+        self.secrets
+            .iter()
+            .filter(|(_, expires)| expires.is_none_or(|expires| expires > now))
+            .map(|(secret, _)| secret.clone())
+            .collect()
+    }
+}
+
+struct Entry<T> {
+    value: Option<Arc<T>>,
+    loaded_at: Instant,
+}
+
+/// Endpoints by id and consumers' callback secrets by consumer id; `None`
+/// remembers that a row does not exist (deleted).
+pub struct EndpointCache {
+    db: Database,
+    endpoints: Mutex<HashMap<String, Entry<EndpointConfig>>>,
+    callback_secrets: Mutex<HashMap<String, Entry<SigningSecret>>>,
+}
+
+impl EndpointCache {
+    pub fn new(db: Database) -> Self {
+        EndpointCache {
+            db,
+            endpoints: Mutex::new(HashMap::new()),
+            callback_secrets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The endpoint's configuration, or `None` if it was deleted.
+    pub async fn endpoint(&self, endpoint_id: &str) -> Result<Option<Arc<EndpointConfig>>> {
+        if let Some(entry) = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(endpoint_id)
+            && entry.loaded_at.elapsed() < FRESH_FOR
+        {
+            return Ok(entry.value.clone());
+        }
+        let loaded = queue::endpoint_with_secrets(&self.db, endpoint_id, now_millis())
+            .await?
+            .map(|(row, secrets)| {
+                Arc::new(EndpointConfig {
+                    is_stream: EndpointKind::from_stored(&row.kind) == EndpointKind::Stream,
+                    headers: parse_headers(&row.headers),
+                    enabled: row.enabled,
+                    rate_limit: u32::try_from(row.rate_limit).unwrap_or(0),
+                    max_in_flight: match usize::try_from(row.max_in_flight) {
+                        Ok(0) | Err(_) => DEFAULT_MAX_IN_FLIGHT,
+                        Ok(limit) => limit,
+                    },
+                    ordered: row.ordered,
+                    url: row.url,
+                    secrets: secrets
+                        .into_iter()
+                        .map(|secret| (SigningSecret::from_stored(secret.secret), secret.expires_at))
+                        .collect(),
+                })
+            });
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                endpoint_id.to_owned(),
+                Entry {
+                    value: loaded.clone(),
+                    loaded_at: Instant::now(),
+                },
+            );
+        Ok(loaded)
+    }
+
+    /// Records a disabling made by the engine, effective immediately.
+    pub fn mark_disabled(&self, endpoint_id: &str) {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = endpoints.get_mut(endpoint_id)
+            && let Some(config) = &entry.value
+        {
+            let mut config = (**config).clone();
+            config.enabled = false;
+            entry.value = Some(Arc::new(config));
+        }
+    }
+
+    /// The consumer's callback secret, or `None` if the consumer is gone.
+    pub async fn callback_secret(&self, consumer_id: &str) -> Result<Option<Arc<SigningSecret>>> {
+        if let Some(entry) = self
+            .callback_secrets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(consumer_id)
+            && entry.loaded_at.elapsed() < FRESH_FOR
+        {
+            return Ok(entry.value.clone());
+        }
+        let loaded = queue::callback_secret(&self.db, consumer_id)
+            .await?
+            .map(|secret| Arc::new(SigningSecret::from_stored(secret)));
+        let mut secrets = self
+            .callback_secrets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Callbacks name arbitrary consumers; keep the map from growing without bound.
+        if secrets.len() > 10_000 {
+            secrets.retain(|_, entry| entry.loaded_at.elapsed() < FRESH_FOR);
+        }
+        secrets.insert(
+            consumer_id.to_owned(),
+            Entry {
+                value: loaded.clone(),
+                loaded_at: Instant::now(),
+            },
+        );
+        Ok(loaded)
+    }
+}
+
+/// The stored JSON object of extra headers; entries that are not valid
+/// headers (validated at write time, so never expected) are skipped.
+fn parse_headers(stored: &str) -> Vec<(HeaderName, HeaderValue)> {
+    let Ok(map) = serde_json::from_str::<HashMap<String, String>>(stored) else {
+        return Vec::new();
+    };
+    let mut headers: Vec<(HeaderName, HeaderValue)> = map
+        .into_iter()
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_str(&value).ok()?,
+            ))
+        })
+        .collect();
+    headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_headers_parse() {
+        let headers = parse_headers(r#"{"X-Team":"payments","bad name":"x"}"#);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers[0].0.as_str(), "x-team");
+        assert!(parse_headers("not json").is_empty());
+    }
+}

@@ -1,0 +1,344 @@
+//! The engine's start-up, shared state, routing and database sweep.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::endpoint_cache::EndpointCache;
+use super::http_client::WebhookClient;
+use super::schedule::RetrySchedule;
+use super::worker::{Job, Worker, WorkerKey};
+use super::writer::{self, WriterMessage};
+use super::{Dispatcher, LEASE_MILLIS, retention};
+use crate::config::ServeConfig;
+use crate::domain::target::TargetPolicy;
+use crate::domain::time::now_millis;
+use crate::error::{Error, Result};
+use crate::storage::{Database, queue};
+
+/// How the engine behaves; built from `herald serve`'s flags.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub target_policy: TargetPolicy,
+    pub request_timeout: Duration,
+    pub retry_schedule: Vec<Duration>,
+    pub disable_after: Duration,
+    pub retention: Duration,
+    pub shutdown_grace: Duration,
+    /// How often the database is swept for due deliveries.
+    pub sweep_interval: Duration,
+    /// How many deliveries one claim takes at most.
+    pub claim_batch: u64,
+    /// Retries due within this are kept in memory as well as in the database;
+    /// later ones are left to the sweep.
+    pub in_memory_retry_limit: Duration,
+    /// Capacity of each worker's queue; a full queue leaves work to the sweep.
+    pub worker_queue: usize,
+    /// At most this many deliveries are held in memory at once.
+    pub max_in_memory: usize,
+}
+
+impl EngineSettings {
+    pub fn from_config(config: &ServeConfig) -> Self {
+        EngineSettings {
+            target_policy: TargetPolicy {
+                allow_http: config.allow_http,
+                allowed: config.allow_target_cidrs.clone(),
+            },
+            request_timeout: config.request_timeout,
+            retry_schedule: config.retry_schedule.clone(),
+            disable_after: config.disable_after,
+            retention: config.retention,
+            shutdown_grace: config.shutdown_grace,
+            sweep_interval: Duration::from_secs(1),
+            claim_batch: 500,
+            in_memory_retry_limit: Duration::from_secs(60),
+            worker_queue: 1024,
+            max_in_memory: 100_000,
+        }
+    }
+}
+
+/// What the dispatcher, the workers, the sweep and the writer share.
+pub(crate) struct Shared {
+    pub node_id: Arc<str>,
+    pub db: Database,
+    pub settings: EngineSettings,
+    pub cache: EndpointCache,
+    pub client: WebhookClient,
+    pub schedule: RetrySchedule,
+    /// Ids of deliveries held in memory (queued, in flight or waiting for an
+    /// in-memory retry), so that the same delivery is never held twice.
+    pub known: Mutex<HashSet<String>>,
+    workers: Mutex<HashMap<WorkerKey, mpsc::Sender<Job>>>,
+    pub worker_tasks: TaskTracker,
+    pub writer: mpsc::Sender<WriterMessage>,
+    /// Cancelled when shutdown begins: stop claiming and starting attempts.
+    pub stopping: CancellationToken,
+}
+
+/// The engine before it runs: the dispatcher works at once (its deliveries
+/// wait in worker queues), and [`Engine::run`] drives everything.
+pub struct Engine {
+    shared: Arc<Shared>,
+    writer_inbox: mpsc::Receiver<WriterMessage>,
+}
+
+impl Engine {
+    /// Builds the engine and the dispatcher that feeds it. Needs the rustls
+    /// provider installed (`crate::install_crypto_provider`).
+    pub fn new(db: Database, settings: EngineSettings) -> Result<(Dispatcher, Engine)> {
+        let client = WebhookClient::new(settings.target_policy.clone(), settings.request_timeout)
+            .map_err(|err| Error::Internal(format!("cannot build the HTTP client: {err}")))?;
+        let node_id: Arc<str> = crate::domain::ids::new_id("node").into();
+        let (writer, writer_inbox) = mpsc::channel(4096);
+        let shared = Arc::new(Shared {
+            node_id: node_id.clone(),
+            cache: EndpointCache::new(db.clone()),
+            db,
+            client,
+            schedule: RetrySchedule::new(settings.retry_schedule.clone()),
+            settings,
+            known: Mutex::new(HashSet::new()),
+            workers: Mutex::new(HashMap::new()),
+            worker_tasks: TaskTracker::new(),
+            writer,
+            stopping: CancellationToken::new(),
+        });
+        let dispatcher = Dispatcher {
+            node_id,
+            engine: Some(shared.clone()),
+        };
+        Ok((
+            dispatcher,
+            Engine {
+                shared,
+                writer_inbox,
+            },
+        ))
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops claiming, lets
+    /// in-flight requests finish within the shutdown grace, releases the
+    /// leases of unstarted work, flushes the outcome writer, and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Engine {
+            shared,
+            writer_inbox,
+        } = self;
+        let background = TaskTracker::new();
+        let writer_stop = CancellationToken::new();
+        let writer_task = tokio::spawn(writer::run(
+            shared.clone(),
+            writer_inbox,
+            writer_stop.clone(),
+        ));
+        background.spawn(sweep(shared.clone()));
+        background.spawn(retention::run(
+            shared.db.clone(),
+            shared.settings.retention,
+            shared.stopping.clone(),
+        ));
+        background.close();
+        tracing::info!(node = %shared.node_id, "delivery engine started");
+
+        shutdown.cancelled().await;
+        shared.stopping.cancel();
+        background.wait().await;
+        shared.worker_tasks.close();
+        // Workers bound their own wait by the grace; this is a last resort.
+        let bound = shared.settings.shutdown_grace + Duration::from_secs(5);
+        if tokio::time::timeout(bound, shared.worker_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("delivery workers did not stop in time");
+        }
+        shared
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        writer_stop.cancel();
+        let _ = writer_task.await;
+        tracing::info!("delivery engine stopped");
+    }
+}
+
+impl Shared {
+    /// Hands a job to its endpoint's worker, starting the worker if needed.
+    /// Never blocks: a full worker queue releases the job's lease so that a
+    /// later sweep claims it again.
+    pub fn route(self: &Arc<Self>, job: Job) {
+        if self.stopping.is_cancelled() {
+            // Its lease lapses; the next start (or another node) takes it.
+            return;
+        }
+        {
+            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            if known.len() >= self.settings.max_in_memory || !known.insert(job.delivery_id.clone())
+            {
+                return;
+            }
+        }
+        let key = WorkerKey::for_job(&job);
+        let rejected = {
+            let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+            let sender = workers.entry(key.clone()).or_insert_with(|| {
+                let (sender, inbox) = mpsc::channel(self.settings.worker_queue);
+                let worker = Worker::new(self.clone(), key.clone(), inbox);
+                self.worker_tasks.spawn(worker.run());
+                sender
+            });
+            match sender.try_send(job) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(job)) => Some(job),
+                Err(mpsc::error::TrySendError::Closed(job)) => {
+                    workers.remove(&key);
+                    Some(job)
+                }
+            }
+        };
+        if let Some(job) = rejected {
+            self.release_later(job.delivery_id);
+        }
+    }
+
+    /// Releases a delivery's lease through the writer (which then forgets it).
+    pub fn release_later(&self, delivery_id: String) {
+        if let Err(err) = self.writer.try_send(WriterMessage::Release(delivery_id)) {
+            // The lease lapses on its own; just stop remembering the id.
+            let id = match err {
+                mpsc::error::TrySendError::Full(WriterMessage::Release(id))
+                | mpsc::error::TrySendError::Closed(WriterMessage::Release(id)) => Some(id),
+                _ => None,
+            };
+            if let Some(id) = id {
+                self.forget([id]);
+            }
+        }
+    }
+
+    pub fn forget(&self, ids: impl IntoIterator<Item = String>) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            known.remove(&id);
+        }
+    }
+
+    /// A worker with nothing to do asks to retire; it may only if no job
+    /// arrived meanwhile (senders hold the same lock while sending).
+    pub fn retire(&self, key: &WorkerKey, inbox: &mut mpsc::Receiver<Job>) -> Option<Job> {
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        match inbox.try_recv() {
+            Ok(job) => Some(job),
+            Err(_) => {
+                workers.remove(key);
+                None
+            }
+        }
+    }
+
+    pub fn lease_until(&self, from: i64) -> i64 {
+        from.saturating_add(LEASE_MILLIS)
+    }
+}
+
+/// At start and every `sweep_interval`: claim due deliveries and route them;
+/// now and then update the queue-depth gauge and renew the leases of work
+/// held in memory.
+async fn sweep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.settings.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_gauge = tokio::time::Instant::now() - Duration::from_secs(60);
+    let mut last_renewal = tokio::time::Instant::now();
+    let renew_every = Duration::from_millis(u64::try_from(LEASE_MILLIS / 4).unwrap_or(15_000));
+    loop {
+        tokio::select! {
+            () = shared.stopping.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        // Claim until a batch comes back short (bounded per tick).
+        for _ in 0..20 {
+            match claim_once(&shared).await {
+                Ok(claimed) if claimed as u64 >= shared.settings.claim_batch => continue,
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "claiming due deliveries failed");
+                    break;
+                }
+            }
+        }
+        if last_gauge.elapsed() >= Duration::from_secs(5) {
+            last_gauge = tokio::time::Instant::now();
+            match queue::count_due(&shared.db, now_millis()).await {
+                Ok(due) => metrics::gauge!(crate::metrics::QUEUE_DEPTH).set(due as f64),
+                Err(err) => tracing::warn!(error = %err, "counting due deliveries failed"),
+            }
+        }
+        if last_renewal.elapsed() >= renew_every {
+            last_renewal = tokio::time::Instant::now();
+            let held: Vec<String> = shared
+                .known
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect();
+            if let Err(err) = queue::renew(
+                &shared.db,
+                &shared.node_id,
+                &held,
+                shared.lease_until(now_millis()),
+            )
+            .await
+            {
+                tracing::warn!(error = %err, "renewing leases failed");
+            }
+        }
+    }
+}
+
+async fn claim_once(shared: &Arc<Shared>) -> Result<usize> {
+    let room = {
+        let known = shared.known.lock().unwrap_or_else(PoisonError::into_inner);
+        shared.settings.max_in_memory.saturating_sub(known.len())
+    };
+    let limit = shared.settings.claim_batch.min(room as u64);
+    if limit == 0 {
+        return Ok(0);
+    }
+    let now = now_millis();
+    let claimed = queue::claim_due(
+        &shared.db,
+        &shared.node_id,
+        now,
+        shared.lease_until(now),
+        limit,
+    )
+    .await?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let count = claimed.len();
+    let mut event_ids: Vec<String> = claimed.iter().map(|row| row.event_id.clone()).collect();
+    event_ids.sort();
+    event_ids.dedup();
+    let events = queue::events_by_id(&shared.db, event_ids).await?;
+    let events: HashMap<String, Arc<crate::storage::entities::event::Model>> = events
+        .into_iter()
+        .map(|(id, event)| (id, Arc::new(event)))
+        .collect();
+    for row in claimed {
+        // A purged event took its deliveries along; nothing to do.
+        if let Some(event) = events.get(&row.event_id) {
+            shared.route(Job::from_row(row, event.clone()));
+        }
+    }
+    tracing::debug!(count, "claimed due deliveries");
+    Ok(count)
+}

@@ -1,0 +1,477 @@
+//! The deliveries table as a queue: claiming due work with leases, recording
+//! attempt outcomes in batches, disabling endpoints, releasing leases, and
+//! the retention purge. Used only by the delivery engine.
+//!
+//! Claiming is one `UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP
+//! LOCKED]) RETURNING …` statement: atomic on both backends, and on
+//! PostgreSQL several nodes claim disjoint rows without waiting on each other.
+
+use std::collections::HashMap;
+
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, Statement,
+    TransactionTrait, Value,
+};
+
+use super::Database;
+use super::entities::{attempt, consumer, delivery, endpoint, endpoint_secret, event};
+use crate::error::Result;
+
+/// Builds a statement from SQL written with `?` placeholders, numbering them
+/// (`$1`, `$2`, …) for PostgreSQL. The SQL here never has a literal `?`.
+fn statement(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statement {
+    let sql = if backend == DatabaseBackend::Postgres {
+        let mut numbered = String::with_capacity(sql.len() + 16);
+        let mut index = 0;
+        for character in sql.chars() {
+            if character == '?' {
+                index += 1;
+                numbered.push('$');
+                numbered.push_str(&index.to_string());
+            } else {
+                numbered.push(character);
+            }
+        }
+        numbered
+    } else {
+        sql.to_owned()
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Claims up to `limit` due deliveries for `node` until `lease_until`.
+///
+/// Due: pending, `next_attempt_at <= now`, not leased (or the lease lapsed),
+/// for a callback URL or an enabled non-stream endpoint; for an `ordered`
+/// endpoint only its oldest pending delivery, so that order survives a
+/// restart. On SQLite (one process per file, enforced at open) a lease held
+/// by any other node id is a leftover of a previous run and is taken over at
+/// once.
+pub async fn claim_due(
+    db: &Database,
+    node: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u64,
+) -> Result<Vec<delivery::Model>> {
+    let backend = db.backend();
+    let postgres = backend == DatabaseBackend::Postgres;
+    let takeover = if postgres {
+        ""
+    } else {
+        " OR d.lease_owner <> ?"
+    };
+    let lock = if postgres {
+        " FOR UPDATE OF d SKIP LOCKED"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? \
+         WHERE id IN (\
+           SELECT d.id FROM deliveries d \
+           WHERE d.status = 'pending' AND d.next_attempt_at <= ? \
+             AND (d.lease_owner IS NULL OR d.lease_expires_at < ?{takeover}) \
+             AND (d.endpoint_id IS NULL OR EXISTS (\
+               SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id \
+                 AND e.kind <> 'stream' AND e.enabled \
+                 AND (NOT e.ordered OR NOT EXISTS (\
+                   SELECT 1 FROM deliveries p WHERE p.endpoint_id = d.endpoint_id \
+                     AND p.status = 'pending' AND p.id < d.id)))) \
+           ORDER BY d.next_attempt_at LIMIT ?{lock}) \
+         RETURNING id, event_id, endpoint_id, url, status, attempt_count, next_attempt_at, \
+           lease_owner, lease_expires_at, last_attempt_at, created_at, updated_at"
+    );
+    let mut values: Vec<Value> = vec![node.into(), lease_until.into(), now.into(), now.into()];
+    if !postgres {
+        values.push(node.into());
+    }
+    values.push((limit as i64).into());
+    let rows = delivery::Entity::find()
+        .from_raw_sql(statement(backend, &sql, values))
+        .all(&db.conn)
+        .await?;
+    Ok(rows)
+}
+
+/// Claims the pending backlog of one `ordered` endpoint, oldest first, due or
+/// not, so that its worker knows every earlier delivery before it starts a
+/// later one (after a restart, a failing head may be waiting for its retry).
+pub async fn claim_ordered_backlog(
+    db: &Database,
+    node: &str,
+    endpoint_id: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u64,
+) -> Result<Vec<delivery::Model>> {
+    let backend = db.backend();
+    let postgres = backend == DatabaseBackend::Postgres;
+    let lease_check = if postgres {
+        "(d.lease_owner IS NULL OR d.lease_expires_at < ? OR d.lease_owner = ?)"
+    } else {
+        "(d.lease_owner IS NULL OR d.lease_expires_at < ? OR d.lease_owner IS NOT NULL OR d.lease_owner = ?)"
+    };
+    let lock = if postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
+    let sql = format!(
+        "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? \
+         WHERE id IN (\
+           SELECT d.id FROM deliveries d \
+           WHERE d.endpoint_id = ? AND d.status = 'pending' AND {lease_check} \
+           ORDER BY d.id LIMIT ?{lock}) \
+         RETURNING id, event_id, endpoint_id, url, status, attempt_count, next_attempt_at, \
+           lease_owner, lease_expires_at, last_attempt_at, created_at, updated_at"
+    );
+    let values: Vec<Value> = vec![
+        node.into(),
+        lease_until.into(),
+        endpoint_id.into(),
+        now.into(),
+        node.into(),
+        (limit as i64).into(),
+    ];
+    let mut rows = delivery::Entity::find()
+        .from_raw_sql(statement(backend, &sql, values))
+        .all(&db.conn)
+        .await?;
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(rows)
+}
+
+/// The events of claimed deliveries, by id.
+pub async fn events_by_id(db: &Database, ids: Vec<String>) -> Result<HashMap<String, event::Model>> {
+    let mut events = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let rows = event::Entity::find()
+            .filter(event::Column::Id.is_in(chunk.iter().cloned()))
+            .all(&db.conn)
+            .await?;
+        events.extend(rows.into_iter().map(|row| (row.id.clone(), row)));
+    }
+    Ok(events)
+}
+
+/// An endpoint and its secrets that are live at `now`, newest first.
+pub async fn endpoint_with_secrets(
+    db: &Database,
+    endpoint_id: &str,
+    now: i64,
+) -> Result<Option<(endpoint::Model, Vec<endpoint_secret::Model>)>> {
+    let Some(row) = endpoint::Entity::find_by_id(endpoint_id.to_owned())
+        .one(&db.conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut secrets: Vec<endpoint_secret::Model> = endpoint_secret::Entity::find()
+        .filter(endpoint_secret::Column::EndpointId.eq(endpoint_id))
+        .all(&db.conn)
+        .await?
+        .into_iter()
+        .filter(|secret| secret.expires_at.is_none_or(|expires| expires > now))
+        .collect();
+    secrets.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    Ok(Some((row, secrets)))
+}
+
+/// A consumer's callback secret.
+pub async fn callback_secret(db: &Database, consumer_id: &str) -> Result<Option<String>> {
+    Ok(consumer::Entity::find_by_id(consumer_id.to_owned())
+        .one(&db.conn)
+        .await?
+        .map(|row| row.callback_secret))
+}
+
+/// What an attempt means for its endpoint's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointEffect {
+    /// A callback delivery: no endpoint.
+    None,
+    Succeeded,
+    Failed,
+    /// `410 Gone`: disable now with this reason.
+    Gone(String),
+}
+
+/// One finished attempt, to be recorded with its delivery's new state.
+#[derive(Debug, Clone)]
+pub struct RecordedAttempt {
+    pub attempt: attempt::Model,
+    /// `pending` (to be retried), `succeeded` or `failed`.
+    pub status: &'static str,
+    pub next_attempt_at: Option<i64>,
+    /// Kept for an in-memory retry, cleared otherwise.
+    pub lease: Option<(String, i64)>,
+    pub effect: EndpointEffect,
+}
+
+/// An endpoint that recording a batch disabled.
+#[derive(Debug, Clone)]
+pub struct DisabledEndpoint {
+    pub endpoint_id: String,
+    pub reason: String,
+}
+
+/// Records a batch of attempts in one transaction: each delivery's new
+/// state, the attempt rows (only for deliveries that still exist: a deleted
+/// endpoint or a purged event takes its deliveries along), and the endpoints'
+/// `failing_since`, disabling those failing for longer than `disable_after`.
+pub async fn record_attempts(
+    db: &Database,
+    batch: &[RecordedAttempt],
+    now: i64,
+    disable_after_millis: i64,
+) -> Result<Vec<DisabledEndpoint>> {
+    let backend = db.backend();
+    let txn = db.conn.begin().await?;
+    let mut attempts = Vec::with_capacity(batch.len());
+    // Per endpoint, in order: the attempts' effects.
+    let mut effects: HashMap<&str, Vec<(&EndpointEffect, i64)>> = HashMap::new();
+    for recorded in batch {
+        let (owner, expires) = match &recorded.lease {
+            Some((owner, expires)) => (Some(owner.clone()), Some(*expires)),
+            None => (None, None),
+        };
+        let updated = txn
+            .execute_raw(statement(
+                backend,
+                "UPDATE deliveries SET status = ?, attempt_count = attempt_count + 1, \
+                 last_attempt_at = ?, next_attempt_at = ?, lease_owner = ?, lease_expires_at = ?, \
+                 updated_at = ? WHERE id = ? AND status = 'pending'",
+                vec![
+                    recorded.status.into(),
+                    recorded.attempt.attempted_at.into(),
+                    recorded.next_attempt_at.into(),
+                    owner.into(),
+                    expires.into(),
+                    now.into(),
+                    recorded.attempt.delivery_id.clone().into(),
+                ],
+            ))
+            .await?;
+        if updated.rows_affected() == 0 {
+            continue;
+        }
+        attempts.push(attempt::ActiveModel::from(recorded.attempt.clone()));
+        if let Some(endpoint_id) = recorded.attempt.endpoint_id.as_deref()
+            && recorded.effect != EndpointEffect::None
+        {
+            effects
+                .entry(endpoint_id)
+                .or_default()
+                .push((&recorded.effect, recorded.attempt.attempted_at));
+        }
+    }
+    for chunk in attempts.chunks(200) {
+        attempt::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(&txn)
+            .await?;
+    }
+
+    let mut disabled = Vec::new();
+    for (endpoint_id, effects) in effects {
+        if let Some(reason) = effects.iter().find_map(|(effect, _)| match effect {
+            EndpointEffect::Gone(reason) => Some(reason.clone()),
+            _ => None,
+        }) {
+            if disable(&txn, backend, endpoint_id, &reason, now).await? {
+                disabled.push(DisabledEndpoint {
+                    endpoint_id: endpoint_id.to_owned(),
+                    reason,
+                });
+            }
+            continue;
+        }
+        let last_success = effects
+            .iter()
+            .rposition(|(effect, _)| **effect == EndpointEffect::Succeeded);
+        let first_failure_after = effects
+            .iter()
+            .skip(last_success.map_or(0, |index| index + 1))
+            .find(|(effect, _)| **effect == EndpointEffect::Failed)
+            .map(|(_, at)| *at);
+        match (last_success, first_failure_after) {
+            (_, None) => {
+                txn.execute_raw(statement(
+                    backend,
+                    "UPDATE endpoints SET failing_since = NULL \
+                     WHERE id = ? AND failing_since IS NOT NULL",
+                    vec![endpoint_id.into()],
+                ))
+                .await?;
+            }
+            (Some(_), Some(since)) => {
+                txn.execute_raw(statement(
+                    backend,
+                    "UPDATE endpoints SET failing_since = ? WHERE id = ?",
+                    vec![since.into(), endpoint_id.into()],
+                ))
+                .await?;
+            }
+            (None, Some(since)) => {
+                txn.execute_raw(statement(
+                    backend,
+                    "UPDATE endpoints SET failing_since = ? \
+                     WHERE id = ? AND failing_since IS NULL",
+                    vec![since.into(), endpoint_id.into()],
+                ))
+                .await?;
+                let limit = now.saturating_sub(disable_after_millis);
+                let reason = format!(
+                    "disabled automatically: every delivery attempt failed for longer than {}",
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        u64::try_from(disable_after_millis).unwrap_or(0)
+                    ))
+                );
+                let updated = txn
+                    .execute_raw(statement(
+                        backend,
+                        "UPDATE endpoints SET enabled = ?, disabled_reason = ?, updated_at = ? \
+                         WHERE id = ? AND enabled AND failing_since IS NOT NULL \
+                           AND failing_since < ?",
+                        vec![
+                            false.into(),
+                            reason.clone().into(),
+                            now.into(),
+                            endpoint_id.into(),
+                            limit.into(),
+                        ],
+                    ))
+                    .await?;
+                if updated.rows_affected() > 0 {
+                    disabled.push(DisabledEndpoint {
+                        endpoint_id: endpoint_id.to_owned(),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+    txn.commit().await?;
+    Ok(disabled)
+}
+
+async fn disable(
+    txn: &impl ConnectionTrait,
+    backend: DatabaseBackend,
+    endpoint_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<bool> {
+    let updated = txn
+        .execute_raw(statement(
+            backend,
+            "UPDATE endpoints SET enabled = ?, disabled_reason = ?, updated_at = ? \
+             WHERE id = ? AND enabled",
+            vec![false.into(), reason.into(), now.into(), endpoint_id.into()],
+        ))
+        .await?;
+    Ok(updated.rows_affected() > 0)
+}
+
+/// Gives up `node`'s leases on these pending deliveries, so that the next
+/// sweep (of any node) claims them.
+pub async fn release(db: &Database, node: &str, ids: &[String]) -> Result<()> {
+    let backend = db.backend();
+    for chunk in ids.chunks(500) {
+        let placeholders = vec!["?"; chunk.len()].join(", ");
+        let mut values: Vec<Value> = vec![node.into()];
+        values.extend(chunk.iter().map(|id| Value::from(id.clone())));
+        db.conn
+            .execute_raw(statement(
+                backend,
+                &format!(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE lease_owner = ? AND status = 'pending' AND id IN ({placeholders})"
+                ),
+                values,
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Extends `node`'s leases on deliveries it still holds in memory, so that
+/// another node does not take over work that is merely waiting its turn.
+pub async fn renew(db: &Database, node: &str, ids: &[String], lease_until: i64) -> Result<()> {
+    let backend = db.backend();
+    for chunk in ids.chunks(500) {
+        let placeholders = vec!["?"; chunk.len()].join(", ");
+        let mut values: Vec<Value> = vec![lease_until.into(), node.into(), lease_until.into()];
+        values.extend(chunk.iter().map(|id| Value::from(id.clone())));
+        db.conn
+            .execute_raw(statement(
+                backend,
+                &format!(
+                    "UPDATE deliveries SET lease_expires_at = ? \
+                     WHERE lease_owner = ? AND status = 'pending' AND lease_expires_at < ? \
+                       AND id IN ({placeholders})"
+                ),
+                values,
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Pending deliveries that are due now (the queue-depth gauge).
+pub async fn count_due(db: &Database, now: i64) -> Result<i64> {
+    let row = db
+        .conn
+        .query_one_raw(statement(
+            db.backend(),
+            "SELECT COUNT(*) AS due FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ?",
+            vec![now.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<i64>("", "due")?,
+        None => 0,
+    })
+}
+
+/// Deletes up to `limit` events created before `before` (their deliveries
+/// and attempts go by cascade); returns how many.
+pub async fn purge_events(db: &Database, before: i64, limit: u64) -> Result<u64> {
+    let result = db
+        .conn
+        .execute_raw(statement(
+            db.backend(),
+            "DELETE FROM events WHERE id IN \
+             (SELECT id FROM events WHERE created_at < ? LIMIT ?)",
+            vec![before.into(), (limit as i64).into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// Deletes up to `limit` idempotency keys recorded before `before`.
+pub async fn purge_idempotency_keys(db: &Database, before: i64, limit: u64) -> Result<u64> {
+    let result = db
+        .conn
+        .execute_raw(statement(
+            db.backend(),
+            "DELETE FROM idempotency_keys WHERE (consumer_id, key) IN \
+             (SELECT consumer_id, key FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
+            vec![before.into(), (limit as i64).into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        let stmt = statement(
+            DatabaseBackend::Postgres,
+            "SELECT ? + ?, ?",
+            vec![1.into(), 2.into(), 3.into()],
+        );
+        assert_eq!(stmt.sql, "SELECT $1 + $2, $3");
+        let stmt = statement(DatabaseBackend::Sqlite, "SELECT ?", vec![1.into()]);
+        assert_eq!(stmt.sql, "SELECT ?");
+    }
+}
