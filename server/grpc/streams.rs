@@ -111,6 +111,7 @@ impl StreamsService {
             }
             return hub.subscribe(DurableSubscription {
                 endpoint_id: endpoint.id,
+                consumer_id: endpoint.consumer_id,
                 ack_timeout,
                 max_unacked,
             });

@@ -68,6 +68,8 @@ impl Default for StreamSettings {
 #[derive(Debug, Clone)]
 pub struct DurableSubscription {
     pub endpoint_id: String,
+    /// The endpoint's consumer: a publish for it wakes the subscription.
+    pub consumer_id: String,
     /// How long a sent message stays leased to this subscription.
     pub ack_timeout: Duration,
     /// At most this many unacknowledged messages at once.
@@ -78,14 +80,42 @@ pub struct DurableSubscription {
 pub struct StreamHub {
     db: Database,
     settings: StreamSettings,
-    sessions: Mutex<HashMap<String, Vec<Arc<SessionSignal>>>>,
+    sessions: Mutex<Registry>,
     events: broadcast::Sender<Arc<event::Model>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
+/// The running durable subscriptions on this node, by endpoint and by
+/// consumer.
+#[derive(Default)]
+struct Registry {
+    by_endpoint: HashMap<String, Vec<Arc<SessionSignal>>>,
+    by_consumer: HashMap<String, Vec<Arc<SessionSignal>>>,
+}
+
+impl Registry {
+    fn by_endpoint(&self, endpoint_id: &str) -> impl Iterator<Item = &Arc<SessionSignal>> {
+        self.by_endpoint.get(endpoint_id).into_iter().flatten()
+    }
+}
+
+fn unregister(
+    map: &mut HashMap<String, Vec<Arc<SessionSignal>>>,
+    key: &str,
+    signal: &Arc<SessionSignal>,
+) {
+    if let Some(signals) = map.get_mut(key) {
+        signals.retain(|other| !Arc::ptr_eq(other, signal));
+        if signals.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
 /// How the hub reaches one running durable subscription.
 struct SessionSignal {
+    consumer_id: String,
     notify: Notify,
     /// Deliveries of this endpoint settled by Ack on this node since the
     /// session last looked; the session frees their window slots.
@@ -104,7 +134,7 @@ impl StreamHub {
         StreamHub {
             db,
             settings,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Registry::default()),
             events,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -119,19 +149,35 @@ impl StreamHub {
         S: AsRef<str>,
     {
         let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if sessions.is_empty() {
+        if sessions.by_endpoint.is_empty() {
             return;
         }
         for endpoint_id in endpoint_ids {
-            for signal in sessions.get(endpoint_id.as_ref()).into_iter().flatten() {
+            for signal in sessions.by_endpoint(endpoint_id.as_ref()) {
                 signal.notify.notify_one();
             }
         }
     }
 
-    /// Publishing committed this event: hand it to the live tails. Never
-    /// blocks; a tail that falls behind skips events.
+    /// Publishing committed this event (with its deliveries): wake the
+    /// subscriptions of the event's consumer on this node, and hand the event
+    /// to the live tails. Never blocks; a tail that falls behind skips events.
+    ///
+    /// Waking every subscription of the consumer, rather than only those
+    /// whose endpoint's filter matched, costs a claim that finds nothing,
+    /// and lets publishing call one method with what it has at hand.
     pub fn event_published(&self, event: Arc<event::Model>) {
+        {
+            let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            for signal in sessions
+                .by_consumer
+                .get(&event.consumer_id)
+                .into_iter()
+                .flatten()
+            {
+                signal.notify.notify_one();
+            }
+        }
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(event);
         }
@@ -144,7 +190,7 @@ impl StreamHub {
             return;
         }
         let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        for signal in sessions.get(endpoint_id).into_iter().flatten() {
+        for signal in sessions.by_endpoint(endpoint_id) {
             signal
                 .acked
                 .lock()
@@ -160,6 +206,7 @@ impl StreamHub {
         self.ensure_running()?;
         let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
         let signal = Arc::new(SessionSignal {
+            consumer_id: subscription.consumer_id.clone(),
             notify: Notify::new(),
             acked: Mutex::new(Vec::new()),
         });
@@ -170,12 +217,19 @@ impl StreamHub {
             endpoint_id: subscription.endpoint_id.clone(),
             signal: signal.clone(),
         };
-        self.sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(subscription.endpoint_id.clone())
-            .or_default()
-            .push(signal);
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            sessions
+                .by_endpoint
+                .entry(subscription.endpoint_id.clone())
+                .or_default()
+                .push(signal.clone());
+            sessions
+                .by_consumer
+                .entry(subscription.consumer_id.clone())
+                .or_default()
+                .push(signal);
+        }
         let owner = ids::new_id("sub");
         tracing::debug!(endpoint_id = %subscription.endpoint_id, subscription = %owner, "stream subscription opened");
         self.tasks.spawn(session::run(
@@ -263,11 +317,8 @@ impl Drop for Registration {
             .sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(signals) = sessions.get_mut(&self.endpoint_id) {
-            signals.retain(|signal| !Arc::ptr_eq(signal, &self.signal));
-            if signals.is_empty() {
-                sessions.remove(&self.endpoint_id);
-            }
-        }
+        unregister(&mut sessions.by_endpoint, &self.endpoint_id, &self.signal);
+        let consumer_id = &self.signal.consumer_id;
+        unregister(&mut sessions.by_consumer, consumer_id, &self.signal);
     }
 }
