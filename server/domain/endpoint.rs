@@ -113,6 +113,25 @@ pub fn parse_max_in_flight(field: &str, max_in_flight: u32) -> Result<u32> {
     Ok(max_in_flight)
 }
 
+pub const MAX_DISABLED_REASON_LENGTH: usize = 1024;
+pub const DEFAULT_DISABLED_REASON: &str = "disabled by operator";
+
+/// Why an operator disabled an endpoint; empty means the default reason, so
+/// that a disabled endpoint always says why.
+pub fn parse_disabled_reason(field: &str, reason: &str) -> Result<String> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Ok(DEFAULT_DISABLED_REASON.to_owned());
+    }
+    if reason.chars().count() > MAX_DISABLED_REASON_LENGTH {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_DISABLED_REASON_LENGTH} characters"),
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,44 @@ fn is_valid_name(name: &str) -> bool {
     })
 }
 
+pub const MAX_DESCRIPTION_LENGTH: usize = 1024;
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
+pub fn parse_description(field: &str, description: &str) -> Result<String> {
+    if description.chars().count() > MAX_DESCRIPTION_LENGTH {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_DESCRIPTION_LENGTH} characters"),
+        ));
+    }
+    Ok(description.to_owned())
+}
+
+/// An optional JSON Schema: empty means none. Until payloads are checked
+/// against it at publish, only its shape is enforced (JSON text whose top
+/// level is an object), so that no document that could never be a schema is
+/// stored and later breaks publishing.
+pub fn parse_schema(field: &str, schema: &str) -> Result<Option<String>> {
+    if schema.trim().is_empty() {
+        return Ok(None);
+    }
+    if schema.len() > MAX_SCHEMA_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_SCHEMA_BYTES} bytes"),
+        ));
+    }
+    let document: serde_json::Value = serde_json::from_str(schema)
+        .map_err(|err| Error::invalid(field, format!("is not valid JSON ({err})")))?;
+    if !document.is_object() {
+        return Err(Error::invalid(
+            field,
+            "must be a JSON object (a JSON Schema)",
+        ));
+    }
+    Ok(Some(schema.to_owned()))
+}
+
 /// An endpoint's (or a live tail's) choice of event types.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EventTypeFilter {
@@ -121,6 +159,20 @@ mod tests {
             "in voice",
         ] {
             assert!(parse_name("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schemas_must_be_json_objects() {
+        assert_eq!(parse_schema("schema", "").expect("empty is none"), None);
+        assert!(
+            parse_schema("schema", r#"{"type":"object"}"#)
+                .expect("valid")
+                .is_some()
+        );
+        for bad in ["{", "[]", "42", "\"text\"", "null"] {
+            let err = parse_schema("schema", bad).expect_err(bad);
+            assert!(err.to_string().starts_with("schema: "), "{bad}: {err}");
         }
     }
 

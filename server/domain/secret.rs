@@ -3,6 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rand::RngCore;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -10,6 +11,11 @@ const PREFIX: &str = "whsec_";
 const GENERATED_BYTES: usize = 32;
 const MIN_BYTES: usize = 24;
 const MAX_BYTES: usize = 64;
+
+/// How long a rotated-out secret keeps signing when the caller does not say.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest a rotated-out secret may keep signing: a rotation must end.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// A signing secret; its `Debug` never shows the key, so it cannot leak into logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -63,6 +69,16 @@ impl SigningSecret {
     }
 }
 
+/// The grace period of a rotation in `field`: absent means the default, and
+/// more than [`MAX_ROTATION_GRACE`] is refused. Zero ends the old secret now.
+pub fn parse_rotation_grace(field: &str, grace: Option<Duration>) -> Result<Duration> {
+    let grace = grace.unwrap_or(DEFAULT_ROTATION_GRACE);
+    if grace > MAX_ROTATION_GRACE {
+        return Err(Error::invalid(field, "must be at most 7 days"));
+    }
+    Ok(grace)
+}
+
 fn decode(raw: &str) -> Option<Vec<u8>> {
     STANDARD.decode(raw.strip_prefix(PREFIX)?).ok()
 }
@@ -81,5 +97,24 @@ mod tests {
         assert!(SigningSecret::parse("secret", "whsec_c2hvcnQ=").is_err());
         assert!(SigningSecret::parse("secret", "nope").is_err());
         assert!(!format!("{secret:?}").contains(secret.expose()));
+    }
+
+    #[test]
+    fn rotation_grace_defaults_and_is_bounded() {
+        assert_eq!(
+            parse_rotation_grace("grace_period", None).expect("default"),
+            DEFAULT_ROTATION_GRACE
+        );
+        assert_eq!(
+            parse_rotation_grace("grace_period", Some(Duration::ZERO)).expect("zero"),
+            Duration::ZERO
+        );
+        assert!(parse_rotation_grace("grace_period", Some(MAX_ROTATION_GRACE)).is_ok());
+        let err = parse_rotation_grace(
+            "grace_period",
+            Some(MAX_ROTATION_GRACE + Duration::from_secs(1)),
+        )
+        .expect_err("too long");
+        assert!(err.to_string().starts_with("grace_period: "), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! Conversions between storage rows and protobuf messages, and the small
 //! helpers every handler uses to read requests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use prost_types::Timestamp;
 
@@ -55,14 +55,6 @@ pub fn string_map(json: &str) -> Result<HashMap<String, String>> {
 pub fn string_list(json: &str) -> Result<Vec<String>> {
     serde_json::from_str(json)
         .map_err(|err| Error::Internal(format!("stored list is not valid JSON: {err}")))
-}
-
-pub fn map_to_json(map: &BTreeMap<String, String>) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
-}
-
-pub fn list_to_json(list: &[String]) -> String {
-    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
 }
 
 /// A required id field.

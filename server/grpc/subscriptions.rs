@@ -1,14 +1,41 @@
-//! `herald.v1.Subscriptions`: not implemented yet (issue #2).
+//! `herald.v1.Subscriptions`: consumers, their endpoints (with signing
+//! secrets), and the catalogue of event types.
+//!
+//! The auth layer has already decided which scopes may call each method. What
+//! it cannot know is who owns the resource a request names: every handler
+//! that reads one loads it through [`SubscriptionsService::consumer_for`] or
+//! [`SubscriptionsService::endpoint_for`], which answer NOT_FOUND to a
+//! CONSUMER key reaching for another consumer's resource, exactly as if the
+//! resource did not exist, so ids of other tenants cannot be probed.
+//!
+//! Secrets leave the server only in the responses that exist to hand them out
+//! (create, rotate, `GetEndpointSecret`); they are never logged.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::AppState;
+use super::auth::Principal;
+use super::convert::{duration, required, string_list, string_map, timestamp};
+use crate::domain::consumer::{parse_metadata, parse_name, parse_uid};
+use crate::domain::endpoint::{
+    EndpointKind, parse_description, parse_disabled_reason, parse_headers, parse_max_in_flight,
+    parse_rate_limit,
+};
+use crate::domain::event_type::{self, EventTypeFilter};
+use crate::domain::page::PageRequest;
+use crate::domain::secret::{SigningSecret, parse_rotation_grace};
+use crate::domain::time::duration_millis;
+use crate::error::{Error, Result};
 use crate::proto;
+use crate::storage::consumers::{ConsumerChanges, NewConsumer};
+use crate::storage::endpoints::{EndpointChanges, NewEndpoint};
+use crate::storage::entities::{consumer, endpoint, event_type as event_type_row};
+use crate::storage::event_types::{EventTypeChanges, NewEventType};
+use crate::storage::{consumers, endpoints, event_types};
 
 pub struct SubscriptionsService {
-    #[allow(dead_code)]
     state: Arc<AppState>,
 }
 
@@ -16,187 +43,518 @@ impl SubscriptionsService {
     pub fn new(state: Arc<AppState>) -> Self {
         SubscriptionsService { state }
     }
+
+    /// The consumer named in `field` (by id or uid), if `principal` may see it.
+    async fn consumer_for(
+        &self,
+        principal: &Principal,
+        field: &str,
+        reference: &str,
+    ) -> Result<consumer::Model> {
+        let reference = required(field, reference)?;
+        let row = consumers::resolve(&self.state.db.conn, reference)
+            .await?
+            .ok_or_else(|| Error::not_found("consumer", reference))?;
+        principal.ensure_consumer(&row.id, "consumer", reference)?;
+        Ok(row)
+    }
+
+    /// The endpoint named in `id`, if `principal` may see it.
+    async fn endpoint_for(&self, principal: &Principal, id: &str) -> Result<endpoint::Model> {
+        let id = required("id", id)?;
+        let row = endpoints::get(&self.state.db.conn, id)
+            .await?
+            .ok_or_else(|| Error::not_found("endpoint", id))?;
+        principal.ensure_consumer(&row.consumer_id, "endpoint", id)?;
+        Ok(row)
+    }
+
+    async fn event_type_named(&self, name: &str) -> Result<event_type_row::Model> {
+        let name = required("name", name)?;
+        event_types::get(&self.state.db.conn, name)
+            .await?
+            .ok_or_else(|| Error::not_found("event type", name))
+    }
+
+    /// Whose endpoints a ListEndpoints call may see: the consumer it names, or
+    /// for a CONSUMER key that names none, its own; `None` means all.
+    async fn endpoint_list_scope(
+        &self,
+        principal: &Principal,
+        consumer_reference: &str,
+    ) -> Result<Option<String>> {
+        if !consumer_reference.is_empty() {
+            let owner = self
+                .consumer_for(principal, "consumer_id", consumer_reference)
+                .await?;
+            return Ok(Some(owner.id));
+        }
+        Ok(principal.confined_to().map(str::to_owned))
+    }
+}
+
+fn consumer_message(row: consumer::Model) -> Result<proto::Consumer> {
+    Ok(proto::Consumer {
+        metadata: string_map(&row.metadata)?,
+        id: row.id,
+        uid: row.uid,
+        name: row.name,
+        created_at: timestamp(row.created_at),
+        updated_at: timestamp(row.updated_at),
+    })
+}
+
+/// An endpoint as the API shows it: never with a secret, which lives in
+/// another table and is read only by the calls that exist to return it.
+fn endpoint_message(row: endpoint::Model) -> Result<proto::Endpoint> {
+    let kind = match EndpointKind::from_stored(&row.kind) {
+        EndpointKind::Webhook => proto::EndpointKind::Webhook,
+        EndpointKind::Stream => proto::EndpointKind::Stream,
+    };
+    Ok(proto::Endpoint {
+        event_types: string_list(&row.event_types)?,
+        headers: string_map(&row.headers)?,
+        id: row.id,
+        consumer_id: row.consumer_id,
+        kind: kind as i32,
+        url: row.url.unwrap_or_default(),
+        description: row.description,
+        enabled: row.enabled,
+        disabled_reason: row.disabled_reason.unwrap_or_default(),
+        rate_limit: u32::try_from(row.rate_limit).unwrap_or(0),
+        max_in_flight: u32::try_from(row.max_in_flight).unwrap_or(0),
+        ordered: row.ordered,
+        created_at: timestamp(row.created_at),
+        updated_at: timestamp(row.updated_at),
+    })
+}
+
+fn event_type_message(row: event_type_row::Model) -> proto::EventType {
+    proto::EventType {
+        name: row.name,
+        description: row.description,
+        schema: row.schema.unwrap_or_default(),
+        archived: row.archived,
+        created_at: timestamp(row.created_at),
+        updated_at: timestamp(row.updated_at),
+    }
+}
+
+/// UNSPECIFIED means WEBHOOK, so that a create naming only a URL does what it says.
+fn parse_endpoint_kind(field: &str, kind: i32) -> Result<EndpointKind> {
+    match proto::EndpointKind::try_from(kind) {
+        Ok(proto::EndpointKind::Unspecified | proto::EndpointKind::Webhook) => {
+            Ok(EndpointKind::Webhook)
+        }
+        Ok(proto::EndpointKind::Stream) => Ok(EndpointKind::Stream),
+        Err(_) => Err(Error::invalid(field, "must be WEBHOOK or STREAM")),
+    }
+}
+
+/// A caller's own secret in `field`, or a freshly generated one.
+fn supplied_or_generated_secret(field: &str, raw: &str) -> Result<SigningSecret> {
+    if raw.is_empty() {
+        Ok(SigningSecret::generate())
+    } else {
+        SigningSecret::parse(field, raw)
+    }
+}
+
+/// A consumer's display name: empty means the uid, so that every consumer has one.
+fn consumer_name(name: &str, uid: &str) -> Result<String> {
+    if name.is_empty() {
+        Ok(uid.to_owned())
+    } else {
+        parse_name("name", name)
+    }
+}
+
+impl SubscriptionsService {
+    /// Checks the URL against the kind: a WEBHOOK needs one that passes the
+    /// SSRF policy, a STREAM has none (it would never be called).
+    fn endpoint_url(&self, kind: EndpointKind, raw: &str) -> Result<Option<String>> {
+        match kind {
+            EndpointKind::Webhook => Ok(Some(
+                self.state.target_policy.parse_url("url", raw)?.to_string(),
+            )),
+            EndpointKind::Stream if raw.is_empty() => Ok(None),
+            EndpointKind::Stream => Err(Error::invalid(
+                "url",
+                "must be empty for a STREAM endpoint (its events are delivered over Streams/Subscribe)",
+            )),
+        }
+    }
+
+    fn new_endpoint(
+        &self,
+        owner: &consumer::Model,
+        request: &proto::CreateEndpointRequest,
+    ) -> Result<NewEndpoint> {
+        let kind = parse_endpoint_kind("kind", request.kind)?;
+        Ok(NewEndpoint {
+            consumer_id: owner.id.clone(),
+            kind,
+            url: self.endpoint_url(kind, &request.url)?,
+            description: parse_description("description", &request.description)?,
+            event_types: EventTypeFilter::parse("event_types", &request.event_types)?,
+            headers: parse_headers("headers", &request.headers)?,
+            rate_limit: parse_rate_limit("rate_limit", request.rate_limit)?,
+            max_in_flight: parse_max_in_flight("max_in_flight", request.max_in_flight)?,
+            ordered: request.ordered,
+        })
+    }
+
+    fn endpoint_changes(
+        &self,
+        current: &endpoint::Model,
+        request: proto::UpdateEndpointRequest,
+    ) -> Result<EndpointChanges> {
+        let kind = EndpointKind::from_stored(&current.kind);
+        let url = match request.url.as_deref() {
+            None => None,
+            Some("") if kind == EndpointKind::Stream => None,
+            Some(raw) => self.endpoint_url(kind, raw)?,
+        };
+        Ok(EndpointChanges {
+            url,
+            description: request
+                .description
+                .map(|description| parse_description("description", &description))
+                .transpose()?,
+            event_types: request
+                .event_types
+                .map(|list| EventTypeFilter::parse("event_types", &list.values))
+                .transpose()?,
+            headers: request
+                .headers
+                .map(|map| parse_headers("headers", &map.entries))
+                .transpose()?,
+            rate_limit: request
+                .rate_limit
+                .map(|limit| parse_rate_limit("rate_limit", limit))
+                .transpose()?,
+            max_in_flight: request
+                .max_in_flight
+                .map(|limit| parse_max_in_flight("max_in_flight", limit))
+                .transpose()?,
+            ordered: request.ordered,
+        })
+    }
 }
 
 #[tonic::async_trait]
 impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
     async fn create_consumer(
         &self,
-        _request: Request<proto::CreateConsumerRequest>,
+        request: Request<proto::CreateConsumerRequest>,
     ) -> Result<Response<proto::CreateConsumerResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/CreateConsumer is not implemented yet",
-        ))
+        let request = request.into_inner();
+        let uid = parse_uid("uid", &request.uid)?;
+        let new_consumer = NewConsumer {
+            name: consumer_name(&request.name, &uid)?,
+            metadata: parse_metadata("metadata", &request.metadata)?,
+            uid,
+        };
+        let callback_secret = SigningSecret::generate();
+        let row = consumers::insert(&self.state.db.conn, new_consumer, &callback_secret).await?;
+        tracing::info!(consumer_id = %row.id, uid = %row.uid, "consumer created");
+        Ok(Response::new(proto::CreateConsumerResponse {
+            consumer: Some(consumer_message(row)?),
+            callback_secret: callback_secret.expose().to_owned(),
+        }))
     }
 
     async fn get_consumer(
         &self,
-        _request: Request<proto::GetConsumerRequest>,
+        request: Request<proto::GetConsumerRequest>,
     ) -> Result<Response<proto::Consumer>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/GetConsumer is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let row = self
+            .consumer_for(&principal, "id", &request.get_ref().id)
+            .await?;
+        Ok(Response::new(consumer_message(row)?))
     }
 
     async fn list_consumers(
         &self,
-        _request: Request<proto::ListConsumersRequest>,
+        request: Request<proto::ListConsumersRequest>,
     ) -> Result<Response<proto::ListConsumersResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/ListConsumers is not implemented yet",
-        ))
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let rows = consumers::list(&self.state.db.conn, &page).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.id.clone());
+        Ok(Response::new(proto::ListConsumersResponse {
+            consumers: rows
+                .into_iter()
+                .map(consumer_message)
+                .collect::<Result<_>>()?,
+            next_page_token,
+        }))
     }
 
     async fn update_consumer(
         &self,
-        _request: Request<proto::UpdateConsumerRequest>,
+        request: Request<proto::UpdateConsumerRequest>,
     ) -> Result<Response<proto::Consumer>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/UpdateConsumer is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let current = self.consumer_for(&principal, "id", &request.id).await?;
+        let changes = ConsumerChanges {
+            name: request
+                .name
+                .map(|name| consumer_name(&name, &current.uid))
+                .transpose()?,
+            metadata: request
+                .metadata
+                .map(|map| parse_metadata("metadata", &map.entries))
+                .transpose()?,
+        };
+        let row = consumers::update(&self.state.db.conn, current, changes).await?;
+        Ok(Response::new(consumer_message(row)?))
     }
 
     async fn delete_consumer(
         &self,
-        _request: Request<proto::DeleteConsumerRequest>,
+        request: Request<proto::DeleteConsumerRequest>,
     ) -> Result<Response<proto::DeleteConsumerResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/DeleteConsumer is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let reference = &request.get_ref().id;
+        let row = self.consumer_for(&principal, "id", reference).await?;
+        if !consumers::delete(&self.state.db.conn, &row.id).await? {
+            return Err(Error::not_found("consumer", reference).into());
+        }
+        // The consumer's API keys went with it; drop their cached principals.
+        self.state.authenticator.forget_all();
+        tracing::info!(consumer_id = %row.id, uid = %row.uid, "consumer deleted");
+        Ok(Response::new(proto::DeleteConsumerResponse {}))
     }
 
     async fn rotate_consumer_callback_secret(
         &self,
-        _request: Request<proto::RotateConsumerCallbackSecretRequest>,
+        request: Request<proto::RotateConsumerCallbackSecretRequest>,
     ) -> Result<Response<proto::RotateConsumerCallbackSecretResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/RotateConsumerCallbackSecret is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let current = self
+            .consumer_for(&principal, "id", &request.get_ref().id)
+            .await?;
+        let callback_secret = SigningSecret::generate();
+        let row =
+            consumers::replace_callback_secret(&self.state.db.conn, current, &callback_secret)
+                .await?;
+        tracing::info!(consumer_id = %row.id, "consumer callback secret rotated");
+        Ok(Response::new(proto::RotateConsumerCallbackSecretResponse {
+            callback_secret: callback_secret.expose().to_owned(),
+        }))
     }
 
     async fn create_endpoint(
         &self,
-        _request: Request<proto::CreateEndpointRequest>,
+        request: Request<proto::CreateEndpointRequest>,
     ) -> Result<Response<proto::CreateEndpointResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/CreateEndpoint is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let owner = self
+            .consumer_for(&principal, "consumer_id", &request.consumer_id)
+            .await?;
+        let new_endpoint = self.new_endpoint(&owner, &request)?;
+        let secret = supplied_or_generated_secret("secret", &request.secret)?;
+        let row = endpoints::insert(&self.state.db.conn, new_endpoint, &secret).await?;
+        tracing::info!(endpoint_id = %row.id, consumer_id = %row.consumer_id, kind = %row.kind, "endpoint created");
+        Ok(Response::new(proto::CreateEndpointResponse {
+            endpoint: Some(endpoint_message(row)?),
+            secret: secret.expose().to_owned(),
+        }))
     }
 
     async fn get_endpoint(
         &self,
-        _request: Request<proto::GetEndpointRequest>,
+        request: Request<proto::GetEndpointRequest>,
     ) -> Result<Response<proto::Endpoint>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/GetEndpoint is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let row = self.endpoint_for(&principal, &request.get_ref().id).await?;
+        Ok(Response::new(endpoint_message(row)?))
     }
 
     async fn list_endpoints(
         &self,
-        _request: Request<proto::ListEndpointsRequest>,
+        request: Request<proto::ListEndpointsRequest>,
     ) -> Result<Response<proto::ListEndpointsResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/ListEndpoints is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let owner = self
+            .endpoint_list_scope(&principal, &request.consumer_id)
+            .await?;
+        let rows = endpoints::list(&self.state.db.conn, owner.as_deref(), &page).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.id.clone());
+        Ok(Response::new(proto::ListEndpointsResponse {
+            endpoints: rows
+                .into_iter()
+                .map(endpoint_message)
+                .collect::<Result<_>>()?,
+            next_page_token,
+        }))
     }
 
     async fn update_endpoint(
         &self,
-        _request: Request<proto::UpdateEndpointRequest>,
+        request: Request<proto::UpdateEndpointRequest>,
     ) -> Result<Response<proto::Endpoint>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/UpdateEndpoint is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let current = self.endpoint_for(&principal, &request.id).await?;
+        let changes = self.endpoint_changes(&current, request)?;
+        let row = endpoints::update(&self.state.db.conn, current, changes).await?;
+        Ok(Response::new(endpoint_message(row)?))
     }
 
     async fn delete_endpoint(
         &self,
-        _request: Request<proto::DeleteEndpointRequest>,
+        request: Request<proto::DeleteEndpointRequest>,
     ) -> Result<Response<proto::DeleteEndpointResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/DeleteEndpoint is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let id = &request.get_ref().id;
+        let row = self.endpoint_for(&principal, id).await?;
+        if !endpoints::delete(&self.state.db.conn, &row.id).await? {
+            return Err(Error::not_found("endpoint", id).into());
+        }
+        tracing::info!(endpoint_id = %row.id, consumer_id = %row.consumer_id, "endpoint deleted");
+        Ok(Response::new(proto::DeleteEndpointResponse {}))
     }
 
     async fn rotate_endpoint_secret(
         &self,
-        _request: Request<proto::RotateEndpointSecretRequest>,
+        request: Request<proto::RotateEndpointSecretRequest>,
     ) -> Result<Response<proto::RotateEndpointSecretResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/RotateEndpointSecret is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let row = self.endpoint_for(&principal, &request.id).await?;
+        let requested_grace = request
+            .grace_period
+            .as_ref()
+            .map(|grace| duration("grace_period", grace))
+            .transpose()?;
+        let grace = parse_rotation_grace("grace_period", requested_grace)?;
+        let secret = supplied_or_generated_secret("secret", &request.secret)?;
+        let rotation = endpoints::rotate_secret(
+            &self.state.db.conn,
+            &row.id,
+            &secret,
+            duration_millis(grace),
+        )
+        .await?;
+        tracing::info!(endpoint_id = %row.id, grace_ms = duration_millis(grace), "endpoint secret rotated");
+        Ok(Response::new(proto::RotateEndpointSecretResponse {
+            secret: secret.expose().to_owned(),
+            previous_expires_at: timestamp(rotation.previous_expires_at),
+        }))
     }
 
     async fn get_endpoint_secret(
         &self,
-        _request: Request<proto::GetEndpointSecretRequest>,
+        request: Request<proto::GetEndpointSecretRequest>,
     ) -> Result<Response<proto::GetEndpointSecretResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/GetEndpointSecret is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let row = self.endpoint_for(&principal, &request.get_ref().id).await?;
+        let secret = endpoints::current_secret(&self.state.db.conn, &row.id)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("endpoint {} has no current secret", row.id)))?;
+        Ok(Response::new(proto::GetEndpointSecretResponse {
+            secret: secret.expose().to_owned(),
+        }))
     }
 
     async fn enable_endpoint(
         &self,
-        _request: Request<proto::EnableEndpointRequest>,
+        request: Request<proto::EnableEndpointRequest>,
     ) -> Result<Response<proto::Endpoint>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/EnableEndpoint is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let current = self.endpoint_for(&principal, &request.get_ref().id).await?;
+        let row = endpoints::enable(&self.state.db.conn, current).await?;
+        tracing::info!(endpoint_id = %row.id, "endpoint enabled");
+        Ok(Response::new(endpoint_message(row)?))
     }
 
     async fn disable_endpoint(
         &self,
-        _request: Request<proto::DisableEndpointRequest>,
+        request: Request<proto::DisableEndpointRequest>,
     ) -> Result<Response<proto::Endpoint>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/DisableEndpoint is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let current = self.endpoint_for(&principal, &request.id).await?;
+        let reason = parse_disabled_reason("reason", &request.reason)?;
+        let row = endpoints::disable(&self.state.db.conn, current, &reason).await?;
+        tracing::info!(endpoint_id = %row.id, reason = %reason, "endpoint disabled");
+        Ok(Response::new(endpoint_message(row)?))
     }
 
     async fn create_event_type(
         &self,
-        _request: Request<proto::CreateEventTypeRequest>,
+        request: Request<proto::CreateEventTypeRequest>,
     ) -> Result<Response<proto::EventType>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/CreateEventType is not implemented yet",
-        ))
+        let request = request.into_inner();
+        let new_event_type = NewEventType {
+            name: event_type::parse_name("name", &request.name)?,
+            description: event_type::parse_description("description", &request.description)?,
+            schema: event_type::parse_schema("schema", &request.schema)?,
+        };
+        let row = event_types::insert(&self.state.db.conn, new_event_type).await?;
+        tracing::info!(event_type = %row.name, "event type created");
+        Ok(Response::new(event_type_message(row)))
     }
 
     async fn get_event_type(
         &self,
-        _request: Request<proto::GetEventTypeRequest>,
+        request: Request<proto::GetEventTypeRequest>,
     ) -> Result<Response<proto::EventType>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/GetEventType is not implemented yet",
-        ))
+        let row = self.event_type_named(&request.get_ref().name).await?;
+        Ok(Response::new(event_type_message(row)))
     }
 
     async fn list_event_types(
         &self,
-        _request: Request<proto::ListEventTypesRequest>,
+        request: Request<proto::ListEventTypesRequest>,
     ) -> Result<Response<proto::ListEventTypesResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/ListEventTypes is not implemented yet",
-        ))
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let rows = event_types::list(&self.state.db.conn, &page, request.include_archived).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.name.clone());
+        Ok(Response::new(proto::ListEventTypesResponse {
+            event_types: rows.into_iter().map(event_type_message).collect(),
+            next_page_token,
+        }))
     }
 
     async fn update_event_type(
         &self,
-        _request: Request<proto::UpdateEventTypeRequest>,
+        request: Request<proto::UpdateEventTypeRequest>,
     ) -> Result<Response<proto::EventType>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/UpdateEventType is not implemented yet",
-        ))
+        let request = request.into_inner();
+        let current = self.event_type_named(&request.name).await?;
+        let changes = EventTypeChanges {
+            description: request
+                .description
+                .map(|description| event_type::parse_description("description", &description))
+                .transpose()?,
+            schema: request
+                .schema
+                .map(|schema| event_type::parse_schema("schema", &schema))
+                .transpose()?,
+            archived: request.archived,
+        };
+        let row = event_types::update(&self.state.db.conn, current, changes).await?;
+        Ok(Response::new(event_type_message(row)))
     }
 
     async fn delete_event_type(
         &self,
-        _request: Request<proto::DeleteEventTypeRequest>,
+        request: Request<proto::DeleteEventTypeRequest>,
     ) -> Result<Response<proto::DeleteEventTypeResponse>, Status> {
-        Err(Status::unimplemented(
-            "Subscriptions/DeleteEventType is not implemented yet",
-        ))
+        let name = required("name", &request.get_ref().name)?;
+        if !event_types::delete(&self.state.db.conn, name).await? {
+            return Err(Error::not_found("event type", name).into());
+        }
+        tracing::info!(event_type = %name, "event type deleted");
+        Ok(Response::new(proto::DeleteEventTypeResponse {}))
     }
 }

@@ -1,10 +1,38 @@
-//! Consumer rows.
+//! Consumer rows: create, resolve by id or uid, list, update, delete, and the
+//! callback secret. Deleting a consumer relies on the foreign keys of the
+//! schema (`ON DELETE CASCADE`) to take its endpoints, secrets, events,
+//! deliveries, attempts and API keys with it, in one statement.
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use std::collections::BTreeMap;
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
 
 use super::entities::consumer::{self, Entity as Consumers};
+use super::{json_text, vanished_or};
 use crate::domain::consumer::is_consumer_id;
-use crate::error::Result;
+use crate::domain::ids;
+use crate::domain::page::PageRequest;
+use crate::domain::secret::SigningSecret;
+use crate::domain::time::now_millis;
+use crate::error::{Error, Result};
+
+/// A validated consumer, ready to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewConsumer {
+    pub uid: String,
+    pub name: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The fields an update sets; `None` leaves the stored value alone.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerChanges {
+    pub name: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
 
 /// Finds a consumer by Herald id (`con_…`) or by uid.
 pub async fn resolve(
@@ -17,4 +45,86 @@ pub async fn resolve(
         Consumers::find().filter(consumer::Column::Uid.eq(reference))
     };
     Ok(query.one(db).await?)
+}
+
+/// Inserts a consumer. The uid is unique: rather than checking first (which a
+/// concurrent create could slip past), the insert itself is the check, and a
+/// unique-key refusal becomes ALREADY_EXISTS.
+pub async fn insert(
+    db: &impl ConnectionTrait,
+    new_consumer: NewConsumer,
+    callback_secret: &SigningSecret,
+) -> Result<consumer::Model> {
+    let now = now_millis();
+    let uid = new_consumer.uid.clone();
+    let row = consumer::ActiveModel {
+        id: Set(ids::new_id(ids::CONSUMER)),
+        uid: Set(new_consumer.uid),
+        name: Set(new_consumer.name),
+        metadata: Set(json_text(&new_consumer.metadata)),
+        callback_secret: Set(callback_secret.expose().to_owned()),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    row.insert(db).await.map_err(|err| {
+        let error = Error::from(err);
+        if error.is_unique_violation() {
+            Error::AlreadyExists(format!("a consumer with uid {uid:?} already exists"))
+        } else {
+            error
+        }
+    })
+}
+
+/// One page of consumers in id order, which is creation order (ids are
+/// monotonic ULIDs); fetches one row beyond the page (see `PageRequest`).
+pub async fn list(db: &impl ConnectionTrait, page: &PageRequest) -> Result<Vec<consumer::Model>> {
+    let mut query = Consumers::find().order_by_asc(consumer::Column::Id);
+    if let Some(after) = &page.after {
+        query = query.filter(consumer::Column::Id.gt(after.as_str()));
+    }
+    Ok(query.limit(page.fetch_limit()).all(db).await?)
+}
+
+/// Writes only the changed columns, so that two updates of different fields
+/// do not undo each other.
+pub async fn update(
+    db: &impl ConnectionTrait,
+    current: consumer::Model,
+    changes: ConsumerChanges,
+) -> Result<consumer::Model> {
+    let id = current.id.clone();
+    let mut row: consumer::ActiveModel = current.into();
+    if let Some(name) = changes.name {
+        row.name = Set(name);
+    }
+    if let Some(metadata) = changes.metadata {
+        row.metadata = Set(json_text(&metadata));
+    }
+    row.updated_at = Set(now_millis());
+    row.update(db)
+        .await
+        .map_err(|err| vanished_or(err, "consumer", &id))
+}
+
+/// Replaces the secret that signs per-event callback deliveries.
+pub async fn replace_callback_secret(
+    db: &impl ConnectionTrait,
+    current: consumer::Model,
+    callback_secret: &SigningSecret,
+) -> Result<consumer::Model> {
+    let id = current.id.clone();
+    let mut row: consumer::ActiveModel = current.into();
+    row.callback_secret = Set(callback_secret.expose().to_owned());
+    row.updated_at = Set(now_millis());
+    row.update(db)
+        .await
+        .map_err(|err| vanished_or(err, "consumer", &id))
+}
+
+/// Deletes a consumer and, through the foreign keys, everything it owns.
+/// Returns whether a row was deleted.
+pub async fn delete(db: &impl ConnectionTrait, id: &str) -> Result<bool> {
+    let result = Consumers::delete_by_id(id.to_owned()).exec(db).await?;
+    Ok(result.rows_affected > 0)
 }

@@ -5,7 +5,9 @@
 
 pub mod api_keys;
 pub mod consumers;
+pub mod endpoints;
 pub mod entities;
+pub mod event_types;
 pub mod queue;
 pub mod stats;
 pub mod stream_queue;
@@ -17,6 +19,21 @@ use herald_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection};
 
 use crate::error::{Error, Result};
+
+/// A value as the text of a JSON column (metadata, headers, filters). These
+/// are maps and lists of strings, which always serialise.
+pub(crate) fn json_text(value: &(impl serde::Serialize + ?Sized)) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// An update that matched no row means the row was deleted after it was read:
+/// to the caller that is NOT_FOUND, not an internal error.
+pub(crate) fn vanished_or(err: sea_orm::DbErr, what: &str, id: &str) -> Error {
+    match err {
+        sea_orm::DbErr::RecordNotUpdated => Error::not_found(what, id),
+        other => Error::from(other),
+    }
+}
 
 /// A migrated connection pool, plus (on SQLite) the lock that keeps a second
 /// Herald process away from the same file.

@@ -5,7 +5,10 @@
 mod common;
 
 mod admin;
+mod authorization;
+mod client;
 mod grpcurl;
 mod listen;
 mod process;
 mod streams;
+mod subscriptions;

@@ -20,7 +20,9 @@ fn free_port() -> u16 {
 
 fn herald() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-    command.env_remove("HERALD_ADMIN_TOKEN").env_remove("HERALD_DATABASE_URL");
+    command
+        .env_remove("HERALD_ADMIN_TOKEN")
+        .env_remove("HERALD_DATABASE_URL");
     command
 }
 
@@ -33,7 +35,15 @@ fn serve(database_url: &str, extra: &[&str]) -> Served {
     let grpc = format!("127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
     let child = herald()
-        .args(["serve", "--grpc-addr", &grpc, "--metrics-addr", &metrics, "--database-url", database_url])
+        .args([
+            "serve",
+            "--grpc-addr",
+            &grpc,
+            "--metrics-addr",
+            &metrics,
+            "--database-url",
+            database_url,
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -44,18 +54,22 @@ fn serve(database_url: &str, extra: &[&str]) -> Served {
 
 async fn wait_serving(grpc: &str) {
     let url = format!("http://{grpc}");
-    wait_for("herald to answer health checks", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move {
-            let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .ok()
-                .map(|_| ())
-        }
-    })
+    wait_for(
+        "herald to answer health checks",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let channel = Channel::from_shared(url).ok()?.connect().await.ok()?;
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        },
+    )
     .await;
 }
 
@@ -70,7 +84,10 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(std::time::Instant::now() < deadline, "herald did not exit after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "herald did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -82,9 +99,10 @@ async fn stats(grpc: &str, token: &str) -> Result<proto::GetStatsResponse, tonic
         .await
         .expect("connect");
     let mut request = tonic::Request::new(proto::GetStatsRequest {});
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
     proto::admin_client::AdminClient::new(channel)
         .get_stats(request)
         .await
@@ -102,25 +120,36 @@ async fn first_start_prints_an_admin_key_once_and_sigterm_exits_zero() {
         BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .find_map(|line| line.split_whitespace().find(|word| word.starts_with("hk_")).map(str::to_owned))
+            .find_map(|line| {
+                line.split_whitespace()
+                    .find(|word| word.starts_with("hk_"))
+                    .map(str::to_owned)
+            })
     })
     .await
     .expect("reader")
     .expect("the first start prints an admin key");
     wait_serving(&first.grpc).await;
-    stats(&first.grpc, &token).await.expect("the printed key is an admin key");
+    stats(&first.grpc, &token)
+        .await
+        .expect("the printed key is an admin key");
     let status = terminate(&mut first.child);
     assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
 
     // The second start finds the key and prints nothing.
     let mut second = serve(&url, &[]);
     wait_serving(&second.grpc).await;
-    stats(&second.grpc, &token).await.expect("the key survives a restart");
+    stats(&second.grpc, &token)
+        .await
+        .expect("the key survives a restart");
     let status = terminate(&mut second.child);
     assert_eq!(status.code(), Some(0));
     let output = second.child.wait_with_output().expect("output");
     let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(!printed.contains("hk_"), "a second start must not mint a key: {printed}");
+    assert!(
+        !printed.contains("hk_"),
+        "a second start must not mint a key: {printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,17 +157,44 @@ async fn offline_key_creation_and_the_single_process_guard() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("keys.db").display());
 
-    let migrated = herald().args(["migrate", "--database-url", &url]).output().expect("migrate");
-    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let migrated = herald()
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .expect("migrate");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
     let created = herald()
-        .args(["key", "create", "--scope", "admin", "--name", "ops", "--database-url", &url])
+        .args([
+            "key",
+            "create",
+            "--scope",
+            "admin",
+            "--name",
+            "ops",
+            "--database-url",
+            &url,
+        ])
         .output()
         .expect("key create");
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
     assert!(token.starts_with("hk_"), "{token}");
     let refused = herald()
-        .args(["key", "create", "--scope", "consumer", "--database-url", &url])
+        .args([
+            "key",
+            "create",
+            "--scope",
+            "consumer",
+            "--database-url",
+            &url,
+        ])
         .output()
         .expect("key create");
     assert!(!refused.status.success());
@@ -146,7 +202,9 @@ async fn offline_key_creation_and_the_single_process_guard() {
 
     let mut server = serve(&url, &[]);
     wait_serving(&server.grpc).await;
-    stats(&server.grpc, &token).await.expect("an offline-created key works");
+    stats(&server.grpc, &token)
+        .await
+        .expect("an offline-created key works");
 
     // A second process on the same SQLite file refuses to start.
     let second = herald()
@@ -164,7 +222,8 @@ async fn offline_key_creation_and_the_single_process_guard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_is_served_over_tls() {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("self-signed cert");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("self-signed cert");
     let dir = tempfile::tempdir().expect("temp dir");
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
@@ -192,13 +251,24 @@ async fn grpc_is_served_over_tls() {
         .await
         .expect("health over TLS")
         .into_inner();
-    assert_eq!(answer.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        answer.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     // Plaintext to a TLS port fails rather than silently working.
-    let plaintext = Channel::from_shared(server.url()).expect("url").connect().await;
+    let plaintext = Channel::from_shared(server.url())
+        .expect("url")
+        .connect()
+        .await;
     if let Ok(channel) = plaintext {
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        assert!(health.check(tonic_health::pb::HealthCheckRequest::default()).await.is_err());
+        assert!(
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .is_err()
+        );
     }
     server.finish().await;
 }

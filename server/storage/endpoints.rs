@@ -1,0 +1,307 @@
+//! Endpoint rows and their signing secrets.
+//!
+//! An endpoint has one current secret (`expires_at` NULL) and, after a
+//! rotation, previous secrets that keep signing until their `expires_at`, so
+//! that receivers can switch keys without dropping a delivery. Every change
+//! that touches several rows runs in one transaction.
+
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, TransactionSession, TransactionTrait,
+};
+
+use super::entities::endpoint::{self, Entity as Endpoints};
+use super::entities::endpoint_secret::{self, Entity as EndpointSecrets};
+use super::{json_text, vanished_or};
+use crate::domain::endpoint::EndpointKind;
+use crate::domain::event_type::EventTypeFilter;
+use crate::domain::ids;
+use crate::domain::page::PageRequest;
+use crate::domain::secret::SigningSecret;
+use crate::domain::time::now_millis;
+use crate::error::{Error, Result};
+
+/// A validated endpoint, ready to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    /// The owning consumer's Herald id (already resolved from a uid).
+    pub consumer_id: String,
+    pub kind: EndpointKind,
+    /// Present exactly for WEBHOOK endpoints.
+    pub url: Option<String>,
+    pub description: String,
+    pub event_types: EventTypeFilter,
+    pub headers: BTreeMap<String, String>,
+    pub rate_limit: u32,
+    pub max_in_flight: u32,
+    pub ordered: bool,
+}
+
+/// The fields an update sets; `None` leaves the stored value alone.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChanges {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub event_types: Option<EventTypeFilter>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub rate_limit: Option<u32>,
+    pub max_in_flight: Option<u32>,
+    pub ordered: Option<bool>,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone)]
+pub struct SecretRotation {
+    /// When the secret that was current until now stops signing.
+    pub previous_expires_at: i64,
+}
+
+/// Inserts an endpoint together with its first (current) secret, so that no
+/// endpoint ever exists without a key to sign with.
+pub async fn insert(
+    db: &impl TransactionTrait,
+    new_endpoint: NewEndpoint,
+    secret: &SigningSecret,
+) -> Result<endpoint::Model> {
+    let now = now_millis();
+    let row = endpoint::ActiveModel {
+        id: Set(ids::new_id(ids::ENDPOINT)),
+        consumer_id: Set(new_endpoint.consumer_id),
+        kind: Set(new_endpoint.kind.as_str().to_owned()),
+        url: Set(new_endpoint.url),
+        description: Set(new_endpoint.description),
+        event_types: Set(json_text(new_endpoint.event_types.patterns())),
+        enabled: Set(true),
+        disabled_reason: Set(None),
+        headers: Set(json_text(&new_endpoint.headers)),
+        rate_limit: Set(stored_count(new_endpoint.rate_limit)),
+        max_in_flight: Set(stored_count(new_endpoint.max_in_flight)),
+        ordered: Set(new_endpoint.ordered),
+        failing_since: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let txn = db.begin().await?;
+    let inserted = row.insert(&txn).await?;
+    insert_current_secret(&txn, &inserted.id, secret, now).await?;
+    txn.commit().await?;
+    Ok(inserted)
+}
+
+pub async fn get(db: &impl ConnectionTrait, id: &str) -> Result<Option<endpoint::Model>> {
+    Ok(Endpoints::find_by_id(id.to_owned()).one(db).await?)
+}
+
+/// One page of endpoints in id (creation) order, all of them or those of one
+/// consumer; fetches one row beyond the page (see `PageRequest`).
+pub async fn list(
+    db: &impl ConnectionTrait,
+    consumer_id: Option<&str>,
+    page: &PageRequest,
+) -> Result<Vec<endpoint::Model>> {
+    let mut query = Endpoints::find().order_by_asc(endpoint::Column::Id);
+    if let Some(consumer_id) = consumer_id {
+        query = query.filter(endpoint::Column::ConsumerId.eq(consumer_id));
+    }
+    if let Some(after) = &page.after {
+        query = query.filter(endpoint::Column::Id.gt(after.as_str()));
+    }
+    Ok(query.limit(page.fetch_limit()).all(db).await?)
+}
+
+/// Writes only the changed columns, so that two updates of different fields
+/// do not undo each other.
+pub async fn update(
+    db: &impl ConnectionTrait,
+    current: endpoint::Model,
+    changes: EndpointChanges,
+) -> Result<endpoint::Model> {
+    let id = current.id.clone();
+    let mut row: endpoint::ActiveModel = current.into();
+    if let Some(url) = changes.url {
+        row.url = Set(Some(url));
+    }
+    if let Some(description) = changes.description {
+        row.description = Set(description);
+    }
+    if let Some(event_types) = changes.event_types {
+        row.event_types = Set(json_text(event_types.patterns()));
+    }
+    if let Some(headers) = changes.headers {
+        row.headers = Set(json_text(&headers));
+    }
+    if let Some(rate_limit) = changes.rate_limit {
+        row.rate_limit = Set(stored_count(rate_limit));
+    }
+    if let Some(max_in_flight) = changes.max_in_flight {
+        row.max_in_flight = Set(stored_count(max_in_flight));
+    }
+    if let Some(ordered) = changes.ordered {
+        row.ordered = Set(ordered);
+    }
+    row.updated_at = Set(now_millis());
+    row.update(db)
+        .await
+        .map_err(|err| vanished_or(err, "endpoint", &id))
+}
+
+/// Turns delivery back on. The failure streak is forgotten too: otherwise the
+/// first failure after re-enabling would count the days before it was
+/// disabled and disable it again at once.
+pub async fn enable(
+    db: &impl ConnectionTrait,
+    current: endpoint::Model,
+) -> Result<endpoint::Model> {
+    let id = current.id.clone();
+    let mut row: endpoint::ActiveModel = current.into();
+    row.enabled = Set(true);
+    row.disabled_reason = Set(None);
+    row.failing_since = Set(None);
+    row.updated_at = Set(now_millis());
+    row.update(db)
+        .await
+        .map_err(|err| vanished_or(err, "endpoint", &id))
+}
+
+/// Stops delivery and records why (shown to operators as `disabled_reason`).
+pub async fn disable(
+    db: &impl ConnectionTrait,
+    current: endpoint::Model,
+    reason: &str,
+) -> Result<endpoint::Model> {
+    let id = current.id.clone();
+    let mut row: endpoint::ActiveModel = current.into();
+    row.enabled = Set(false);
+    row.disabled_reason = Set(Some(reason.to_owned()));
+    row.updated_at = Set(now_millis());
+    row.update(db)
+        .await
+        .map_err(|err| vanished_or(err, "endpoint", &id))
+}
+
+/// Deletes an endpoint; its secrets and deliveries go with it through the
+/// foreign keys. Returns whether a row was deleted.
+pub async fn delete(db: &impl ConnectionTrait, id: &str) -> Result<bool> {
+    let result = Endpoints::delete_by_id(id.to_owned()).exec(db).await?;
+    Ok(result.rows_affected > 0)
+}
+
+/// The secret that signs new deliveries, if the endpoint exists.
+pub async fn current_secret(
+    db: &impl ConnectionTrait,
+    endpoint_id: &str,
+) -> Result<Option<SigningSecret>> {
+    let row = EndpointSecrets::find()
+        .filter(endpoint_secret::Column::EndpointId.eq(endpoint_id))
+        .filter(endpoint_secret::Column::ExpiresAt.is_null())
+        .order_by_desc(endpoint_secret::Column::Id)
+        .one(db)
+        .await?;
+    Ok(row.map(|row| SigningSecret::from_stored(row.secret)))
+}
+
+/// Every secret that signs a delivery made at `now`: the current one first,
+/// then the previous ones still in their grace period, newest first. The
+/// delivery engine puts one signature per secret in `webhook-signature`.
+pub async fn live_secrets(
+    db: &impl ConnectionTrait,
+    endpoint_id: &str,
+    now: i64,
+) -> Result<Vec<SigningSecret>> {
+    let mut rows = EndpointSecrets::find()
+        .filter(endpoint_secret::Column::EndpointId.eq(endpoint_id))
+        .filter(
+            Condition::any()
+                .add(endpoint_secret::Column::ExpiresAt.is_null())
+                .add(endpoint_secret::Column::ExpiresAt.gt(now)),
+        )
+        .all(db)
+        .await?;
+    // Ids are monotonic, so a larger id is a newer secret.
+    rows.sort_by(|a, b| (a.expires_at.is_some(), &b.id).cmp(&(b.expires_at.is_some(), &a.id)));
+    Ok(rows
+        .into_iter()
+        .map(|row| SigningSecret::from_stored(row.secret))
+        .collect())
+}
+
+/// Makes `new_secret` the current secret of an endpoint. The previous current
+/// secret keeps signing until `now + grace_millis`; an older one still in its
+/// grace period is cut to the same end (a rotation is often a response to a
+/// leak, so it must never leave an older key alive longer than asked), and
+/// secrets already expired are deleted.
+///
+/// The endpoint row is locked first, so that two concurrent rotations of one
+/// endpoint run one after the other and never leave two current secrets.
+pub async fn rotate_secret(
+    db: &impl TransactionTrait,
+    endpoint_id: &str,
+    new_secret: &SigningSecret,
+    grace_millis: i64,
+) -> Result<SecretRotation> {
+    let txn = db.begin().await?;
+    let locked = Endpoints::find_by_id(endpoint_id.to_owned())
+        .lock_exclusive()
+        .one(&txn)
+        .await?;
+    if locked.is_none() {
+        return Err(Error::not_found("endpoint", endpoint_id));
+    }
+    let now = now_millis();
+    let previous_expires_at = now.saturating_add(grace_millis);
+    EndpointSecrets::update_many()
+        .col_expr(
+            endpoint_secret::Column::ExpiresAt,
+            Expr::value(previous_expires_at),
+        )
+        .filter(endpoint_secret::Column::EndpointId.eq(endpoint_id))
+        .filter(
+            Condition::any()
+                .add(endpoint_secret::Column::ExpiresAt.is_null())
+                .add(endpoint_secret::Column::ExpiresAt.gt(previous_expires_at)),
+        )
+        .exec(&txn)
+        .await?;
+    EndpointSecrets::delete_many()
+        .filter(endpoint_secret::Column::EndpointId.eq(endpoint_id))
+        .filter(endpoint_secret::Column::ExpiresAt.lte(now))
+        .exec(&txn)
+        .await?;
+    insert_current_secret(&txn, endpoint_id, new_secret, now).await?;
+    Endpoints::update_many()
+        .col_expr(endpoint::Column::UpdatedAt, Expr::value(now))
+        .filter(endpoint::Column::Id.eq(endpoint_id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(SecretRotation {
+        previous_expires_at,
+    })
+}
+
+async fn insert_current_secret(
+    txn: &impl ConnectionTrait,
+    endpoint_id: &str,
+    secret: &SigningSecret,
+    now: i64,
+) -> Result<()> {
+    let row = endpoint_secret::ActiveModel {
+        id: Set(ids::new_id(ids::SECRET)),
+        endpoint_id: Set(endpoint_id.to_owned()),
+        secret: Set(secret.expose().to_owned()),
+        created_at: Set(now),
+        expires_at: Set(None),
+    };
+    EndpointSecrets::insert(row)
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
+}
+
+/// Rate limits and concurrency caps are validated far below `i32::MAX`.
+fn stored_count(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
