@@ -9,6 +9,9 @@
 //!   secrets, API keys, paging); no I/O.
 //! - `storage`: the database (SQLite or PostgreSQL through sea-orm), one
 //!   module of queries per resource.
+//! - `publish`: validating published events and committing them with their
+//!   deliveries in groups (one transaction for many calls), then handing the
+//!   deliveries to the engine.
 //! - `delivery`: the engine that POSTs committed deliveries, retries them and
 //!   records attempts; never calls the gRPC layer.
 //! - `streams`: subscription streams of STREAM endpoints and live tails (the
@@ -26,6 +29,7 @@ pub mod error;
 pub mod grpc;
 pub mod listen;
 pub mod metrics;
+pub mod publish;
 pub mod serve;
 pub mod storage;
 pub mod streams;

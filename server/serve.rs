@@ -32,6 +32,10 @@ pub struct Herald {
     engine: crate::delivery::Engine,
     /// An admin token minted at this start because none existed; shown once.
     pub generated_admin_token: Option<String>,
+    /// Stops the publish committers; cancelled only after the gRPC server has
+    /// stopped, so that every accepted publish call is committed and answered.
+    publish_stop: CancellationToken,
+    publish_task: tokio::task::JoinHandle<()>,
 }
 
 impl Herald {
@@ -65,6 +69,19 @@ impl Herald {
         let generated_admin_token = bootstrap_admin(&db, config.admin_token.as_deref()).await?;
         let (dispatcher, engine) =
             crate::delivery::Engine::new(db.clone(), EngineSettings::from_config(&config))?;
+        let publish_stop = CancellationToken::new();
+        let (publisher, publish_task) = crate::publish::Publisher::start(
+            db.clone(),
+            dispatcher.clone(),
+            crate::publish::PublisherConfig {
+                max_payload_bytes: config.max_payload_bytes,
+                target_policy: TargetPolicy {
+                    allow_http: config.allow_http,
+                    allowed: config.allow_target_cidrs.clone(),
+                },
+            },
+            publish_stop.clone(),
+        );
         let state = Arc::new(AppState {
             authenticator: Arc::new(Authenticator::new(db.clone())),
             db: db.clone(),
@@ -74,6 +91,7 @@ impl Herald {
             },
             max_payload_bytes: config.max_payload_bytes,
             dispatcher,
+            publisher,
             streams: Arc::new(StreamHub::new(
                 db.clone(),
                 StreamSettings {
@@ -89,6 +107,8 @@ impl Herald {
             metrics_listener,
             engine,
             generated_admin_token,
+            publish_stop,
+            publish_task,
         })
     }
 
@@ -158,6 +178,11 @@ impl Herald {
         // Whatever ended the server ends everything else too.
         shutdown.cancel();
         streams.stopped().await;
+        // No publish call can arrive any more: commit what is queued, then stop.
+        self.publish_stop.cancel();
+        if let Err(err) = self.publish_task.await {
+            tracing::error!(error = %err, "the publish committer failed");
+        }
         engine_stop.cancel();
         if let Err(err) = engine_task.await {
             tracing::error!(error = %err, "the delivery engine failed");

@@ -1,14 +1,34 @@
-//! `herald.v1.Events`: not implemented yet (issue #3).
+//! `herald.v1.Events`: publishing (through `crate::publish`, which owns group
+//! commit) and the inspection and repair of events, deliveries and attempts.
+//!
+//! The auth layer admits only ADMIN and PUBLISHER keys to Publish and
+//! PublishBatch. Every other method takes any key; a CONSUMER key sees only its
+//! own consumer's events, deliveries and attempts, and anything else reads as
+//! NOT_FOUND.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use sea_orm::TransactionTrait;
 use tonic::{Request, Response, Status};
 
 use super::AppState;
+use super::auth::Principal;
+use super::convert::{millis, optional_timestamp, required, timestamp};
+use crate::delivery::{LEASE_MILLIS, Submitted};
+use crate::domain::endpoint::EndpointKind;
+use crate::domain::event_type::EventTypeFilter;
+use crate::domain::ids;
+use crate::domain::page::PageRequest;
+use crate::domain::time::now_millis;
+use crate::error::{Error, Result};
 use crate::proto;
+use crate::publish::{EventInput, Published};
+use crate::storage::consumers;
+use crate::storage::entities::{attempt, delivery, endpoint, event};
+use crate::storage::events::{self as store, status};
 
 pub struct EventsService {
-    #[allow(dead_code)]
     state: Arc<AppState>,
 }
 
@@ -18,77 +38,467 @@ impl EventsService {
     }
 }
 
+fn event_input(request: proto::PublishRequest) -> EventInput {
+    EventInput {
+        consumer_id: request.consumer_id,
+        event_type: request.event_type,
+        payload: request.payload,
+        idempotency_key: request.idempotency_key,
+        callback_url: request.callback_url,
+    }
+}
+
+fn event_message(row: &event::Model) -> proto::Event {
+    proto::Event {
+        id: row.id.clone(),
+        consumer_id: row.consumer_id.clone(),
+        event_type: row.event_type.clone(),
+        payload: row.payload.clone(),
+        idempotency_key: row.idempotency_key.clone().unwrap_or_default(),
+        callback_url: row.callback_url.clone().unwrap_or_default(),
+        created_at: timestamp(row.created_at),
+    }
+}
+
+fn publish_response(published: Published) -> proto::PublishResponse {
+    proto::PublishResponse {
+        event: Some(event_message(&published.event)),
+        duplicate: published.duplicate,
+        deliveries: published.deliveries,
+    }
+}
+
+fn status_message(raw: &str) -> proto::DeliveryStatus {
+    match raw {
+        status::PENDING => proto::DeliveryStatus::Pending,
+        status::SUCCEEDED => proto::DeliveryStatus::Succeeded,
+        status::FAILED => proto::DeliveryStatus::Failed,
+        status::CANCELLED => proto::DeliveryStatus::Cancelled,
+        _ => proto::DeliveryStatus::Unspecified,
+    }
+}
+
+fn status_filter(raw: i32) -> Result<Option<&'static str>> {
+    match proto::DeliveryStatus::try_from(raw) {
+        Ok(proto::DeliveryStatus::Unspecified) => Ok(None),
+        Ok(proto::DeliveryStatus::Pending) => Ok(Some(status::PENDING)),
+        Ok(proto::DeliveryStatus::Succeeded) => Ok(Some(status::SUCCEEDED)),
+        Ok(proto::DeliveryStatus::Failed) => Ok(Some(status::FAILED)),
+        Ok(proto::DeliveryStatus::Cancelled) => Ok(Some(status::CANCELLED)),
+        Err(_) => Err(Error::invalid(
+            "status",
+            format!("{raw} is not a DeliveryStatus"),
+        )),
+    }
+}
+
+/// A delivery with what the message shows of its event and endpoint.
+fn delivery_message(
+    row: delivery::Model,
+    event_type: Option<&str>,
+    endpoint_url: Option<&str>,
+) -> proto::Delivery {
+    let settled = row.status != status::PENDING;
+    proto::Delivery {
+        status: status_message(&row.status) as i32,
+        attempt_count: u32::try_from(row.attempt_count).unwrap_or(0),
+        next_attempt_at: if settled {
+            None
+        } else {
+            optional_timestamp(row.next_attempt_at)
+        },
+        last_attempt_at: optional_timestamp(row.last_attempt_at),
+        created_at: timestamp(row.created_at),
+        updated_at: timestamp(row.updated_at),
+        event_type: event_type.unwrap_or_default().to_owned(),
+        url: row
+            .url
+            .clone()
+            .or_else(|| endpoint_url.map(str::to_owned))
+            .unwrap_or_default(),
+        id: row.id,
+        event_id: row.event_id,
+        endpoint_id: row.endpoint_id.unwrap_or_default(),
+    }
+}
+
+fn attempt_message(row: attempt::Model) -> proto::Attempt {
+    proto::Attempt {
+        id: row.id,
+        delivery_id: row.delivery_id,
+        event_id: row.event_id,
+        endpoint_id: row.endpoint_id.unwrap_or_default(),
+        attempted_at: timestamp(row.attempted_at),
+        duration_ms: u32::try_from(row.duration_ms).unwrap_or(0),
+        status_code: row
+            .status_code
+            .and_then(|code| u32::try_from(code).ok())
+            .unwrap_or(0),
+        error_class: row.error_class.unwrap_or_default(),
+        response_body: row.response_body,
+        succeeded: row.succeeded,
+        url: row.url,
+    }
+}
+
+/// Optional string fields: empty means absent.
+fn optional(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+impl EventsService {
+    /// The event, if it exists and the principal may see it.
+    async fn visible_event(&self, principal: &Principal, id: &str) -> Result<event::Model> {
+        let row = if ids::has_prefix(id, ids::EVENT) {
+            store::get(&self.state.db.conn, id).await?
+        } else {
+            None
+        };
+        let row = row.ok_or_else(|| Error::not_found("event", id))?;
+        principal.ensure_consumer(&row.consumer_id, "event", id)?;
+        Ok(row)
+    }
+
+    async fn visible_endpoint(&self, principal: &Principal, id: &str) -> Result<endpoint::Model> {
+        let row = if ids::has_prefix(id, ids::ENDPOINT) {
+            store::get_endpoint(&self.state.db.conn, id).await?
+        } else {
+            None
+        };
+        let row = row.ok_or_else(|| Error::not_found("endpoint", id))?;
+        principal.ensure_consumer(&row.consumer_id, "endpoint", id)?;
+        Ok(row)
+    }
+
+    /// Delivery messages for rows, with their event types and endpoint URLs
+    /// loaded in two queries for the whole page.
+    async fn delivery_messages(&self, rows: Vec<delivery::Model>) -> Result<Vec<proto::Delivery>> {
+        let db = &self.state.db.conn;
+        let mut event_ids: Vec<String> = rows.iter().map(|row| row.event_id.clone()).collect();
+        event_ids.sort();
+        event_ids.dedup();
+        let mut endpoint_ids: Vec<String> = rows
+            .iter()
+            .filter_map(|row| row.endpoint_id.clone())
+            .collect();
+        endpoint_ids.sort();
+        endpoint_ids.dedup();
+        let types: HashMap<String, String> = store::get_many(db, &event_ids)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row.event_type))
+            .collect();
+        let urls: HashMap<String, Option<String>> = store::get_endpoints(db, &endpoint_ids)
+            .await?
+            .into_iter()
+            .map(|row| (row.id, row.url))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let event_type = types.get(&row.event_id).map(String::as_str);
+                let url = row
+                    .endpoint_id
+                    .as_ref()
+                    .and_then(|id| urls.get(id))
+                    .and_then(|url| url.as_deref());
+                delivery_message(row, event_type, url)
+            })
+            .collect())
+    }
+
+    /// How Redeliver and Replay put a delivery back in the queue: leased to
+    /// this node and handed to its dispatcher for webhooks, unleased for
+    /// stream endpoints (their subscribers claim deliveries).
+    fn requeue_for(&self, kind: EndpointKind, now: i64) -> store::Requeue {
+        match kind {
+            EndpointKind::Webhook => store::Requeue {
+                now,
+                lease_owner: Some(self.state.dispatcher.node_id().to_owned()),
+                lease_expires_at: Some(now + LEASE_MILLIS),
+            },
+            EndpointKind::Stream => store::Requeue {
+                now,
+                lease_owner: None,
+                lease_expires_at: None,
+            },
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl proto::events_server::Events for EventsService {
     async fn publish(
         &self,
-        _request: Request<proto::PublishRequest>,
+        request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishResponse>, Status> {
-        Err(Status::unimplemented(
-            "Events/Publish is not implemented yet",
-        ))
+        let published = self
+            .state
+            .publisher
+            .publish(event_input(request.into_inner()))
+            .await?;
+        self.state.streams.published(std::slice::from_ref(&published));
+        Ok(Response::new(publish_response(published)))
     }
 
     async fn publish_batch(
         &self,
-        _request: Request<proto::PublishBatchRequest>,
+        request: Request<proto::PublishBatchRequest>,
     ) -> Result<Response<proto::PublishBatchResponse>, Status> {
-        Err(Status::unimplemented(
-            "Events/PublishBatch is not implemented yet",
-        ))
+        let inputs = request
+            .into_inner()
+            .events
+            .into_iter()
+            .map(event_input)
+            .collect();
+        let results = self.state.publisher.publish_batch(inputs).await?;
+        self.state.streams.published(&results);
+        Ok(Response::new(proto::PublishBatchResponse {
+            results: results.into_iter().map(publish_response).collect(),
+        }))
     }
 
     async fn get_event(
         &self,
-        _request: Request<proto::GetEventRequest>,
+        request: Request<proto::GetEventRequest>,
     ) -> Result<Response<proto::Event>, Status> {
-        Err(Status::unimplemented(
-            "Events/GetEvent is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let id = required("id", &request.id)?;
+        let row = self.visible_event(&principal, id).await?;
+        Ok(Response::new(event_message(&row)))
     }
 
     async fn list_events(
         &self,
-        _request: Request<proto::ListEventsRequest>,
+        request: Request<proto::ListEventsRequest>,
     ) -> Result<Response<proto::ListEventsResponse>, Status> {
-        Err(Status::unimplemented(
-            "Events/ListEvents is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let event_types = EventTypeFilter::parse("event_types", &request.event_types)?;
+        let since = request
+            .since
+            .as_ref()
+            .map(|since| millis("since", since))
+            .transpose()?;
+        let until = request
+            .until
+            .as_ref()
+            .map(|until| millis("until", until))
+            .transpose()?;
+        let consumer_id = match request.consumer_id.as_str() {
+            "" => None,
+            reference => {
+                let consumer = consumers::resolve(&self.state.db.conn, reference)
+                    .await?
+                    .ok_or_else(|| Error::not_found("consumer", reference))?;
+                principal.ensure_consumer(&consumer.id, "consumer", reference)?;
+                Some(consumer.id)
+            }
+        };
+        // A CONSUMER key lists its own consumer's events whatever it asked for.
+        let consumer_id = match principal.confined_to() {
+            Some(own) => Some(own.to_owned()),
+            None => consumer_id,
+        };
+        let query = store::EventQuery {
+            consumer_id,
+            event_types,
+            since,
+            until,
+        };
+        let rows = store::list(&self.state.db.conn, &query, &page).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.id.clone());
+        Ok(Response::new(proto::ListEventsResponse {
+            events: rows.iter().map(event_message).collect(),
+            next_page_token,
+        }))
     }
 
     async fn list_deliveries(
         &self,
-        _request: Request<proto::ListDeliveriesRequest>,
+        request: Request<proto::ListDeliveriesRequest>,
     ) -> Result<Response<proto::ListDeliveriesResponse>, Status> {
-        Err(Status::unimplemented(
-            "Events/ListDeliveries is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let status = status_filter(request.status)?;
+        let event_id = optional(request.event_id);
+        let endpoint_id = optional(request.endpoint_id);
+        if event_id.is_none() && endpoint_id.is_none() {
+            return Err(Error::invalid("event_id", "or endpoint_id is required").into());
+        }
+        if let Some(id) = &event_id {
+            self.visible_event(&principal, id).await?;
+        }
+        if let Some(id) = &endpoint_id {
+            self.visible_endpoint(&principal, id).await?;
+        }
+        let query = store::DeliveryQuery {
+            event_id,
+            endpoint_id,
+            status,
+        };
+        let rows = store::list_deliveries(&self.state.db.conn, &query, &page).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.id.clone());
+        Ok(Response::new(proto::ListDeliveriesResponse {
+            deliveries: self.delivery_messages(rows).await?,
+            next_page_token,
+        }))
     }
 
     async fn list_attempts(
         &self,
-        _request: Request<proto::ListAttemptsRequest>,
+        request: Request<proto::ListAttemptsRequest>,
     ) -> Result<Response<proto::ListAttemptsResponse>, Status> {
-        Err(Status::unimplemented(
-            "Events/ListAttempts is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let page = PageRequest::parse(request.page_size, &request.page_token)?;
+        let query = store::AttemptQuery {
+            delivery_id: optional(request.delivery_id),
+            event_id: optional(request.event_id),
+            endpoint_id: optional(request.endpoint_id),
+        };
+        if query.delivery_id.is_none() && query.event_id.is_none() && query.endpoint_id.is_none() {
+            return Err(
+                Error::invalid("delivery_id", "or event_id or endpoint_id is required").into(),
+            );
+        }
+        if let Some(id) = &query.delivery_id {
+            let row = if ids::has_prefix(id, ids::DELIVERY) {
+                store::get_delivery(&self.state.db.conn, id).await?
+            } else {
+                None
+            };
+            let row = row.ok_or_else(|| Error::not_found("delivery", id))?;
+            let owner = store::get(&self.state.db.conn, &row.event_id)
+                .await?
+                .ok_or_else(|| Error::not_found("delivery", id))?;
+            principal.ensure_consumer(&owner.consumer_id, "delivery", id)?;
+        }
+        if let Some(id) = &query.event_id {
+            self.visible_event(&principal, id).await?;
+        }
+        if let Some(id) = &query.endpoint_id {
+            self.visible_endpoint(&principal, id).await?;
+        }
+        let rows = store::list_attempts(&self.state.db.conn, &query, &page).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.id.clone());
+        Ok(Response::new(proto::ListAttemptsResponse {
+            attempts: rows.into_iter().map(attempt_message).collect(),
+            next_page_token,
+        }))
     }
 
+    /// Resets the existing delivery of the event to the endpoint (there is at
+    /// most one per pair) to pending, due now, with a fresh retry schedule;
+    /// creates one if the endpoint had none (it was added or re-enabled after
+    /// the event). The attempts of earlier tries stay as history, and the
+    /// event id, hence `webhook-id`, is unchanged.
     async fn redeliver(
         &self,
-        _request: Request<proto::RedeliverRequest>,
+        request: Request<proto::RedeliverRequest>,
     ) -> Result<Response<proto::RedeliverResponse>, Status> {
-        Err(Status::unimplemented(
-            "Events/Redeliver is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let event_id = required("event_id", &request.event_id)?;
+        let endpoint_id = required("endpoint_id", &request.endpoint_id)?;
+        let event = self.visible_event(&principal, event_id).await?;
+        let endpoint = self.visible_endpoint(&principal, endpoint_id).await?;
+        if endpoint.consumer_id != event.consumer_id {
+            return Err(Error::FailedPrecondition(format!(
+                "endpoint_id: endpoint {endpoint_id:?} belongs to another consumer than event {event_id:?}"
+            ))
+            .into());
+        }
+        if !endpoint.enabled {
+            return Err(Error::FailedPrecondition(format!(
+                "endpoint_id: endpoint {endpoint_id:?} is disabled; enable it first"
+            ))
+            .into());
+        }
+        let kind = EndpointKind::from_stored(&endpoint.kind);
+        let now = now_millis();
+        let requeue = self.requeue_for(kind, now);
+        let txn = self.state.db.conn.begin().await.map_err(Error::from)?;
+        let row = match store::delivery_for(&txn, event_id, endpoint_id).await? {
+            Some(existing) => store::requeue_delivery(&txn, existing, &requeue).await?,
+            None => {
+                let row = delivery::Model {
+                    id: ids::new_id(ids::DELIVERY),
+                    event_id: event.id.clone(),
+                    endpoint_id: Some(endpoint.id.clone()),
+                    url: None,
+                    status: status::PENDING.to_owned(),
+                    attempt_count: 0,
+                    next_attempt_at: Some(now),
+                    lease_owner: requeue.lease_owner.clone(),
+                    lease_expires_at: requeue.lease_expires_at,
+                    last_attempt_at: None,
+                    created_at: now,
+                    updated_at: now,
+                };
+                store::insert_delivery(&txn, &row).await?;
+                row
+            }
+        };
+        txn.commit().await.map_err(Error::from)?;
+        tracing::info!(delivery_id = %row.id, event_id, endpoint_id, "redelivery scheduled");
+        if kind == EndpointKind::Webhook {
+            self.state.dispatcher.submit(vec![Submitted {
+                delivery: row.clone(),
+                event: Arc::new(event.clone()),
+            }]);
+        }
+        let message = delivery_message(row, Some(&event.event_type), endpoint.url.as_deref());
+        Ok(Response::new(proto::RedeliverResponse {
+            delivery: Some(message),
+        }))
     }
 
     async fn replay(
         &self,
-        _request: Request<proto::ReplayRequest>,
+        request: Request<proto::ReplayRequest>,
     ) -> Result<Response<proto::ReplayResponse>, Status> {
-        Err(Status::unimplemented(
-            "Events/Replay is not implemented yet",
-        ))
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let endpoint_id = required("endpoint_id", &request.endpoint_id)?;
+        let since = request
+            .since
+            .as_ref()
+            .ok_or_else(|| Error::invalid("since", "is required"))?;
+        let since = millis("since", since)?;
+        let endpoint = self.visible_endpoint(&principal, endpoint_id).await?;
+        let kind = EndpointKind::from_stored(&endpoint.kind);
+        let requeue = self.requeue_for(kind, now_millis());
+        let txn = self.state.db.conn.begin().await.map_err(Error::from)?;
+        let rows = store::replay_failed(&txn, endpoint_id, since, &requeue).await?;
+        txn.commit().await.map_err(Error::from)?;
+        let replayed = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        tracing::info!(endpoint_id, replayed, "replay scheduled");
+        if kind == EndpointKind::Webhook && !rows.is_empty() {
+            let mut event_ids: Vec<String> = rows.iter().map(|row| row.event_id.clone()).collect();
+            event_ids.sort();
+            event_ids.dedup();
+            let mut events: HashMap<String, Arc<event::Model>> = HashMap::new();
+            for chunk in event_ids.chunks(10_000) {
+                for row in store::get_many(&self.state.db.conn, chunk).await? {
+                    events.insert(row.id.clone(), Arc::new(row));
+                }
+            }
+            // Rows whose event was purged meanwhile are left to the sweep.
+            let submitted = rows
+                .into_iter()
+                .filter_map(|row| {
+                    events.get(&row.event_id).cloned().map(|event| Submitted {
+                        delivery: row,
+                        event,
+                    })
+                })
+                .collect();
+            self.state.dispatcher.submit(submitted);
+        }
+        Ok(Response::new(proto::ReplayResponse { replayed }))
     }
 }

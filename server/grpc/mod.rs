@@ -29,6 +29,8 @@ pub struct AppState {
     pub max_payload_bytes: usize,
     /// Where committed deliveries go for their first attempt.
     pub dispatcher: crate::delivery::Dispatcher,
+    /// Validates published events and commits them in groups.
+    pub publisher: crate::publish::Publisher,
     /// Subscription streams; publishing wakes them after commit.
     pub streams: Arc<crate::streams::StreamHub>,
 }

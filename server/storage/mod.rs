@@ -8,6 +8,7 @@ pub mod consumers;
 pub mod endpoints;
 pub mod entities;
 pub mod event_types;
+pub mod events;
 pub mod queue;
 pub mod stats;
 pub mod stream_queue;

@@ -159,6 +159,14 @@ impl StreamHub {
         }
     }
 
+    /// Publish calls were answered: wake subscriptions and tails for every
+    /// newly committed event (a duplicate by idempotency key is not new).
+    pub fn published(&self, results: &[crate::publish::Published]) {
+        for result in results.iter().filter(|result| !result.duplicate) {
+            self.event_published(result.event.clone());
+        }
+    }
+
     /// Publishing committed this event (with its deliveries): wake the
     /// subscriptions of the event's consumer on this node, and hand the event
     /// to the live tails. Never blocks; a tail that falls behind skips events.

@@ -1,0 +1,144 @@
+//! Publishing: validating events, committing them with their deliveries, and
+//! handing the deliveries to the delivery engine.
+//!
+//! - `validate`: the rules of a publish request (consumer, type, payload size
+//!   and JSON, idempotency key, callback URL, the event type's archive flag and
+//!   JSON Schema), with short-lived caches so the hot path makes no database
+//!   round trip for them.
+//! - `commit`: group commit. Every publish call becomes a [`commit::Job`] on
+//!   one bounded channel; a committer takes everything queued, writes it in one
+//!   transaction with multi-row INSERTs, commits, and only then answers each
+//!   caller. One transaction per many events is what makes thousands of events
+//!   per second possible on a database that syncs each commit to disk.
+//!
+//! Architecture invariants: an event is acknowledged only after the
+//! transaction holding it, its idempotency row and all its deliveries has
+//! committed; this module knows nothing of gRPC (the gRPC layer converts
+//! requests into [`EventInput`] and [`Published`] back into messages).
+
+mod commit;
+mod validate;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::Dispatcher;
+use crate::domain::target::TargetPolicy;
+use crate::error::{Error, Result};
+use crate::storage::Database;
+use crate::storage::entities::event;
+
+pub use validate::IDEMPOTENCY_KEY_MAX_CHARS;
+
+/// Most events accepted by one PublishBatch call.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+/// How many publish calls may wait for a committer before callers wait to
+/// enqueue (back-pressure instead of unbounded memory).
+const QUEUE_CAPACITY: usize = 8192;
+
+/// One event as a caller asked for it: the strings of the request, unchecked.
+#[derive(Debug, Clone, Default)]
+pub struct EventInput {
+    /// A consumer id (`con_…`) or uid.
+    pub consumer_id: String,
+    pub event_type: String,
+    /// JSON text; stored and delivered byte for byte.
+    pub payload: String,
+    /// Empty for none.
+    pub idempotency_key: String,
+    /// Empty for none.
+    pub callback_url: String,
+}
+
+/// The outcome of one published event.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub event: Arc<event::Model>,
+    /// The idempotency key matched an earlier event, which is `event`; nothing
+    /// new was stored.
+    pub duplicate: bool,
+    /// How many deliveries the event has (had, for a duplicate).
+    pub deliveries: u32,
+}
+
+/// Settings of the publisher.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    pub max_payload_bytes: usize,
+    pub target_policy: TargetPolicy,
+}
+
+/// The handle handlers publish through. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    jobs: mpsc::Sender<commit::Job>,
+    validator: Arc<validate::Validator>,
+}
+
+impl Publisher {
+    /// Starts the committer tasks. They run until `stop` is cancelled and then
+    /// commit whatever is still queued before the returned handle completes;
+    /// cancel `stop` only once no more publish calls can arrive (after the gRPC
+    /// server has stopped), then await the handle.
+    pub fn start(
+        db: Database,
+        dispatcher: Dispatcher,
+        config: PublisherConfig,
+        stop: CancellationToken,
+    ) -> (Publisher, JoinHandle<()>) {
+        let (jobs, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let validator = Arc::new(validate::Validator::new(db.clone(), config));
+        let handle = commit::spawn(db, dispatcher, receiver, stop, validator.clone());
+        (Publisher { jobs, validator }, handle)
+    }
+
+    /// Publishes one event (Publish). Errors name the request's fields.
+    pub async fn publish(&self, input: EventInput) -> Result<Published> {
+        let prepared = self.validator.prepare(None, input).await?;
+        let mut results = self.submit(vec![prepared]).await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Internal("the committer answered with no result".into()))
+    }
+
+    /// Publishes up to [`MAX_BATCH_EVENTS`] events, all or none
+    /// (PublishBatch). Errors name `events[i].field`.
+    pub async fn publish_batch(&self, inputs: Vec<EventInput>) -> Result<Vec<Published>> {
+        if inputs.is_empty() || inputs.len() > MAX_BATCH_EVENTS {
+            return Err(Error::invalid(
+                "events",
+                format!(
+                    "must hold 1 to {MAX_BATCH_EVENTS} events, not {}",
+                    inputs.len()
+                ),
+            ));
+        }
+        let mut prepared = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.into_iter().enumerate() {
+            prepared.push(self.validator.prepare(Some(index), input).await?);
+        }
+        self.submit(prepared).await
+    }
+
+    /// Forgets what this node cached about an event type, so that a change to
+    /// it (archive, new schema) applies here at once; other nodes see it
+    /// within the cache's lifetime.
+    pub fn forget_event_type(&self, name: &str) {
+        self.validator.forget_event_type(name);
+    }
+
+    async fn submit(&self, events: Vec<validate::Prepared>) -> Result<Vec<Published>> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(commit::Job { events, reply })
+            .await
+            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
+        answer.await.map_err(|_| {
+            Error::Unavailable("the server is shutting down; the event may not be stored".into())
+        })?
+    }
+}

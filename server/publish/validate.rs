@@ -1,0 +1,357 @@
+//! The rules of a publish request, checked in the caller's task (so that many
+//! requests are checked in parallel) before the event reaches the committer.
+//!
+//! Two lookups would otherwise cost a database round trip per event: the
+//! consumer reference (id or uid) and the event type's catalogue entry. Both
+//! are cached briefly. A stale consumer entry is harmless because the
+//! committer checks, inside its transaction, that every consumer still exists.
+//! A stale event type entry may let an event through for up to
+//! [`EVENT_TYPE_TTL`] after its type was archived or its schema changed on
+//! another node; compiled schemas are reused only while the type's
+//! `updated_at` is unchanged, so a refreshed entry never validates against an
+//! old schema.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::{EventInput, PublisherConfig};
+use crate::domain::event_type;
+use crate::error::{Error, Result};
+use crate::storage::{Database, consumers, events};
+
+pub const IDEMPOTENCY_KEY_MAX_CHARS: usize = 256;
+
+/// How long a resolved consumer reference is trusted.
+const CONSUMER_TTL: Duration = Duration::from_secs(10);
+/// How long an event type's catalogue entry is trusted.
+pub const EVENT_TYPE_TTL: Duration = Duration::from_secs(1);
+/// Caches are cleared when they reach this many entries, which bounds memory
+/// whatever names callers send.
+const CACHE_LIMIT: usize = 10_000;
+
+/// A request that passed every check, ready to be committed.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Where the request sits in a PublishBatch, to name its fields in errors.
+    pub index: Option<usize>,
+    /// The consumer as the caller named it (id or uid), for error messages.
+    pub consumer_reference: String,
+    pub consumer_id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub idempotency_key: Option<String>,
+    pub callback_url: Option<String>,
+    /// Hex SHA-256 of type, payload and callback URL: what "the same request"
+    /// means for an idempotency key.
+    pub request_hash: String,
+}
+
+impl Prepared {
+    /// The name of one of this request's fields, as the caller knows it.
+    pub fn field(&self, name: &str) -> String {
+        field_name(self.index, name)
+    }
+}
+
+fn field_name(index: Option<usize>, name: &str) -> String {
+    match index {
+        Some(index) => format!("events[{index}].{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// What publishing needs to know about a registered event type.
+struct EventTypeInfo {
+    updated_at: i64,
+    archived: bool,
+    /// The compiled schema, or why the stored schema does not compile.
+    schema: Option<std::result::Result<Arc<jsonschema::Validator>, String>>,
+}
+
+struct CachedType {
+    fetched: Instant,
+    /// None: the type is not registered (unregistered types are allowed).
+    info: Option<Arc<EventTypeInfo>>,
+}
+
+pub struct Validator {
+    db: Database,
+    config: PublisherConfig,
+    consumers: Mutex<HashMap<String, (String, Instant)>>,
+    event_types: Mutex<HashMap<String, CachedType>>,
+}
+
+impl Validator {
+    pub fn new(db: Database, config: PublisherConfig) -> Self {
+        Validator {
+            db,
+            config,
+            consumers: Mutex::new(HashMap::new()),
+            event_types: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks one request; `index` is its place in a batch.
+    pub async fn prepare(&self, index: Option<usize>, input: EventInput) -> Result<Prepared> {
+        let field = |name: &str| field_name(index, name);
+        if input.consumer_id.is_empty() {
+            return Err(Error::invalid(&field("consumer_id"), "is required"));
+        }
+        let event_type = event_type::parse_name(&field("event_type"), &input.event_type)?;
+        check_payload_size(
+            &field("payload"),
+            &input.payload,
+            self.config.max_payload_bytes,
+        )?;
+        let idempotency_key = match input.idempotency_key.as_str() {
+            "" => None,
+            key if key.chars().count() > IDEMPOTENCY_KEY_MAX_CHARS => {
+                return Err(Error::invalid(
+                    &field("idempotency_key"),
+                    format!("must be at most {IDEMPOTENCY_KEY_MAX_CHARS} characters"),
+                ));
+            }
+            key => Some(key.to_owned()),
+        };
+        let callback_url = match input.callback_url.as_str() {
+            "" => None,
+            raw => Some(
+                self.config
+                    .target_policy
+                    .parse_url(&field("callback_url"), raw)?
+                    .to_string(),
+            ),
+        };
+        let type_info = self.event_type(&event_type).await?;
+        match type_info.as_deref() {
+            Some(info) if info.archived => {
+                return Err(Error::invalid(
+                    &field("event_type"),
+                    format!("{event_type:?} is archived and accepts no new events"),
+                ));
+            }
+            Some(EventTypeInfo {
+                schema: Some(schema),
+                ..
+            }) => {
+                let schema = schema.as_ref().map_err(|reason| {
+                    Error::FailedPrecondition(format!(
+                        "the JSON Schema of event type {event_type:?} does not compile: {reason}"
+                    ))
+                })?;
+                check_against_schema(&field("payload"), &input.payload, &event_type, schema)?;
+            }
+            _ => check_json(&field("payload"), &input.payload)?,
+        }
+        let consumer_id = self.resolve_consumer(&input.consumer_id).await?;
+        let request_hash = request_hash(&event_type, &input.payload, callback_url.as_deref());
+        Ok(Prepared {
+            index,
+            consumer_reference: input.consumer_id,
+            consumer_id,
+            event_type,
+            payload: input.payload,
+            idempotency_key,
+            callback_url,
+            request_hash,
+        })
+    }
+
+    async fn resolve_consumer(&self, reference: &str) -> Result<String> {
+        if let Some((id, fetched)) = lock(&self.consumers).get(reference)
+            && fetched.elapsed() < CONSUMER_TTL
+        {
+            return Ok(id.clone());
+        }
+        let consumer = consumers::resolve(&self.db.conn, reference)
+            .await?
+            .ok_or_else(|| Error::not_found("consumer", reference))?;
+        let mut cache = lock(&self.consumers);
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(reference.to_owned(), (consumer.id.clone(), Instant::now()));
+        Ok(consumer.id)
+    }
+
+    /// Forgets a consumer reference (the committer found it gone).
+    pub fn forget_consumer(&self, reference: &str) {
+        lock(&self.consumers).remove(reference);
+    }
+
+    pub fn forget_event_type(&self, name: &str) {
+        lock(&self.event_types).remove(name);
+    }
+
+    async fn event_type(&self, name: &str) -> Result<Option<Arc<EventTypeInfo>>> {
+        let previous = {
+            let cache = lock(&self.event_types);
+            match cache.get(name) {
+                Some(cached) if cached.fetched.elapsed() < EVENT_TYPE_TTL => {
+                    return Ok(cached.info.clone());
+                }
+                Some(cached) => cached.info.clone(),
+                None => None,
+            }
+        };
+        let row = events::get_event_type(&self.db.conn, name).await?;
+        let info = row.map(|row| match previous {
+            // Unchanged since it was compiled: keep the compiled schema.
+            Some(previous) if previous.updated_at == row.updated_at => Arc::new(EventTypeInfo {
+                updated_at: row.updated_at,
+                archived: row.archived,
+                schema: previous.schema.clone(),
+            }),
+            _ => Arc::new(EventTypeInfo {
+                updated_at: row.updated_at,
+                archived: row.archived,
+                schema: row.schema.as_deref().map(compile_schema),
+            }),
+        });
+        let mut cache = lock(&self.event_types);
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(
+            name.to_owned(),
+            CachedType {
+                fetched: Instant::now(),
+                info: info.clone(),
+            },
+        );
+        Ok(info)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn compile_schema(text: &str) -> std::result::Result<Arc<jsonschema::Validator>, String> {
+    let schema: serde_json::Value =
+        serde_json::from_str(text).map_err(|err| format!("not JSON: {err}"))?;
+    jsonschema::validator_for(&schema)
+        .map(Arc::new)
+        .map_err(|err| err.to_string())
+}
+
+fn check_payload_size(field: &str, payload: &str, limit: usize) -> Result<()> {
+    if payload.is_empty() {
+        return Err(Error::invalid(field, "is required (JSON text)"));
+    }
+    if payload.len() > limit {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "is {} bytes, over the limit of {limit} bytes",
+                payload.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `payload` is one JSON value, without building it.
+fn check_json(field: &str, payload: &str) -> Result<()> {
+    serde_json::from_str::<serde::de::IgnoredAny>(payload)
+        .map(|_| ())
+        .map_err(|err| Error::invalid(field, format!("is not valid JSON ({err})")))
+}
+
+fn check_against_schema(
+    field: &str,
+    payload: &str,
+    event_type: &str,
+    schema: &jsonschema::Validator,
+) -> Result<()> {
+    let value: serde_json::Value = serde_json::from_str(payload)
+        .map_err(|err| Error::invalid(field, format!("is not valid JSON ({err})")))?;
+    schema.validate(&value).map_err(|violation| {
+        let path = violation.instance_path().to_string();
+        let path = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path
+        };
+        Error::invalid(
+            field,
+            format!("does not match the schema of {event_type:?}: at {path}: {violation}"),
+        )
+    })
+}
+
+/// What makes two requests with one idempotency key "the same": type,
+/// payload and callback URL, each length-prefixed so no two different
+/// requests hash alike by shifting bytes between fields.
+pub fn request_hash(event_type: &str, payload: &str, callback_url: Option<&str>) -> String {
+    let mut hasher = Sha256::new();
+    for part in [event_type, payload, callback_url.unwrap_or("")] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_must_be_json_within_the_limit() {
+        assert!(check_payload_size("payload", "{}", 10).is_ok());
+        let err = check_payload_size("payload", &"1".repeat(11), 10).expect_err("too large");
+        assert!(err.to_string().starts_with("payload: "), "{err}");
+        assert!(err.to_string().contains("10 bytes"), "{err}");
+        assert!(check_payload_size("payload", "", 10).is_err());
+        assert!(check_json("payload", r#" {"b": 1, "a": [1, 2]} "#).is_ok());
+        assert!(check_json("payload", "\"text\"").is_ok());
+        for bad in ["{", "{} {}", "nope", "{'a': 1}"] {
+            let err = check_json("events[2].payload", bad).expect_err(bad);
+            assert!(err.to_string().starts_with("events[2].payload: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn schemas_report_the_first_violation_with_its_path() {
+        let schema = compile_schema(
+            r#"{"type":"object","required":["amount"],"properties":{"amount":{"type":"integer"}}}"#,
+        )
+        .expect("schema compiles");
+        assert!(
+            check_against_schema("payload", r#"{"amount": 3}"#, "invoice.paid", &schema).is_ok()
+        );
+        let err = check_against_schema("payload", r#"{"amount": "x"}"#, "invoice.paid", &schema)
+            .expect_err("violates");
+        let message = err.to_string();
+        assert!(message.starts_with("payload: "), "{message}");
+        assert!(message.contains("/amount"), "{message}");
+        assert!(compile_schema("{not json").is_err());
+        assert!(compile_schema(r#"{"type": 12}"#).is_err());
+    }
+
+    #[test]
+    fn request_hashes_distinguish_fields() {
+        let a = request_hash("a.b", "{}", None);
+        assert_eq!(a, request_hash("a.b", "{}", None));
+        assert_ne!(a, request_hash("a.b", "{} ", None));
+        assert_ne!(a, request_hash("a.b", "{}", Some("https://x.example/")));
+        assert_ne!(
+            request_hash("a", "b{}", None),
+            request_hash("ab", "{}", None)
+        );
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn batch_fields_are_named_by_index() {
+        assert_eq!(field_name(Some(3), "payload"), "events[3].payload");
+        assert_eq!(field_name(None, "payload"), "payload");
+    }
+}

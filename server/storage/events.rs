@@ -1,0 +1,497 @@
+//! Events, their idempotency keys, deliveries and attempts: the reads of the
+//! Events API, the multi-row inserts of group commit, and the updates of
+//! Redeliver and Replay.
+//!
+//! Every function takes a connection or a transaction (`impl
+//! ConnectionTrait`), so that publishing can run all of its reads and writes
+//! inside one transaction; on SQLite, whose pool holds one connection, using
+//! the pool while a transaction is open would wait for ever.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::sea_query::{Expr, ExprTrait, LikeExpr};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+
+use super::entities::{attempt, consumer, delivery, endpoint, event, event_type, idempotency_key};
+use crate::domain::event_type::EventTypeFilter;
+use crate::domain::page::PageRequest;
+use crate::error::Result;
+
+/// Delivery statuses as stored.
+pub mod status {
+    pub const PENDING: &str = "pending";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+    pub const CANCELLED: &str = "cancelled";
+}
+
+/// Stays under the bind-parameter limits of both backends (SQLite 32,766,
+/// PostgreSQL 65,535) in one multi-row INSERT.
+const MAX_BIND_PARAMETERS: usize = 32_000;
+
+// ---------------------------------------------------------------------------
+// Reads used by publishing (inside the group-commit transaction).
+
+/// Which of `ids` name existing consumers.
+pub async fn existing_consumers(
+    db: &impl ConnectionTrait,
+    ids: &[String],
+) -> Result<HashSet<String>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found: Vec<String> = consumer::Entity::find()
+        .select_only()
+        .column(consumer::Column::Id)
+        .filter(consumer::Column::Id.is_in(ids.iter().cloned()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// The idempotency rows for these (consumer, key) pairs, whatever their age.
+pub async fn idempotency_keys(
+    db: &impl ConnectionTrait,
+    pairs: &[(String, String)],
+) -> Result<HashMap<(String, String), idempotency_key::Model>> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let consumers: HashSet<&str> = pairs.iter().map(|(c, _)| c.as_str()).collect();
+    let keys: HashSet<&str> = pairs.iter().map(|(_, k)| k.as_str()).collect();
+    let wanted: HashSet<&(String, String)> = pairs.iter().collect();
+    // Two IN lists select a superset of the pairs; the exact pairs are kept below.
+    let rows = idempotency_key::Entity::find()
+        .filter(idempotency_key::Column::ConsumerId.is_in(consumers))
+        .filter(idempotency_key::Column::Key.is_in(keys))
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ((row.consumer_id.clone(), row.key.clone()), row))
+        .filter(|(pair, _)| wanted.contains(pair))
+        .collect())
+}
+
+/// Removes an idempotency row whose 24-hour window has passed, so that the key
+/// can be claimed again.
+pub async fn delete_idempotency_key(
+    db: &impl ConnectionTrait,
+    consumer_id: &str,
+    key: &str,
+) -> Result<()> {
+    idempotency_key::Entity::delete_many()
+        .filter(idempotency_key::Column::ConsumerId.eq(consumer_id))
+        .filter(idempotency_key::Column::Key.eq(key))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// The enabled endpoints of these consumers, in one query (fan-out must not
+/// cost a query per event).
+pub async fn enabled_endpoints_of(
+    db: &impl ConnectionTrait,
+    consumer_ids: &[String],
+) -> Result<Vec<endpoint::Model>> {
+    if consumer_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(endpoint::Entity::find()
+        .filter(endpoint::Column::ConsumerId.is_in(consumer_ids.iter().cloned()))
+        .filter(endpoint::Column::Enabled.eq(true))
+        .order_by_asc(endpoint::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// How many deliveries each of these events has.
+pub async fn delivery_counts(
+    db: &impl ConnectionTrait,
+    event_ids: &[String],
+) -> Result<HashMap<String, u32>> {
+    if event_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, i64)> = delivery::Entity::find()
+        .select_only()
+        .column(delivery::Column::EventId)
+        .column_as(delivery::Column::Id.count(), "count")
+        .filter(delivery::Column::EventId.is_in(event_ids.iter().cloned()))
+        .group_by(delivery::Column::EventId)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, count)| (id, u32::try_from(count).unwrap_or(u32::MAX)))
+        .collect())
+}
+
+// ---------------------------------------------------------------------------
+// Multi-row inserts of group commit.
+
+fn chunk_rows(columns: usize) -> usize {
+    (MAX_BIND_PARAMETERS / columns).max(1)
+}
+
+pub async fn insert_events(db: &impl ConnectionTrait, rows: &[event::Model]) -> Result<()> {
+    for chunk in rows.chunks(chunk_rows(7)) {
+        event::Entity::insert_many(chunk.iter().map(|row| event::ActiveModel {
+            id: Set(row.id.clone()),
+            consumer_id: Set(row.consumer_id.clone()),
+            event_type: Set(row.event_type.clone()),
+            payload: Set(row.payload.clone()),
+            idempotency_key: Set(row.idempotency_key.clone()),
+            callback_url: Set(row.callback_url.clone()),
+            created_at: Set(row.created_at),
+        }))
+        .exec_without_returning(db)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn insert_idempotency_keys(
+    db: &impl ConnectionTrait,
+    rows: &[idempotency_key::Model],
+) -> Result<()> {
+    for chunk in rows.chunks(chunk_rows(5)) {
+        idempotency_key::Entity::insert_many(chunk.iter().map(|row| {
+            idempotency_key::ActiveModel {
+                consumer_id: Set(row.consumer_id.clone()),
+                key: Set(row.key.clone()),
+                event_id: Set(row.event_id.clone()),
+                payload_hash: Set(row.payload_hash.clone()),
+                created_at: Set(row.created_at),
+            }
+        }))
+        .exec_without_returning(db)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn insert_deliveries(db: &impl ConnectionTrait, rows: &[delivery::Model]) -> Result<()> {
+    for chunk in rows.chunks(chunk_rows(12)) {
+        delivery::Entity::insert_many(chunk.iter().map(delivery_active))
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
+}
+
+fn delivery_active(row: &delivery::Model) -> delivery::ActiveModel {
+    delivery::ActiveModel {
+        id: Set(row.id.clone()),
+        event_id: Set(row.event_id.clone()),
+        endpoint_id: Set(row.endpoint_id.clone()),
+        url: Set(row.url.clone()),
+        status: Set(row.status.clone()),
+        attempt_count: Set(row.attempt_count),
+        next_attempt_at: Set(row.next_attempt_at),
+        lease_owner: Set(row.lease_owner.clone()),
+        lease_expires_at: Set(row.lease_expires_at),
+        last_attempt_at: Set(row.last_attempt_at),
+        created_at: Set(row.created_at),
+        updated_at: Set(row.updated_at),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reads of the Events API.
+
+pub async fn get(db: &impl ConnectionTrait, id: &str) -> Result<Option<event::Model>> {
+    Ok(event::Entity::find_by_id(id.to_owned()).one(db).await?)
+}
+
+pub async fn get_many(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<event::Model>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(event::Entity::find()
+        .filter(event::Column::Id.is_in(ids.iter().cloned()))
+        .all(db)
+        .await?)
+}
+
+pub async fn get_endpoint(db: &impl ConnectionTrait, id: &str) -> Result<Option<endpoint::Model>> {
+    Ok(endpoint::Entity::find_by_id(id.to_owned()).one(db).await?)
+}
+
+pub async fn get_endpoints(
+    db: &impl ConnectionTrait,
+    ids: &[String],
+) -> Result<Vec<endpoint::Model>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(endpoint::Entity::find()
+        .filter(endpoint::Column::Id.is_in(ids.iter().cloned()))
+        .all(db)
+        .await?)
+}
+
+pub async fn get_event_type(
+    db: &impl ConnectionTrait,
+    name: &str,
+) -> Result<Option<event_type::Model>> {
+    Ok(event_type::Entity::find_by_id(name.to_owned())
+        .one(db)
+        .await?)
+}
+
+pub async fn get_delivery(db: &impl ConnectionTrait, id: &str) -> Result<Option<delivery::Model>> {
+    Ok(delivery::Entity::find_by_id(id.to_owned()).one(db).await?)
+}
+
+/// What ListEvents selects, already validated.
+#[derive(Debug, Default, Clone)]
+pub struct EventQuery {
+    pub consumer_id: Option<String>,
+    pub event_types: EventTypeFilter,
+    /// Created at or after (epoch ms).
+    pub since: Option<i64>,
+    /// Created before (epoch ms).
+    pub until: Option<i64>,
+}
+
+/// Events newest first, one page (by id descending: ids are ULIDs, so this is
+/// creation order, and the page token is the last id returned).
+pub async fn list(
+    db: &impl ConnectionTrait,
+    query: &EventQuery,
+    page: &PageRequest,
+) -> Result<Vec<event::Model>> {
+    let mut select = event::Entity::find().order_by_desc(event::Column::Id);
+    if let Some(consumer_id) = &query.consumer_id {
+        select = select.filter(event::Column::ConsumerId.eq(consumer_id.as_str()));
+    }
+    if !query.event_types.patterns().is_empty() {
+        let mut any = Condition::any();
+        for pattern in query.event_types.patterns() {
+            any = match pattern.strip_suffix('*') {
+                // Names may contain `_`, a LIKE wildcard: escape it.
+                Some(prefix) => any.add(
+                    Expr::col(event::Column::EventType)
+                        .like(LikeExpr::new(format!("{}%", escape_like(prefix))).escape('\\')),
+                ),
+                None => any.add(event::Column::EventType.eq(pattern.as_str())),
+            };
+        }
+        select = select.filter(any);
+    }
+    if let Some(since) = query.since {
+        select = select.filter(event::Column::CreatedAt.gte(since));
+    }
+    if let Some(until) = query.until {
+        select = select.filter(event::Column::CreatedAt.lt(until));
+    }
+    if let Some(after) = &page.after {
+        select = select.filter(event::Column::Id.lt(after.as_str()));
+    }
+    Ok(select.limit(page.fetch_limit()).all(db).await?)
+}
+
+fn escape_like(raw: &str) -> String {
+    let mut escaped = String::with_capacity(raw.len());
+    for character in raw.chars() {
+        if matches!(character, '\\' | '%' | '_') {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
+}
+
+/// What ListDeliveries selects: one of event and endpoint is set.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryQuery {
+    pub event_id: Option<String>,
+    pub endpoint_id: Option<String>,
+    pub status: Option<&'static str>,
+}
+
+/// Deliveries newest first, one page.
+pub async fn list_deliveries(
+    db: &impl ConnectionTrait,
+    query: &DeliveryQuery,
+    page: &PageRequest,
+) -> Result<Vec<delivery::Model>> {
+    let mut select = delivery::Entity::find().order_by_desc(delivery::Column::Id);
+    if let Some(event_id) = &query.event_id {
+        select = select.filter(delivery::Column::EventId.eq(event_id.as_str()));
+    }
+    if let Some(endpoint_id) = &query.endpoint_id {
+        select = select.filter(delivery::Column::EndpointId.eq(endpoint_id.as_str()));
+    }
+    if let Some(status) = query.status {
+        select = select.filter(delivery::Column::Status.eq(status));
+    }
+    if let Some(after) = &page.after {
+        select = select.filter(delivery::Column::Id.lt(after.as_str()));
+    }
+    Ok(select.limit(page.fetch_limit()).all(db).await?)
+}
+
+/// What ListAttempts selects: at least one field is set.
+#[derive(Debug, Default, Clone)]
+pub struct AttemptQuery {
+    pub delivery_id: Option<String>,
+    pub event_id: Option<String>,
+    pub endpoint_id: Option<String>,
+}
+
+/// Attempts newest first, one page.
+pub async fn list_attempts(
+    db: &impl ConnectionTrait,
+    query: &AttemptQuery,
+    page: &PageRequest,
+) -> Result<Vec<attempt::Model>> {
+    let mut select = attempt::Entity::find().order_by_desc(attempt::Column::Id);
+    if let Some(delivery_id) = &query.delivery_id {
+        select = select.filter(attempt::Column::DeliveryId.eq(delivery_id.as_str()));
+    }
+    if let Some(event_id) = &query.event_id {
+        select = select.filter(attempt::Column::EventId.eq(event_id.as_str()));
+    }
+    if let Some(endpoint_id) = &query.endpoint_id {
+        select = select.filter(attempt::Column::EndpointId.eq(endpoint_id.as_str()));
+    }
+    if let Some(after) = &page.after {
+        select = select.filter(attempt::Column::Id.lt(after.as_str()));
+    }
+    Ok(select.limit(page.fetch_limit()).all(db).await?)
+}
+
+// ---------------------------------------------------------------------------
+// Redeliver and Replay.
+
+/// The delivery of `event_id` to `endpoint_id`, if one exists.
+pub async fn delivery_for(
+    db: &impl ConnectionTrait,
+    event_id: &str,
+    endpoint_id: &str,
+) -> Result<Option<delivery::Model>> {
+    Ok(delivery::Entity::find()
+        .filter(delivery::Column::EventId.eq(event_id))
+        .filter(delivery::Column::EndpointId.eq(endpoint_id))
+        .order_by_desc(delivery::Column::Id)
+        .one(db)
+        .await?)
+}
+
+/// Inserts one delivery row.
+pub async fn insert_delivery(db: &impl ConnectionTrait, row: &delivery::Model) -> Result<()> {
+    insert_deliveries(db, std::slice::from_ref(row)).await
+}
+
+/// How a delivery is put back into the queue: due now, with a fresh retry
+/// schedule, and leased to `lease` (this node, for the hot path) or unleased
+/// (stream deliveries, which subscribers claim).
+#[derive(Debug, Clone)]
+pub struct Requeue {
+    pub now: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+}
+
+/// Resets one delivery to pending, due now.
+pub async fn requeue_delivery(
+    db: &impl ConnectionTrait,
+    row: delivery::Model,
+    requeue: &Requeue,
+) -> Result<delivery::Model> {
+    delivery::Entity::update_many()
+        .col_expr(delivery::Column::Status, Expr::value(status::PENDING))
+        .col_expr(delivery::Column::AttemptCount, Expr::value(0))
+        .col_expr(delivery::Column::NextAttemptAt, Expr::value(requeue.now))
+        .col_expr(
+            delivery::Column::LeaseOwner,
+            Expr::value(requeue.lease_owner.clone()),
+        )
+        .col_expr(
+            delivery::Column::LeaseExpiresAt,
+            Expr::value(requeue.lease_expires_at),
+        )
+        .col_expr(delivery::Column::UpdatedAt, Expr::value(requeue.now))
+        .filter(delivery::Column::Id.eq(row.id.as_str()))
+        .exec(db)
+        .await?;
+    Ok(delivery::Model {
+        status: status::PENDING.to_owned(),
+        attempt_count: 0,
+        next_attempt_at: Some(requeue.now),
+        lease_owner: requeue.lease_owner.clone(),
+        lease_expires_at: requeue.lease_expires_at,
+        updated_at: requeue.now,
+        ..row
+    })
+}
+
+/// Puts every FAILED delivery of `endpoint_id` created at or after `since`
+/// back to pending, and returns them as they now are. Rows are selected and
+/// updated by id inside the caller's transaction, so the returned set is
+/// exactly the set changed.
+pub async fn replay_failed(
+    db: &impl ConnectionTrait,
+    endpoint_id: &str,
+    since: i64,
+    requeue: &Requeue,
+) -> Result<Vec<delivery::Model>> {
+    let rows = delivery::Entity::find()
+        .filter(delivery::Column::EndpointId.eq(endpoint_id))
+        .filter(delivery::Column::Status.eq(status::FAILED))
+        .filter(delivery::Column::CreatedAt.gte(since))
+        .order_by_asc(delivery::Column::Id)
+        .all(db)
+        .await?;
+    let mut replayed = Vec::with_capacity(rows.len());
+    // Updated by id in chunks: the IN list stays under the parameter limits.
+    for chunk in rows.chunks(MAX_BIND_PARAMETERS / 2) {
+        delivery::Entity::update_many()
+            .col_expr(delivery::Column::Status, Expr::value(status::PENDING))
+            .col_expr(delivery::Column::AttemptCount, Expr::value(0))
+            .col_expr(delivery::Column::NextAttemptAt, Expr::value(requeue.now))
+            .col_expr(
+                delivery::Column::LeaseOwner,
+                Expr::value(requeue.lease_owner.clone()),
+            )
+            .col_expr(
+                delivery::Column::LeaseExpiresAt,
+                Expr::value(requeue.lease_expires_at),
+            )
+            .col_expr(delivery::Column::UpdatedAt, Expr::value(requeue.now))
+            .filter(delivery::Column::Id.is_in(chunk.iter().map(|row| row.id.clone())))
+            .filter(delivery::Column::Status.eq(status::FAILED))
+            .exec(db)
+            .await?;
+        replayed.extend(chunk.iter().cloned().map(|row| delivery::Model {
+            status: status::PENDING.to_owned(),
+            attempt_count: 0,
+            next_attempt_at: Some(requeue.now),
+            lease_owner: requeue.lease_owner.clone(),
+            lease_expires_at: requeue.lease_expires_at,
+            updated_at: requeue.now,
+            ..row
+        }));
+    }
+    Ok(replayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(escape_like("invoice_line."), "invoice\\_line.");
+        assert_eq!(escape_like("a%b\\"), "a\\%b\\\\");
+        assert_eq!(chunk_rows(12), 2666);
+        assert!(chunk_rows(12) * 12 <= 32_766);
+    }
+}
