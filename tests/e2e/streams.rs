@@ -176,15 +176,36 @@ async fn ack(server: &TestServer, endpoint_id: &str, tokens: Vec<String>) -> u32
 
 /// Delivery statuses of an endpoint, read straight from the database.
 pub async fn delivery_statuses(server: &TestServer, endpoint_id: &str) -> Vec<String> {
+    delivery_column(server, endpoint_id, "status")
+        .await
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).expect("status"))
+        .collect()
+}
+
+/// Attempt counts of an endpoint's deliveries, from the database.
+pub async fn delivery_attempts(server: &TestServer, endpoint_id: &str) -> Vec<i32> {
+    delivery_column(server, endpoint_id, "attempt_count")
+        .await
+        .iter()
+        .map(|row| row.try_get_by_index::<i32>(0).expect("attempt_count"))
+        .collect()
+}
+
+async fn delivery_column(
+    server: &TestServer,
+    endpoint_id: &str,
+    column: &str,
+) -> Vec<sea_orm::QueryResult> {
     let conn = sea_orm::Database::connect(server.database.url.as_str())
         .await
         .expect("connect to the test database");
-    let sql = match conn.get_database_backend() {
-        sea_orm::DatabaseBackend::Postgres => {
-            "SELECT status FROM deliveries WHERE endpoint_id = $1 ORDER BY id"
-        }
-        _ => "SELECT status FROM deliveries WHERE endpoint_id = ? ORDER BY id",
+    let placeholder = match conn.get_database_backend() {
+        sea_orm::DatabaseBackend::Postgres => "$1",
+        _ => "?",
     };
+    let sql =
+        format!("SELECT {column} FROM deliveries WHERE endpoint_id = {placeholder} ORDER BY id");
     let rows = conn
         .query_all_raw(sea_orm::Statement::from_sql_and_values(
             conn.get_database_backend(),
@@ -193,12 +214,8 @@ pub async fn delivery_statuses(server: &TestServer, endpoint_id: &str) -> Vec<St
         ))
         .await
         .expect("query deliveries");
-    let statuses = rows
-        .iter()
-        .map(|row| row.try_get_by_index::<String>(0).expect("status"))
-        .collect();
     let _ = conn.close().await;
-    statuses
+    rows
 }
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -519,11 +536,23 @@ async fn a_slow_subscriber_slows_nobody(backend: Backend) {
         ADMIN_TOKEN,
         proto::SubscribeRequest {
             max_unacked: 1000,
+            ack_timeout: seconds(3600),
             ..durable(&stuck_endpoint)
         },
     )
     .await;
-    let mut live = subscribe(&server, ADMIN_TOKEN, durable(&live_endpoint)).await;
+    // Room for all 500 unacknowledged, for longer than the test, so that this
+    // reader needs no acks and sees no redelivery.
+    let mut live = subscribe(
+        &server,
+        ADMIN_TOKEN,
+        proto::SubscribeRequest {
+            max_unacked: 1000,
+            ack_timeout: seconds(3600),
+            ..durable(&live_endpoint)
+        },
+    )
+    .await;
     let received = Arc::new(Mutex::new(Vec::<(String, Instant)>::new()));
     let reader = {
         let received = received.clone();
@@ -577,6 +606,17 @@ async fn a_slow_subscriber_slows_nobody(backend: Backend) {
             "{received_id} arrived {lag:?} after its publish"
         );
     }
+    // The reader that never reads was sent only what its buffers hold: its
+    // session stopped claiming, and the rest waits in the database for it.
+    let sent_to_stuck = delivery_attempts(&server, &stuck_endpoint)
+        .await
+        .iter()
+        .filter(|attempts| **attempts > 0)
+        .count();
+    assert!(
+        sent_to_stuck < 500,
+        "the stuck subscriber was sent {sent_to_stuck} of 500"
+    );
     reader.abort();
     drop(stuck);
     server.finish().await;
