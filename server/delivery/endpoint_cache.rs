@@ -94,7 +94,9 @@ impl EndpointCache {
                     url: row.url,
                     secrets: secrets
                         .into_iter()
-                        .map(|secret| (SigningSecret::from_stored(secret.secret), secret.expires_at))
+                        .map(|secret| {
+                            (SigningSecret::from_stored(secret.secret), secret.expires_at)
+                        })
                         .collect(),
                 })
             });
@@ -113,7 +115,10 @@ impl EndpointCache {
 
     /// Records a disabling made by the engine, effective immediately.
     pub fn mark_disabled(&self, endpoint_id: &str) {
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut endpoints = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = endpoints.get_mut(endpoint_id)
             && let Some(config) = &entry.value
         {

@@ -92,8 +92,9 @@ impl Engine {
     /// Builds the engine and the dispatcher that feeds it. Needs the rustls
     /// provider installed (`crate::install_crypto_provider`).
     pub fn new(db: Database, settings: EngineSettings) -> Result<(Dispatcher, Engine)> {
-        let client = WebhookClient::new(settings.target_policy.clone(), settings.request_timeout)
-            .map_err(|err| Error::Internal(format!("cannot build the HTTP client: {err}")))?;
+        let client =
+            WebhookClient::new(settings.target_policy.clone(), settings.request_timeout)
+                .map_err(|err| Error::Internal(format!("cannot build the HTTP client: {err}")))?;
         let node_id: Arc<str> = crate::domain::ids::new_id("node").into();
         let (writer, writer_inbox) = mpsc::channel(4096);
         let shared = Arc::new(Shared {

@@ -66,7 +66,10 @@ pub struct AttemptReport {
 
 impl AttemptReport {
     pub fn succeeded(&self) -> bool {
-        self.error_class.is_none() && self.status.is_some_and(|status| (200..300).contains(&status))
+        self.error_class.is_none()
+            && self
+                .status
+                .is_some_and(|status| (200..300).contains(&status))
     }
 }
 
@@ -132,7 +135,12 @@ impl WebhookClient {
         let url = match Url::parse(outgoing.url) {
             Ok(url) => url,
             Err(err) => {
-                return report(None, Some(ErrorClass::Connect), format!("invalid URL: {err}"), None);
+                return report(
+                    None,
+                    Some(ErrorClass::Connect),
+                    format!("invalid URL: {err}"),
+                    None,
+                );
             }
         };
         if let Some(address) = literal_address(&url)
@@ -328,8 +336,9 @@ impl Resolve for PolicyResolver {
                     .map(|address| address.ip().to_string())
                     .collect::<Vec<_>>()
                     .join(", ");
-                return Err(Box::new(BlockedAddress { host, addresses })
-                    as Box<dyn StdError + Send + Sync>);
+                return Err(
+                    Box::new(BlockedAddress { host, addresses }) as Box<dyn StdError + Send + Sync>
+                );
             }
             Ok(Box::new(permitted.into_iter()) as Addrs)
         })
@@ -373,7 +382,11 @@ mod tests {
         let report = client.post(&outgoing("http://[::1]:9/hook")).await;
         assert_eq!(report.error_class, Some(ErrorClass::BlockedAddress));
         let report = client.post(&outgoing("http://localhost:9/hook")).await;
-        assert_eq!(report.error_class, Some(ErrorClass::BlockedAddress), "{report:?}");
+        assert_eq!(
+            report.error_class,
+            Some(ErrorClass::BlockedAddress),
+            "{report:?}"
+        );
     }
 
     #[tokio::test]

@@ -36,7 +36,9 @@ impl RateLimiter {
             return Ok(());
         }
         let rate = f64::from(self.rate);
-        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(rate);
         self.refilled_at = now;
         if self.tokens >= 1.0 {

@@ -20,7 +20,12 @@ pub fn signature_header(
 ) -> String {
     secrets
         .iter()
-        .map(|secret| format!("v1,{}", sign(&secret.key_bytes(), message_id, timestamp, body)))
+        .map(|secret| {
+            format!(
+                "v1,{}",
+                sign(&secret.key_bytes(), message_id, timestamp, body)
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

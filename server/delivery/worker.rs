@@ -141,7 +141,8 @@ impl Worker {
                 self.load_ordered_backlog().await;
             }
             let rate_wait = self.start_attempts(&target, max_in_flight, ordered).await;
-            let idle = self.ready.is_empty() && self.waiting_ids.is_empty() && self.in_flight.is_empty();
+            let idle =
+                self.ready.is_empty() && self.waiting_ids.is_empty() && self.in_flight.is_empty();
             tokio::select! {
                 () = self.shared.stopping.cancelled() => break,
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
@@ -175,7 +176,8 @@ impl Worker {
     async fn target(&self) -> Target {
         match &self.key {
             WorkerKey::Callback(_) => Target::Callback,
-            WorkerKey::Endpoint(endpoint_id) => match self.shared.cache.endpoint(endpoint_id).await {
+            WorkerKey::Endpoint(endpoint_id) => match self.shared.cache.endpoint(endpoint_id).await
+            {
                 Ok(Some(config)) if config.enabled && !config.is_stream => Target::Endpoint(config),
                 Ok(_) => Target::Unavailable,
                 Err(err) => {
@@ -200,7 +202,10 @@ impl Worker {
             }
             if ordered
                 && (!self.in_flight.is_empty()
-                    || self.waiting_ids.first().is_some_and(|waiting| waiting < first))
+                    || self
+                        .waiting_ids
+                        .first()
+                        .is_some_and(|waiting| waiting < first))
             {
                 return None;
             }
@@ -208,9 +213,7 @@ impl Worker {
             if let Err(wait) = self.limiter.try_acquire(now) {
                 return Some(wait);
             }
-            let Some((_, job)) = self.ready.pop_first() else {
-                return None;
-            };
+            let (_, job) = self.ready.pop_first()?;
             let Some((url, headers, secrets)) = self.request_parts(target, &job).await else {
                 // The consumer or its URL is gone: nothing to deliver to.
                 self.shared.release_later(job.delivery_id);
@@ -249,7 +252,12 @@ impl Worker {
                 config.live_secrets(now_millis()),
             )),
             Target::Callback => {
-                let secret = match self.shared.cache.callback_secret(&job.event.consumer_id).await {
+                let secret = match self
+                    .shared
+                    .cache
+                    .callback_secret(&job.event.consumer_id)
+                    .await
+                {
                     Ok(secret) => secret?,
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot load a callback secret");
@@ -276,7 +284,9 @@ impl Worker {
             let latency = now.saturating_sub(job.event.created_at).max(0) as f64 / 1000.0;
             metrics::histogram!(DELIVERY_LATENCY).record(latency);
             ("succeeded", EndpointEffect::Succeeded)
-        } else if report.status == Some(410) && endpoint_id.is_some() {
+        } else if report.status == Some(410) {
+            // Gone: never retried; an endpoint is disabled too (a callback
+            // URL has nothing to disable).
             metrics::counter!(DELIVERIES, "outcome" => "failed").increment(1);
             if let Some(endpoint_id) = &endpoint_id {
                 shared.cache.mark_disabled(endpoint_id);

@@ -107,29 +107,30 @@ pub async fn claim_ordered_backlog(
 ) -> Result<Vec<delivery::Model>> {
     let backend = db.backend();
     let postgres = backend == DatabaseBackend::Postgres;
-    let lease_check = if postgres {
-        "(d.lease_owner IS NULL OR d.lease_expires_at < ? OR d.lease_owner = ?)"
+    // On SQLite (one process) every lease is this node's or a dead run's.
+    let (lease_check, lock) = if postgres {
+        (
+            " AND (d.lease_owner IS NULL OR d.lease_expires_at < ? OR d.lease_owner = ?)",
+            " FOR UPDATE OF d SKIP LOCKED",
+        )
     } else {
-        "(d.lease_owner IS NULL OR d.lease_expires_at < ? OR d.lease_owner IS NOT NULL OR d.lease_owner = ?)"
+        ("", "")
     };
-    let lock = if postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
     let sql = format!(
         "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? \
          WHERE id IN (\
            SELECT d.id FROM deliveries d \
-           WHERE d.endpoint_id = ? AND d.status = 'pending' AND {lease_check} \
+           WHERE d.endpoint_id = ? AND d.status = 'pending'{lease_check} \
            ORDER BY d.id LIMIT ?{lock}) \
          RETURNING id, event_id, endpoint_id, url, status, attempt_count, next_attempt_at, \
            lease_owner, lease_expires_at, last_attempt_at, created_at, updated_at"
     );
-    let values: Vec<Value> = vec![
-        node.into(),
-        lease_until.into(),
-        endpoint_id.into(),
-        now.into(),
-        node.into(),
-        (limit as i64).into(),
-    ];
+    let mut values: Vec<Value> = vec![node.into(), lease_until.into(), endpoint_id.into()];
+    if postgres {
+        values.push(now.into());
+        values.push(node.into());
+    }
+    values.push((limit as i64).into());
     let mut rows = delivery::Entity::find()
         .from_raw_sql(statement(backend, &sql, values))
         .all(&db.conn)
@@ -139,7 +140,10 @@ pub async fn claim_ordered_backlog(
 }
 
 /// The events of claimed deliveries, by id.
-pub async fn events_by_id(db: &Database, ids: Vec<String>) -> Result<HashMap<String, event::Model>> {
+pub async fn events_by_id(
+    db: &Database,
+    ids: Vec<String>,
+) -> Result<HashMap<String, event::Model>> {
     let mut events = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
         let rows = event::Entity::find()

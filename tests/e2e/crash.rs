@@ -59,7 +59,9 @@ impl tonic::service::Interceptor for AdminBearer {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii token");
+        let value = format!("Bearer {ADMIN_TOKEN}")
+            .parse()
+            .expect("ascii token");
         request.metadata_mut().insert("authorization", value);
         Ok(request)
     }

@@ -29,6 +29,8 @@ both_backends!(
     callbacks_are_signed_with_the_consumer_secret,
     endpoints_failing_too_long_are_disabled,
     published_events_take_the_hot_path,
+    shutdown_lets_in_flight_deliveries_finish,
+    the_api_flow_delivers_and_rotation_double_signs,
 );
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -71,7 +73,10 @@ async fn signed_delivery_arrives_intact(backend: Backend) {
     assert_eq!(request.body, payload.as_bytes(), "body byte for byte");
     assert_eq!(request.header("content-type"), "application/json");
     assert_eq!(request.header("webhook-id"), event_id);
-    let timestamp: i64 = request.header("webhook-timestamp").parse().expect("seconds");
+    let timestamp: i64 = request
+        .header("webhook-timestamp")
+        .parse()
+        .expect("seconds");
     assert!((timestamp - now_millis() / 1000).abs() < 60, "{timestamp}");
     assert!(request.header("webhook-signature").starts_with("v1,"));
     assert!(signature_matches(request, &secret), "signature verifies");
@@ -81,7 +86,9 @@ async fn signed_delivery_arrives_intact(backend: Backend) {
     );
     assert_eq!(request.header("x-team"), "payments");
 
-    let delivery = rows.wait_for_status(&delivery_id, "succeeded", DEADLINE).await;
+    let delivery = rows
+        .wait_for_status(&delivery_id, "succeeded", DEADLINE)
+        .await;
     assert_eq!(delivery.attempt_count, 1);
     assert!(delivery.lease_owner.is_none());
     let attempts = wait_for("the attempt row", DEADLINE, || async {
@@ -94,6 +101,21 @@ async fn signed_delivery_arrives_intact(backend: Backend) {
     assert_eq!(attempts[0].status_code, Some(204));
     assert_eq!(attempts[0].error_class, None);
     assert_eq!(attempts[0].url, receiver.url("/hook"));
+
+    // The outcome and the latency reach /metrics.
+    herald::install_crypto_provider();
+    let metrics_url = format!("http://{}/metrics", server.metrics_addr);
+    let metrics = reqwest::get(&metrics_url)
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("herald_deliveries_total{outcome=\"success\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("herald_delivery_latency_seconds_bucket"));
     server.finish().await;
 }
 
@@ -115,7 +137,9 @@ async fn failures_are_retried_with_a_stable_id_until_success(backend: Backend) {
     // The harness's schedule is 100 ms then 200 ms (±20%).
     let first_gap = received[1].at - received[0].at;
     assert!(first_gap >= Duration::from_millis(70), "{first_gap:?}");
-    let delivery = rows.wait_for_status(&delivery_id, "succeeded", DEADLINE).await;
+    let delivery = rows
+        .wait_for_status(&delivery_id, "succeeded", DEADLINE)
+        .await;
     assert_eq!(delivery.attempt_count, 3);
     let attempts = rows.attempts(&delivery_id).await;
     let codes: Vec<Option<i32>> = attempts.iter().map(|a| a.status_code).collect();
@@ -148,7 +172,10 @@ async fn an_exhausted_schedule_fails_the_delivery(backend: Backend) {
     assert_eq!(delivery.next_attempt_at, None);
     let endpoint_row = rows.endpoint_row(&endpoint).await;
     assert!(endpoint_row.failing_since.is_some());
-    assert!(endpoint_row.enabled, "5 days of failure are needed to disable");
+    assert!(
+        endpoint_row.enabled,
+        "5 days of failure are needed to disable"
+    );
     server.finish().await;
 }
 
@@ -225,7 +252,8 @@ async fn retry_after_is_honoured(backend: Backend) {
     let gap = received[1].at - received[0].at;
     // The schedule alone would retry after about 100 ms.
     assert!(gap >= Duration::from_millis(1900), "{gap:?}");
-    rows.wait_for_status(&delivery_id, "succeeded", DEADLINE).await;
+    rows.wait_for_status(&delivery_id, "succeeded", DEADLINE)
+        .await;
     let attempts = rows.attempts(&delivery_id).await;
     assert_eq!(attempts[0].status_code, Some(429));
     server.finish().await;
@@ -248,8 +276,15 @@ async fn slow_answers_time_out(backend: Backend) {
     let attempts = rows.attempts(&delivery_id).await;
     assert_eq!(attempts.len(), 3);
     for attempt in &attempts {
-        assert_eq!(attempt.error_class.as_deref(), Some("timeout"), "{attempt:?}");
-        assert!(attempt.duration_ms >= 450 && attempt.duration_ms < 3000, "{attempt:?}");
+        assert_eq!(
+            attempt.error_class.as_deref(),
+            Some("timeout"),
+            "{attempt:?}"
+        );
+        assert!(
+            attempt.duration_ms >= 450 && attempt.duration_ms < 3000,
+            "{attempt:?}"
+        );
     }
     server.finish().await;
 }
@@ -274,8 +309,10 @@ async fn huge_and_trickling_bodies_are_bounded(backend: Backend) {
     let (_, trickle_delivery) = rows
         .publish(&consumer.id, Some(&trickle_endpoint), None, "{}")
         .await;
-    rows.wait_for_status(&huge_delivery, "failed", DEADLINE).await;
-    rows.wait_for_status(&trickle_delivery, "failed", DEADLINE).await;
+    rows.wait_for_status(&huge_delivery, "failed", DEADLINE)
+        .await;
+    rows.wait_for_status(&trickle_delivery, "failed", DEADLINE)
+        .await;
     for attempt in rows.attempts(&huge_delivery).await {
         assert_eq!(attempt.error_class.as_deref(), Some("response_too_large"));
         assert_eq!(attempt.status_code, Some(200));
@@ -283,7 +320,11 @@ async fn huge_and_trickling_bodies_are_bounded(backend: Backend) {
         assert!(attempt.duration_ms < 1000, "{attempt:?}");
     }
     for attempt in rows.attempts(&trickle_delivery).await {
-        assert_eq!(attempt.error_class.as_deref(), Some("timeout"), "{attempt:?}");
+        assert_eq!(
+            attempt.error_class.as_deref(),
+            Some("timeout"),
+            "{attempt:?}"
+        );
         assert!(attempt.duration_ms < 3000, "{attempt:?}");
     }
     server.finish().await;
@@ -323,7 +364,11 @@ async fn a_stuck_endpoint_does_not_delay_another(backend: Backend) {
     }
     fast.wait_for_count(30, Duration::from_secs(5)).await;
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(stuck.received().len(), 2, "max_in_flight holds the rest back");
+    assert_eq!(
+        stuck.received().len(),
+        2,
+        "max_in_flight holds the rest back"
+    );
     server.finish().await;
 }
 
@@ -407,7 +452,8 @@ async fn callbacks_are_signed_with_the_consumer_secret(backend: Backend) {
     assert_eq!(received[0].path, "/callback");
     assert_eq!(received[0].header("webhook-id"), event_id);
     assert!(signature_matches(&received[0], &consumer.callback_secret));
-    rows.wait_for_status(&delivery_id, "succeeded", DEADLINE).await;
+    rows.wait_for_status(&delivery_id, "succeeded", DEADLINE)
+        .await;
     server.finish().await;
 }
 
@@ -501,5 +547,100 @@ async fn published_events_take_the_hot_path(backend: Backend) {
         "{backend:?}: {TOTAL} events published and delivered in {elapsed:?} ({:.0} events/s end to end)",
         TOTAL as f64 / elapsed.as_secs_f64()
     );
+    server.finish().await;
+}
+
+/// A graceful stop waits (within the shutdown grace) for a request already
+/// in flight and records its outcome before the process ends.
+async fn shutdown_lets_in_flight_deliveries_finish(backend: Backend) {
+    let (server, rows) = setup(backend).await;
+    let receiver = Receiver::start(Reply::Slow(Duration::from_millis(1500))).await;
+    let consumer = rows.consumer().await;
+    let (endpoint, _) = rows
+        .endpoint(&consumer.id, EndpointSpec::to(receiver.url("/hook")))
+        .await;
+    let (_, delivery_id) = rows
+        .publish(&consumer.id, Some(&endpoint), None, "{}")
+        .await;
+    receiver.wait_for_count(1, DEADLINE).await;
+    let database = server.stop().await;
+    let delivery = rows.delivery(&delivery_id).await.expect("delivery");
+    assert_eq!(delivery.status, "succeeded", "{delivery:?}");
+    let attempts = rows.attempts(&delivery_id).await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].response_body, "slow but fine");
+    drop(rows);
+    database.drop_database().await;
+}
+
+/// The whole path through the public API: CreateConsumer, CreateEndpoint,
+/// Publish, a signed POST; RotateEndpointSecret, then two signatures that
+/// verify with the previous and the new secret.
+async fn the_api_flow_delivers_and_rotation_double_signs(backend: Backend) {
+    use herald_client::proto;
+
+    let (server, _rows) = setup(backend).await;
+    let receiver = Receiver::start(Reply::Status(200)).await;
+    let mut subscriptions = server.subscriptions(crate::common::ADMIN_TOKEN).await;
+    let mut events = server.events(crate::common::ADMIN_TOKEN).await;
+    let consumer = subscriptions
+        .create_consumer(proto::CreateConsumerRequest {
+            uid: "delivery-flow".into(),
+            name: "Delivery flow".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create consumer")
+        .into_inner()
+        .consumer
+        .expect("consumer");
+    let created = subscriptions
+        .create_endpoint(proto::CreateEndpointRequest {
+            consumer_id: consumer.id.clone(),
+            url: receiver.url("/api-hook"),
+            ..Default::default()
+        })
+        .await
+        .expect("create endpoint")
+        .into_inner();
+    let endpoint = created.endpoint.expect("endpoint");
+    let publish = |n: u32| proto::PublishRequest {
+        consumer_id: consumer.id.clone(),
+        event_type: "flow.step".into(),
+        payload: format!("{{\"n\":{n}}}"),
+        ..Default::default()
+    };
+    events.publish(publish(1)).await.expect("publish");
+    let received = receiver.wait_for_count(1, DEADLINE).await;
+    assert!(signature_matches(&received[0], &created.secret));
+
+    let rotated = subscriptions
+        .rotate_endpoint_secret(proto::RotateEndpointSecretRequest {
+            id: endpoint.id.clone(),
+            grace_period: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("rotate")
+        .into_inner();
+    // The engine's endpoint cache refreshes within a few seconds.
+    let double = wait_for("a doubly signed delivery", Duration::from_secs(20), || {
+        let mut events = events.clone();
+        let receiver = &receiver;
+        let publish = publish(2);
+        async move {
+            let before = receiver.received().len();
+            events.publish(publish).await.expect("publish");
+            let received = receiver.wait_for_count(before + 1, DEADLINE).await;
+            let last = received.last().cloned()?;
+            (last.header("webhook-signature").split(' ').count() == 2).then_some(last)
+        }
+    })
+    .await;
+    assert!(signature_matches(&double, &created.secret));
+    assert!(signature_matches(&double, &rotated.secret));
     server.finish().await;
 }

@@ -76,6 +76,63 @@ async fn an_operator_can_list_call_and_is_refused_without_a_key() {
         "listing must not show tokens: {out}"
     );
 
+    // The README's quickstart: a consumer by uid, an endpoint, a listing.
+    let (ok, out, err) = blocking(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"uid": "acme", "name": "Acme Inc."}"#,
+        &addr,
+        "herald.v1.Subscriptions/CreateConsumer",
+    ])
+    .await;
+    assert!(ok, "create consumer failed: {err}");
+    assert!(out.contains("\"callbackSecret\": \"whsec_"), "{out}");
+    let (ok, out, err) = blocking(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"consumer_id": "acme", "url": "https://example.com/webhooks", "event_types": ["invoice.*"]}"#,
+        &addr,
+        "herald.v1.Subscriptions/CreateEndpoint",
+    ])
+    .await;
+    assert!(ok, "create endpoint failed: {err}");
+    assert!(out.contains("\"secret\": \"whsec_"), "{out}");
+    let (ok, out, err) = blocking(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"consumer_id": "acme"}"#,
+        &addr,
+        "herald.v1.Subscriptions/ListEndpoints",
+    ])
+    .await;
+    assert!(ok, "list endpoints failed: {err}");
+    assert!(out.contains("https://example.com/webhooks"), "{out}");
+    assert!(
+        !out.contains("whsec_"),
+        "listings never show secrets: {out}"
+    );
+    let (ok, _, err) = blocking(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"consumer_id": "acme", "url": "https://169.254.169.254/latest"}"#,
+        &addr,
+        "herald.v1.Subscriptions/CreateEndpoint",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("url:"),
+        "{err}"
+    );
+
     let (ok, _, err) = blocking(&[
         "-plaintext",
         "-d",

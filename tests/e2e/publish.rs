@@ -578,3 +578,59 @@ async fn only_producers_may_publish(backend: Backend) {
     );
     server.finish().await;
 }
+
+/// A rough single-machine publish throughput figure (not a pass/fail test):
+/// `cargo test --release --test e2e publish_throughput -- --ignored --nocapture`.
+/// 256 concurrent callers over 8 connections publish to a consumer with one
+/// stream endpoint, so every event also commits a delivery.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, run by hand"]
+async fn publish_throughput() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let server = TestServer::start(backend).await;
+        let fixtures = Fixtures::open(&server).await;
+        let consumer = fixtures.consumer("bench").await;
+        fixtures
+            .endpoint(
+                &consumer,
+                EndpointSpec {
+                    stream: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            clients.push(server.events(ADMIN_TOKEN).await);
+        }
+        const CALLERS: usize = 256;
+        const PER_CALLER: usize = 80;
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for caller in 0..CALLERS {
+            let mut client = clients[caller % clients.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..PER_CALLER {
+                    client
+                        .publish(publish_request(
+                            "bench",
+                            "bench.tick",
+                            &format!("{{\"caller\":{caller},\"n\":{n}}}"),
+                        ))
+                        .await
+                        .expect("publish");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("caller");
+        }
+        let elapsed = started.elapsed();
+        let total = CALLERS * PER_CALLER;
+        println!(
+            "{backend:?}: {total} events in {elapsed:?} = {:.0} events/s",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        server.finish().await;
+    }
+}

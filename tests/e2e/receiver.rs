@@ -27,6 +27,8 @@ pub enum Reply {
     WithHeader(u16, &'static str, String),
     /// Never answers (for 30 s).
     Hang,
+    /// Answers 200 after this long.
+    Slow(Duration),
     /// 200 with a 1 MiB body.
     Huge,
     /// 200, then one byte of body every 200 ms.
@@ -65,7 +67,9 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver on a fresh port that answers `default` unless scripted.
     pub async fn start(default: Reply) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         Self::start_on(listener, default)
     }
 
@@ -91,11 +95,7 @@ impl Receiver {
 
     /// The next requests get these answers, in order, then the default.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
-        self.state
-            .script
-            .lock()
-            .expect("lock")
-            .extend(replies);
+        self.state.script.lock().expect("lock").extend(replies);
     }
 
     pub fn set_default(&self, reply: Reply) {
@@ -154,6 +154,10 @@ async fn handle(
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Response::new(Body::empty())
+        }
+        Reply::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            Response::new(Body::from("slow but fine"))
         }
         Reply::Huge => Response::new(Body::from(vec![b'x'; 1024 * 1024])),
         Reply::Trickle => {
@@ -383,11 +387,15 @@ pub mod rows {
             status: &str,
             deadline: std::time::Duration,
         ) -> delivery::Model {
-            crate::common::wait_for(&format!("delivery {delivery_id} {status}"), deadline, || async {
-                self.delivery(delivery_id)
-                    .await
-                    .filter(|row| row.status == status)
-            })
+            crate::common::wait_for(
+                &format!("delivery {delivery_id} {status}"),
+                deadline,
+                || async {
+                    self.delivery(delivery_id)
+                        .await
+                        .filter(|row| row.status == status)
+                },
+            )
             .await
         }
     }
