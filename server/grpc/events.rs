@@ -237,7 +237,9 @@ impl proto::events_server::Events for EventsService {
             .publisher
             .publish(event_input(request.into_inner()))
             .await?;
-        self.state.streams.published(std::slice::from_ref(&published));
+        self.state
+            .streams
+            .published(std::slice::from_ref(&published));
         Ok(Response::new(publish_response(published)))
     }
 
