@@ -35,6 +35,42 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Receives events over a subscription stream and POSTs each to a local
+    /// URL, as a webhook would arrive (for consumers without a public URL).
+    Listen(ListenArgs),
+}
+
+/// Settings of `herald listen`.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// The STREAM endpoint to receive: durable, acknowledged on a 2xx answer,
+    /// sent again otherwise.
+    #[arg(
+        long,
+        required_unless_present = "consumer",
+        conflicts_with = "consumer"
+    )]
+    pub endpoint: Option<String>,
+    /// Instead of --endpoint: tail this consumer's (id or uid) new events live;
+    /// nothing is stored or acknowledged.
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// With --consumer: only these types (exact names or `prefix.*`).
+    #[arg(long, value_delimiter = ',', requires = "consumer")]
+    pub event_types: Vec<String>,
+    /// Where each event is POSTed, e.g. `http://localhost:3000/webhooks`.
+    #[arg(long)]
+    pub forward_to: url::Url,
+    /// The Herald server.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// An API key (`hk_…`) that may read the endpoint or consumer.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// How long the server waits for an acknowledgement before sending a
+    /// message again (1s to 1h).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub ack_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,6 +14,9 @@
 //!   deliveries to the engine.
 //! - `delivery`: the engine that POSTs committed deliveries, retries them and
 //!   records attempts; never calls the gRPC layer.
+//! - `streams`: subscription streams of STREAM endpoints and live tails (the
+//!   hub that publishing wakes, one task per subscription).
+//! - `listen`: the `herald listen` client, forwarding a stream to a local URL.
 //! - `metrics`: Prometheus metric names and the `/metrics` endpoint.
 //! - `cli`: the offline subcommands (`migrate`, `key create`).
 //! - `error`: the one error type and its mapping to gRPC statuses.
@@ -24,10 +27,12 @@ pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod listen;
 pub mod metrics;
 pub mod publish;
 pub mod serve;
 pub mod storage;
+pub mod streams;
 
 /// The generated protobuf and gRPC server code of `proto/herald/v1`.
 pub mod proto {

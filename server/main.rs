@@ -80,6 +80,7 @@ async fn run(cli: Cli) -> herald::error::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Listen(args) => herald::listen::run(args).await,
     }
 }
 

@@ -20,6 +20,7 @@ use crate::domain::target::TargetPolicy;
 use crate::error::{Error, Result};
 use crate::grpc::{self, AppState, auth::Authenticator};
 use crate::storage::{Database, api_keys};
+use crate::streams::{StreamHub, StreamSettings};
 
 /// A started, not yet serving, Herald.
 pub struct Herald {
@@ -83,7 +84,7 @@ impl Herald {
         );
         let state = Arc::new(AppState {
             authenticator: Arc::new(Authenticator::new(db.clone())),
-            db,
+            db: db.clone(),
             target_policy: TargetPolicy {
                 allow_http: config.allow_http,
                 allowed: config.allow_target_cidrs.clone(),
@@ -91,6 +92,13 @@ impl Herald {
             max_payload_bytes: config.max_payload_bytes,
             dispatcher,
             publisher,
+            streams: Arc::new(StreamHub::new(
+                db.clone(),
+                StreamSettings {
+                    heartbeat: config.stream_heartbeat,
+                    ..StreamSettings::default()
+                },
+            )),
         });
         Ok(Herald {
             config,
@@ -150,16 +158,26 @@ impl Herald {
             tls = self.config.tls_cert.is_some(),
             "herald serving gRPC"
         );
+        // Subscription streams never end on their own: they are ended (with
+        // UNAVAILABLE, asking to reconnect) as shutdown begins, or the
+        // server's graceful shutdown would wait for them forever.
+        let streams = self.state.streams.clone();
+        let signal = {
+            let shutdown = shutdown.clone();
+            let streams = streams.clone();
+            async move {
+                shutdown.cancelled().await;
+                streams.shutdown();
+            }
+        };
         let result = builder
             .layer(auth_layer)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc_listener),
-                shutdown.clone().cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), signal)
             .await;
         // Whatever ended the server ends everything else too.
         shutdown.cancel();
+        streams.stopped().await;
         // No publish call can arrive any more: commit what is queued, then stop.
         self.publish_stop.cancel();
         if let Err(err) = self.publish_task.await {

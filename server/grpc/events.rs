@@ -237,6 +237,9 @@ impl proto::events_server::Events for EventsService {
             .publisher
             .publish(event_input(request.into_inner()))
             .await?;
+        self.state
+            .streams
+            .published(std::slice::from_ref(&published));
         Ok(Response::new(publish_response(published)))
     }
 
@@ -251,6 +254,7 @@ impl proto::events_server::Events for EventsService {
             .map(event_input)
             .collect();
         let results = self.state.publisher.publish_batch(inputs).await?;
+        self.state.streams.published(&results);
         Ok(Response::new(proto::PublishBatchResponse {
             results: results.into_iter().map(publish_response).collect(),
         }))

@@ -31,6 +31,8 @@ pub struct AppState {
     pub dispatcher: crate::delivery::Dispatcher,
     /// Validates published events and commits them in groups.
     pub publisher: crate::publish::Publisher,
+    /// Subscription streams; publishing wakes them after commit.
+    pub streams: Arc<crate::streams::StreamHub>,
 }
 
 /// Every service Herald serves, behind the auth layer.

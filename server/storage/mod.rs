@@ -11,6 +11,7 @@ pub mod event_types;
 pub mod events;
 pub mod queue;
 pub mod stats;
+pub mod stream_queue;
 
 use std::fs::{File, OpenOptions};
 use std::time::Duration;

@@ -1,0 +1,243 @@
+//! `herald listen`: the real binary, forwarding a stream to a real local HTTP
+//! server.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+use crate::both_backends;
+use crate::common::{ADMIN_TOKEN, Backend, TestServer, wait_for};
+use crate::streams::{consumer, delivery_statuses, publish, stream_fixture};
+
+both_backends!(listen_forwards_and_acks_only_on_success);
+
+/// What the local server was sent.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: HeaderMap,
+    body: String,
+}
+
+/// A local HTTP server on port 0 that records POSTs and answers each with
+/// the next status of `answers` (200 once they run out).
+async fn receiver(answers: Vec<StatusCode>) -> (String, Arc<Mutex<Vec<Received>>>) {
+    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let answers = Arc::new(Mutex::new(answers.into_iter()));
+    let app = axum::Router::new().route(
+        "/webhooks",
+        axum::routing::post({
+            let received = received.clone();
+            move |headers: HeaderMap, body: String| {
+                let received = received.clone();
+                let answers = answers.clone();
+                async move {
+                    received
+                        .lock()
+                        .expect("lock")
+                        .push(Received { headers, body });
+                    answers
+                        .lock()
+                        .expect("lock")
+                        .next()
+                        .unwrap_or(StatusCode::OK)
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
+    let url = format!("http://{}/webhooks", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, received)
+}
+
+struct Listening {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Lines<BufReader<ChildStderr>>,
+}
+
+/// Starts `herald listen` and waits until it has subscribed.
+async fn listen(server: &TestServer, args: &[&str]) -> Listening {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("listen")
+        .args(args)
+        .env("HERALD_URL", server.url())
+        .env("HERALD_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run herald listen");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let line = stderr
+                .next_line()
+                .await
+                .expect("read stderr")
+                .expect("herald listen exited early");
+            if line.contains("receiving") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("herald listen subscribes within 20 s");
+    Listening {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+impl Listening {
+    /// The next stdout line that mentions `needle`.
+    async fn line_with(&mut self, needle: &str) -> String {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let line = self
+                    .stdout
+                    .next_line()
+                    .await
+                    .expect("read stdout")
+                    .expect("herald listen exited");
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no line mentioning {needle} within 20 s"))
+    }
+
+    /// Ctrl-C, then the exit status must be success.
+    async fn interrupt(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill -INT");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("herald listen exits within 10 s of Ctrl-C")
+            .expect("wait");
+        assert!(exit.success(), "exit status {exit:?}");
+        drop(self.stderr);
+    }
+}
+
+async fn listen_forwards_and_acks_only_on_success(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let fixture = stream_fixture(&server, "listener").await;
+    // The first POST fails: that message must come back, the second succeeds.
+    let (url, received) = receiver(vec![StatusCode::INTERNAL_SERVER_ERROR]).await;
+    let mut listening = listen(
+        &server,
+        &[
+            "--endpoint",
+            &fixture.endpoint_id,
+            "--forward-to",
+            &url,
+            "--ack-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let payload = "{\"invoice\": 7,  \"paid\": true}";
+    let event_id = publish(&server, &fixture.consumer_id, "invoice.paid", payload).await;
+
+    let first = listening.line_with(&event_id).await;
+    assert!(
+        first.contains("invoice.paid") && first.contains("500"),
+        "{first}"
+    );
+    let second = listening.line_with(&event_id).await;
+    assert!(
+        second.contains("200") && second.contains("acked"),
+        "{second}"
+    );
+    wait_for(
+        "the delivery to be acknowledged",
+        Duration::from_secs(10),
+        || async {
+            (delivery_statuses(&server, &fixture.endpoint_id).await == ["succeeded"]).then_some(())
+        },
+    )
+    .await;
+
+    let received = received.lock().expect("lock").clone();
+    assert_eq!(
+        received.len(),
+        2,
+        "one failed POST, one successful: {received:?}"
+    );
+    for request in &received {
+        assert_eq!(request.body, payload, "the payload byte for byte");
+        let header = |name: &str| {
+            request
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(header("webhook-id"), event_id);
+        assert!(
+            header("webhook-signature").starts_with("v1,"),
+            "{:?}",
+            request.headers
+        );
+        assert!(!header("webhook-timestamp").is_empty());
+        assert_eq!(header("content-type"), "application/json");
+    }
+    listening.interrupt().await;
+    server.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_tails_a_consumer_live() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let consumer_id = consumer(&server, "tail-cli").await;
+    let (url, received) = receiver(vec![]).await;
+    let mut listening = listen(
+        &server,
+        &[
+            "--consumer",
+            "tail-cli",
+            "--event-types",
+            "invoice.*,user.created",
+            "--forward-to",
+            &url,
+        ],
+    )
+    .await;
+    publish(&server, &consumer_id, "order.created", "{}").await;
+    let wanted = publish(&server, &consumer_id, "invoice.paid", "{\"tail\":1}").await;
+    let line = listening.line_with(&wanted).await;
+    assert!(
+        line.contains("invoice.paid") && line.contains("200"),
+        "{line}"
+    );
+    let received = received.lock().expect("lock").clone();
+    assert_eq!(received.len(), 1, "the filtered-out event is not forwarded");
+    assert_eq!(received[0].body, "{\"tail\":1}");
+    assert_eq!(
+        received[0]
+            .headers
+            .get("webhook-id")
+            .and_then(|value| value.to_str().ok()),
+        Some(wanted.as_str())
+    );
+    listening.interrupt().await;
+    server.finish().await;
+}
