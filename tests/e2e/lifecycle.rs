@@ -315,7 +315,25 @@ async fn shutdown_is_bounded_by_the_grace_despite_a_stuck_subscriber(backend: Ba
         took < grace + 2 * SECOND,
         "shutdown took {took:?} with a {grace:?} grace"
     );
-    drop(stuck);
+    // The connection was cut, not left hanging: after what was already in
+    // its buffers, the subscriber sees its stream fail.
+    let mut stuck = stuck;
+    let ended = tokio::time::timeout(5 * SECOND, async {
+        loop {
+            match stuck.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stuck stream ends once the server is gone");
+    // Not the orderly end (UNAVAILABLE, "reconnect") that a connection left
+    // running after shutdown would still deliver once the client reads.
+    match ended {
+        Err(status) => assert!(!status.message().contains("reconnect"), "{status:?}"),
+        Ok(end) => panic!("expected the connection cut, got {end:?}"),
+    }
     database.drop_database().await;
 }
 
