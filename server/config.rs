@@ -167,6 +167,15 @@ pub struct ServeConfig {
     /// How long shutdown waits for in-flight deliveries.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,
+    /// How long a node's claim on a webhook delivery lasts before another
+    /// node sharing the database may take it over (renewed while held).
+    /// Must stay well above `--request-timeout`. Hidden: for tests and
+    /// experiments, not tuning.
+    #[arg(long, env = "HERALD_LEASE", value_parser = humantime::parse_duration, default_value = "60s", hide = true)]
+    pub lease: Duration,
+    /// How often the retention purge runs. Hidden: for tests.
+    #[arg(long, env = "HERALD_RETENTION_INTERVAL", value_parser = humantime::parse_duration, default_value = "10m", hide = true)]
+    pub retention_interval: Duration,
     /// Interval of heartbeats on idle subscription streams.
     #[arg(long, env = "HERALD_STREAM_HEARTBEAT", value_parser = humantime::parse_duration, default_value = "15s")]
     pub stream_heartbeat: Duration,

@@ -6,11 +6,18 @@
 //! URL or a taken port before anything runs, and knows the bound addresses.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::ServeConfig;
@@ -125,7 +132,10 @@ impl Herald {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
-    /// in-flight calls finish, and waits for every background task.
+    /// in-flight calls and deliveries finish, and waits for every background
+    /// task, all within `--shutdown-grace`: after it, the connections still
+    /// open are closed and in-flight deliveries abandoned (the database keeps
+    /// them pending, so they are tried again later, here or elsewhere).
     pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
         let handle = crate::metrics::install();
         let metrics_task = tokio::spawn(crate::metrics::serve(
@@ -151,7 +161,10 @@ impl Herald {
         // The engine stops after publishing has (so that the last accepted
         // events are handed over), then drains within --shutdown-grace.
         let engine_stop = CancellationToken::new();
-        let engine_task = tokio::spawn(self.engine.run(engine_stop.clone()));
+        let grace = self.config.shutdown_grace;
+        // The end of the shutdown grace, set when shutdown begins.
+        let deadline: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+        let engine_task = tokio::spawn(self.engine.run(engine_stop.clone(), deadline.clone()));
         let address = self.grpc_listener.local_addr().ok();
         tracing::info!(
             ?address,
@@ -165,16 +178,43 @@ impl Herald {
         let signal = {
             let shutdown = shutdown.clone();
             let streams = streams.clone();
+            let deadline = deadline.clone();
             async move {
                 shutdown.cancelled().await;
+                deadline.get_or_init(|| Instant::now() + grace);
                 streams.shutdown();
             }
         };
-        let result = builder
+        // Graceful shutdown waits for every call to end, and a call can hang
+        // on its client (a subscriber that does not read holds its stream's
+        // last messages, and so its end, in flow control). At the deadline
+        // the connections are cut under the server instead.
+        let force_close = CancellationToken::new();
+        let incoming = {
+            let force_close = force_close.clone();
+            TcpListenerStream::new(self.grpc_listener)
+                .map(move |accepted| accepted.map(|io| ClosableIo::new(io, &force_close)))
+        };
+        let server = builder
             .layer(auth_layer)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), signal)
-            .await;
+            .serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = async {
+                shutdown.cancelled().await;
+                let at = *deadline.get_or_init(|| Instant::now() + grace);
+                tokio::time::sleep_until(at).await;
+            } => {
+                tracing::warn!("calls still open after the shutdown grace: closing their connections");
+                force_close.cancel();
+                // Cut connections end at once; this bound is a last resort.
+                tokio::time::timeout(Duration::from_secs(1), &mut server)
+                    .await
+                    .unwrap_or(Ok(()))
+            }
+        };
         // Whatever ended the server ends everything else too.
         shutdown.cancel();
         streams.stopped().await;
@@ -231,4 +271,95 @@ pub async fn bootstrap_admin(db: &Database, admin_token: Option<&str>) -> Result
     .await?;
     tracing::warn!(key_id = %row.id, "no admin key existed: created one; its token is printed once on stdout");
     Ok(Some(token.token))
+}
+
+/// An accepted gRPC connection that fails every read and write once
+/// `force_close` is cancelled, which ends hyper's connection task (and every
+/// call on it) even while a call waits for its client.
+struct ClosableIo {
+    io: TcpStream,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl ClosableIo {
+    fn new(io: TcpStream, force_close: &CancellationToken) -> Self {
+        ClosableIo {
+            io,
+            closed: Box::pin(force_close.clone().cancelled_owned()),
+        }
+    }
+
+    /// Ready with an error once closed; otherwise registers for the close.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        self.closed.as_mut().poll(cx).is_ready().then(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "closed at the end of the shutdown grace",
+            )
+        })
+    }
+}
+
+impl Connected for ClosableIo {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for ClosableIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(error) = this.poll_closed(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClosableIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(error) = this.poll_closed(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(error) = this.poll_closed(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(error) = this.poll_closed(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

@@ -1,7 +1,7 @@
 //! The engine's start-up, shared state, routing and database sweep.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -13,10 +13,10 @@ use super::http_client::WebhookClient;
 use super::schedule::RetrySchedule;
 use super::worker::{Job, Worker, WorkerKey};
 use super::writer::{self, WriterMessage};
-use super::{Dispatcher, LEASE_MILLIS, retention};
+use super::{Dispatcher, retention};
 use crate::config::ServeConfig;
 use crate::domain::target::TargetPolicy;
-use crate::domain::time::now_millis;
+use crate::domain::time::{duration_millis, now_millis};
 use crate::error::{Error, Result};
 use crate::storage::{Database, queue};
 
@@ -28,6 +28,10 @@ pub struct EngineSettings {
     pub retry_schedule: Vec<Duration>,
     pub disable_after: Duration,
     pub retention: Duration,
+    /// How often the retention purge runs.
+    pub retention_interval: Duration,
+    /// How long a claim on a delivery lasts (`--lease`).
+    pub lease: Duration,
     pub shutdown_grace: Duration,
     /// How often the database is swept for due deliveries.
     pub sweep_interval: Duration,
@@ -53,6 +57,8 @@ impl EngineSettings {
             retry_schedule: config.retry_schedule.clone(),
             disable_after: config.disable_after,
             retention: config.retention,
+            retention_interval: config.retention_interval,
+            lease: config.lease,
             shutdown_grace: config.shutdown_grace,
             sweep_interval: Duration::from_secs(1),
             claim_batch: 500,
@@ -79,6 +85,8 @@ pub(crate) struct Shared {
     pub writer: mpsc::Sender<WriterMessage>,
     /// Cancelled when shutdown begins: stop claiming and starting attempts.
     pub stopping: CancellationToken,
+    /// Set as shutdown begins: in-flight requests are abandoned after this.
+    pub stop_deadline: OnceLock<tokio::time::Instant>,
 }
 
 /// The engine before it runs: the dispatcher works at once (its deliveries
@@ -92,6 +100,15 @@ impl Engine {
     /// Builds the engine and the dispatcher that feeds it. Needs the rustls
     /// provider installed (`crate::install_crypto_provider`).
     pub fn new(db: Database, settings: EngineSettings) -> Result<(Dispatcher, Engine)> {
+        // A lease shorter than a request would let another node start the
+        // same delivery while this one still waits for its answer.
+        if settings.lease <= settings.request_timeout {
+            return Err(Error::InvalidArgument(format!(
+                "--lease ({}) must be longer than --request-timeout ({})",
+                humantime::format_duration(settings.lease),
+                humantime::format_duration(settings.request_timeout)
+            )));
+        }
         let client =
             WebhookClient::new(settings.target_policy.clone(), settings.request_timeout)
                 .map_err(|err| Error::Internal(format!("cannot build the HTTP client: {err}")))?;
@@ -109,9 +126,11 @@ impl Engine {
             worker_tasks: TaskTracker::new(),
             writer,
             stopping: CancellationToken::new(),
+            stop_deadline: OnceLock::new(),
         });
         let dispatcher = Dispatcher {
             node_id,
+            lease_millis: duration_millis(shared.settings.lease),
             engine: Some(shared.clone()),
         };
         Ok((
@@ -124,9 +143,15 @@ impl Engine {
     }
 
     /// Runs until `shutdown` is cancelled, then stops claiming, lets
-    /// in-flight requests finish within the shutdown grace, releases the
-    /// leases of unstarted work, flushes the outcome writer, and returns.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// in-flight requests finish until `deadline` (the end of the shutdown
+    /// grace, or the grace from now if `None`), flushes the outcome writer,
+    /// releases every lease this node still holds so that another node
+    /// takes the work over at once, and returns.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        deadline: Arc<OnceLock<tokio::time::Instant>>,
+    ) {
         let Engine {
             shared,
             writer_inbox,
@@ -142,18 +167,24 @@ impl Engine {
         background.spawn(retention::run(
             shared.db.clone(),
             shared.settings.retention,
+            shared.settings.retention_interval,
             shared.stopping.clone(),
         ));
         background.close();
         tracing::info!(node = %shared.node_id, "delivery engine started");
 
         shutdown.cancelled().await;
+        let deadline = deadline
+            .get()
+            .copied()
+            .unwrap_or_else(|| tokio::time::Instant::now() + shared.settings.shutdown_grace);
+        let _ = shared.stop_deadline.set(deadline);
         shared.stopping.cancel();
         background.wait().await;
         shared.worker_tasks.close();
-        // Workers bound their own wait by the grace; this is a last resort.
-        let bound = shared.settings.shutdown_grace + Duration::from_secs(5);
-        if tokio::time::timeout(bound, shared.worker_tasks.wait())
+        // Workers bound their own wait by the deadline; this is a last resort.
+        let bound = deadline + Duration::from_secs(1);
+        if tokio::time::timeout_at(bound, shared.worker_tasks.wait())
             .await
             .is_err()
         {
@@ -166,6 +197,17 @@ impl Engine {
             .clear();
         writer_stop.cancel();
         let _ = writer_task.await;
+        // Whatever this node still holds (abandoned requests, jobs turned
+        // away while stopping) is given back: nothing of this node runs any
+        // more, so another node may start it now rather than when the lease
+        // lapses. Attempts whose outcome was lost are simply made again.
+        match queue::release_all(&shared.db, &shared.node_id).await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "gave back leases at shutdown"),
+            Err(err) => {
+                tracing::warn!(error = %err, "releasing leases at shutdown failed; they lapse instead")
+            }
+        }
         tracing::info!("delivery engine stopped");
     }
 }
@@ -245,7 +287,7 @@ impl Shared {
     }
 
     pub fn lease_until(&self, from: i64) -> i64 {
-        from.saturating_add(LEASE_MILLIS)
+        from.saturating_add(duration_millis(self.settings.lease))
     }
 }
 
@@ -257,7 +299,7 @@ async fn sweep(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_gauge = tokio::time::Instant::now() - Duration::from_secs(60);
     let mut last_renewal = tokio::time::Instant::now();
-    let renew_every = Duration::from_millis(u64::try_from(LEASE_MILLIS / 4).unwrap_or(15_000));
+    let renew_every = shared.settings.lease / 4;
     loop {
         tokio::select! {
             () = shared.stopping.cancelled() => break,

@@ -42,15 +42,16 @@ pub struct Submitted {
     pub event: Arc<event::Model>,
 }
 
-/// How long a claim on a delivery lasts before another node may take it over.
-/// Well above the default request timeout (15 s); the engine renews the
-/// leases of work it still holds in memory.
+/// How long a claim on a delivery lasts before another node may take it over,
+/// unless `--lease` says otherwise. Well above the default request timeout
+/// (15 s); the engine renews the leases of work it still holds in memory.
 pub const LEASE_MILLIS: i64 = 60_000;
 
 /// The handle that the gRPC layer uses to reach the engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
     node_id: Arc<str>,
+    lease_millis: i64,
     engine: Option<Arc<engine::Shared>>,
 }
 
@@ -60,6 +61,7 @@ impl Default for Dispatcher {
     fn default() -> Self {
         Dispatcher {
             node_id: crate::domain::ids::new_id("node").into(),
+            lease_millis: LEASE_MILLIS,
             engine: None,
         }
     }
@@ -68,10 +70,15 @@ impl Default for Dispatcher {
 impl Dispatcher {
     /// This process's identity in lease columns. Publishing inserts deliveries
     /// already leased to this node (`lease_owner = node_id`, `lease_expires_at
-    /// = now + LEASE_MILLIS`), so that another node's sweep does not attempt
+    /// = lease_until(now)`), so that another node's sweep does not attempt
     /// them while this node's hot path does.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// When a lease this node takes at `now` lapses (`--lease` later).
+    pub fn lease_until(&self, now: i64) -> i64 {
+        now.saturating_add(self.lease_millis)
     }
 
     /// Hands committed deliveries to the engine. Never blocks and never fails:

@@ -9,12 +9,14 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::time::{duration_millis, now_millis};
 use crate::storage::{Database, queue};
 
-const EVERY: Duration = Duration::from_secs(600);
 const BATCH: u64 = 1000;
 const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
-pub async fn run(db: Database, retention: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(EVERY);
+/// Purges now and then every `every` (`--retention-interval`, 10 minutes by
+/// default) until `stop` is cancelled.
+pub async fn run(db: Database, retention: Duration, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

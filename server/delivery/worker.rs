@@ -40,6 +40,9 @@ pub struct Job {
     pub url: Option<String>,
     /// Attempts made before this one.
     pub attempt_count: u32,
+    /// When the delivery row says this attempt is due: with
+    /// `attempt_count`, how the outcome writer recognises a row reset since.
+    pub due_at: Option<i64>,
     pub event: Arc<event::Model>,
 }
 
@@ -54,6 +57,7 @@ impl Job {
             endpoint_id: row.endpoint_id,
             url: row.url,
             attempt_count: u32::try_from(row.attempt_count).unwrap_or(0),
+            due_at: row.next_attempt_at,
             event,
         }
     }
@@ -351,6 +355,10 @@ impl Worker {
             next_attempt_at,
             lease,
             effect,
+            attempted_as: (
+                i32::try_from(job.attempt_count).unwrap_or(i32::MAX),
+                job.due_at,
+            ),
         };
         let forget = !keep_in_memory;
         let _ = shared
@@ -363,6 +371,7 @@ impl Worker {
         if keep_in_memory && let Some(delay) = retry_in {
             let job = Job {
                 attempt_count: attempts_made,
+                due_at: next_attempt_at,
                 ..job
             };
             self.waiting_ids.insert(job.delivery_id.clone());
@@ -448,8 +457,12 @@ impl Worker {
     /// recorded, and the leases of everything unstarted are released.
     async fn shut_down(&mut self) {
         self.inbox.close();
-        let grace = self.shared.settings.shutdown_grace;
-        let deadline = Instant::now() + grace;
+        let deadline = self
+            .shared
+            .stop_deadline
+            .get()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + self.shared.settings.shutdown_grace);
         let target = self.target().await;
         while !self.in_flight.is_empty() {
             match tokio::time::timeout_at(deadline, self.in_flight.join_next()).await {

@@ -75,8 +75,12 @@ async fn flush(shared: &Shared, batch: &mut Vec<WriterMessage>) {
         let mut backoff = Duration::from_millis(100);
         for attempt in 1..=4 {
             match queue::record_attempts(&shared.db, &records, now_millis(), disable_after).await {
-                Ok(disabled) => {
-                    for endpoint in disabled {
+                Ok(recorded) => {
+                    // Reset meanwhile (Redeliver): the reset row is leased
+                    // to this node but the job that held it is done; let
+                    // the next sweep take it at once.
+                    releases.extend(recorded.stale);
+                    for endpoint in recorded.disabled {
                         shared.cache.mark_disabled(&endpoint.endpoint_id);
                         metrics::counter!(DISABLED_ENDPOINTS).increment(1);
                         tracing::warn!(

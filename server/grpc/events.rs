@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::AppState;
 use super::auth::Principal;
 use super::convert::{millis, optional_timestamp, required, timestamp};
-use crate::delivery::{LEASE_MILLIS, Submitted};
+use crate::delivery::Submitted;
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::ids;
@@ -215,7 +215,7 @@ impl EventsService {
             EndpointKind::Webhook => store::Requeue {
                 now,
                 lease_owner: Some(self.state.dispatcher.node_id().to_owned()),
-                lease_expires_at: Some(now + LEASE_MILLIS),
+                lease_expires_at: Some(self.state.dispatcher.lease_until(now)),
             },
             EndpointKind::Stream => store::Requeue {
                 now,

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Published;
 use super::validate::{Prepared, Validator};
-use crate::delivery::{Dispatcher, LEASE_MILLIS, Submitted};
+use crate::delivery::{Dispatcher, Submitted};
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::ids;
@@ -255,7 +255,7 @@ impl Committer {
                 &endpoints,
                 &plan.claims,
                 now,
-                &node_id,
+                (&node_id, self.dispatcher.lease_until(now)),
             );
             outcomes.push(planned.map(|planned| plan.absorb(planned)));
         }
@@ -378,7 +378,7 @@ fn plan_job(
     endpoints: &HashMap<String, Vec<Target>>,
     group_claims: &HashMap<(String, String), Claim>,
     now: i64,
-    node_id: &str,
+    (node_id, lease_expires_at): (&str, i64),
 ) -> Result<PlannedJob> {
     let mut planned = PlannedJob {
         results: Vec::with_capacity(job.len()),
@@ -453,7 +453,7 @@ fn plan_job(
                 attempt_count: 0,
                 next_attempt_at: Some(now),
                 lease_owner: leased.then(|| node_id.to_owned()),
-                lease_expires_at: leased.then_some(now + LEASE_MILLIS),
+                lease_expires_at: leased.then_some(lease_expires_at),
                 last_attempt_at: None,
                 created_at: now,
                 updated_at: now,

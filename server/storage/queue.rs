@@ -207,6 +207,20 @@ pub struct RecordedAttempt {
     /// Kept for an in-memory retry, cleared otherwise.
     pub lease: Option<(String, i64)>,
     pub effect: EndpointEffect,
+    /// The delivery as the attempt found it (`attempt_count`,
+    /// `next_attempt_at`): the outcome is written only if the row is still
+    /// so, so that a Redeliver or Replay that reset it meanwhile wins.
+    pub attempted_as: (i32, Option<i64>),
+}
+
+/// What recording a batch of attempts changed besides the deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// Endpoints that the batch disabled.
+    pub disabled: Vec<DisabledEndpoint>,
+    /// Deliveries whose outcome was not written: gone, settled, or reset
+    /// (Redeliver, Replay) since the attempt started.
+    pub stale: Vec<String>,
 }
 
 /// An endpoint that recording a batch disabled.
@@ -220,15 +234,18 @@ pub struct DisabledEndpoint {
 /// state, the attempt rows (only for deliveries that still exist: a deleted
 /// endpoint or a purged event takes its deliveries along), and the endpoints'
 /// `failing_since`, disabling those failing for longer than `disable_after`.
+/// An outcome is written only where the delivery is still pending as the
+/// attempt found it (see [`RecordedAttempt::attempted_as`]).
 pub async fn record_attempts(
     db: &Database,
     batch: &[RecordedAttempt],
     now: i64,
     disable_after_millis: i64,
-) -> Result<Vec<DisabledEndpoint>> {
+) -> Result<Recorded> {
     let backend = db.backend();
     let txn = db.conn.begin().await?;
     let mut attempts = Vec::with_capacity(batch.len());
+    let mut stale = Vec::new();
     // Per endpoint, in order: the attempts' effects.
     let mut effects: HashMap<&str, Vec<(&EndpointEffect, i64)>> = HashMap::new();
     for recorded in batch {
@@ -241,7 +258,8 @@ pub async fn record_attempts(
                 backend,
                 "UPDATE deliveries SET status = ?, attempt_count = attempt_count + 1, \
                  last_attempt_at = ?, next_attempt_at = ?, lease_owner = ?, lease_expires_at = ?, \
-                 updated_at = ? WHERE id = ? AND status = 'pending'",
+                 updated_at = ? WHERE id = ? AND status = 'pending' \
+                 AND attempt_count = ? AND COALESCE(next_attempt_at, -1) = ?",
                 vec![
                     recorded.status.into(),
                     recorded.attempt.attempted_at.into(),
@@ -250,10 +268,13 @@ pub async fn record_attempts(
                     expires.into(),
                     now.into(),
                     recorded.attempt.delivery_id.clone().into(),
+                    recorded.attempted_as.0.into(),
+                    recorded.attempted_as.1.unwrap_or(-1).into(),
                 ],
             ))
             .await?;
         if updated.rows_affected() == 0 {
+            stale.push(recorded.attempt.delivery_id.clone());
             continue;
         }
         attempts.push(attempt::ActiveModel::from(recorded.attempt.clone()));
@@ -352,7 +373,7 @@ pub async fn record_attempts(
         }
     }
     txn.commit().await?;
-    Ok(disabled)
+    Ok(Recorded { disabled, stale })
 }
 
 async fn disable(
@@ -393,6 +414,21 @@ pub async fn release(db: &Database, node: &str, ids: &[String]) -> Result<()> {
             .await?;
     }
     Ok(())
+}
+
+/// Gives up every lease `node` holds on pending deliveries (a stopping
+/// node, once nothing of it runs any more); returns how many.
+pub async fn release_all(db: &Database, node: &str) -> Result<u64> {
+    let result = db
+        .conn
+        .execute_raw(statement(
+            db.backend(),
+            "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+             WHERE lease_owner = ? AND status = 'pending'",
+            vec![node.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
 }
 
 /// Extends `node`'s leases on deliveries it still holds in memory, so that

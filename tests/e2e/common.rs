@@ -102,6 +102,17 @@ impl TestDatabase {
         }
     }
 
+    /// The same database for a second server (PostgreSQL nodes sharing one
+    /// database): dropping or finishing with the copy leaves the database be.
+    pub fn shared(&self) -> TestDatabase {
+        TestDatabase {
+            url: self.url.clone(),
+            backend: self.backend,
+            postgres_name: None,
+            _dir: None,
+        }
+    }
+
     /// Drops a PostgreSQL test database (SQLite files go with their temp dir).
     pub async fn drop_database(&self) {
         if let Some(name) = &self.postgres_name
