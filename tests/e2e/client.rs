@@ -34,6 +34,8 @@ both_backends!(
     the_subscriber_receives_every_event_and_acks_it,
     a_failing_handler_gets_the_event_again,
     the_subscriber_resumes_after_a_server_restart,
+    stream_messages_are_acknowledged_by_hand,
+    a_tail_shows_new_matching_events,
 );
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -831,6 +833,134 @@ async fn the_subscriber_resumes_after_a_server_restart(backend: Backend) {
     );
     wait_for_succeeded(&herald, &endpoint_id, published.len()).await;
     subscriber.abort();
+    server.finish().await;
+}
+
+/// The `Stream` side of the subscriber: messages the caller acknowledges
+/// itself; an unacknowledged one comes again after the ack timeout.
+async fn stream_messages_are_acknowledged_by_hand(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let herald = connect(&server, ADMIN_TOKEN).await;
+    let (endpoint_id, _) = stream_endpoint(&herald, "by-hand").await;
+    let event_id = publish(&herald, "by-hand", json!({"n": 1})).await;
+    let mut messages = std::pin::pin!(
+        herald
+            .subscriber(&endpoint_id)
+            .ack_timeout(Duration::from_secs(1))
+            .stream()
+    );
+    let mut next_message = async || {
+        tokio::time::timeout(DEADLINE, messages.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream goes on")
+            .expect("no error")
+    };
+    let first = next_message().await;
+    assert_eq!(first.event.event_id, event_id);
+    assert_eq!(first.event.attempt, 1);
+    assert_eq!(first.json().expect("JSON payload"), json!({"n": 1}));
+    let again = next_message().await;
+    assert_eq!(again.event.event_id, event_id);
+    assert_eq!(again.event.attempt, 2);
+    again.ack().await.expect("ack");
+    let succeeded = wait_for_succeeded(&herald, &endpoint_id, 1).await;
+    assert_eq!(succeeded[0].attempt_count, 2);
+    // The first message's token went stale with the redelivery.
+    let settled = herald
+        .ack(&endpoint_id, [first.event.ack_token.clone()])
+        .await
+        .expect("a stale token is no error");
+    assert_eq!(settled, 0);
+    let error = Box::pin(herald.subscriber("ep_01J00000000000000000000000").stream())
+        .next()
+        .await
+        .expect("an item")
+        .expect_err("no such endpoint");
+    assert_eq!(error.code(), Code::NotFound, "{error}");
+    server.finish().await;
+}
+
+async fn a_tail_shows_new_matching_events(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let herald = connect(&server, ADMIN_TOKEN).await;
+    herald
+        .create_consumer("tailed")
+        .send()
+        .await
+        .expect("create consumer");
+    let (messages, mut received) = mpsc::channel(64);
+    let tail = herald.tail("tailed").event_type("order.*").stream();
+    let tailing = tokio::spawn(async move {
+        let mut tail = std::pin::pin!(tail);
+        while let Some(message) = tail.next().await {
+            if messages.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    // A tail shows only what is published once it is open, so publish
+    // until something arrives.
+    let started = tokio::time::Instant::now();
+    let message = loop {
+        assert!(started.elapsed() < DEADLINE, "no tailed event");
+        for event_type in ["customer.created", "order.created"] {
+            herald
+                .publish("tailed", event_type, json!({"type": event_type}))
+                .send()
+                .await
+                .expect("publish");
+        }
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), received.recv()).await
+        {
+            break message.expect("no error");
+        }
+    };
+    assert_eq!(message.event.event_type, "order.created");
+    assert!(message.event.ack_token.is_empty(), "nothing to acknowledge");
+    message
+        .ack()
+        .await
+        .expect("acknowledging a tail does nothing");
+    tailing.abort();
+    server.finish().await;
+}
+
+/// `https://` with a private CA: the server's self-signed certificate is
+/// trusted only when given to the builder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_connects_over_tls_with_a_private_ca() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("self-signed cert");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.tls_cert = Some(cert_path.clone());
+        config.tls_key = Some(key_path.clone());
+    })
+    .await;
+    let url = format!("https://localhost:{}", server.addr.port());
+
+    let herald = Herald::connect(&url)
+        .ca_certificate(certified.cert.pem())
+        .token(ADMIN_TOKEN)
+        .connect_timeout(Duration::from_secs(5))
+        .await
+        .expect("TLS with the private CA");
+    let stats = herald.stats().await.expect("a call over TLS");
+    assert_eq!(stats.consumers, 0);
+
+    let error = Herald::connect(&url)
+        .token(ADMIN_TOKEN)
+        .connect_timeout(Duration::from_secs(5))
+        .await
+        .expect_err("the certificate is not trusted without its CA");
+    assert_eq!(error.code(), Code::Unavailable, "{error}");
+    assert!(error.message().contains("certificate"), "{error}");
     server.finish().await;
 }
 
