@@ -1,17 +1,36 @@
-//! Publishes one event.
+//! Publishes one event, creating its consumer first if needed.
+//!
+//! Against a server started with `herald serve` (it prints an admin key on
+//! its first start):
 //!
 //! ```text
 //! HERALD_URL=http://127.0.0.1:50051 HERALD_TOKEN=hk_… \
 //!     cargo run -p herald-client --example publish -- customer-42 invoice.paid '{"invoice":"in_1"}'
 //! ```
 //!
-//! The consumer is created first when it does not exist yet. Arguments
-//! default to `example-customer`, `example.created` and a small payload.
+//! The arguments are the consumer's uid, the event type and the JSON
+//! payload; they default to `example-customer`, `example.created` and
+//! `{"hello":"world"}`. `HERALD_URL` defaults to `http://127.0.0.1:50051`.
+//! The idempotency key is derived from the arguments, so running the
+//! example twice with the same ones publishes once: the second run prints
+//! the first event, marked as a duplicate.
+
+use std::process::ExitCode;
 
 use herald_client::Herald;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("HERALD_URL").unwrap_or_else(|_| "http://127.0.0.1:50051".to_owned());
     let token = std::env::var("HERALD_TOKEN").map_err(|_| "set HERALD_TOKEN to an API key")?;
     let mut args = std::env::args().skip(1);
@@ -21,20 +40,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| r#"{"hello":"world"}"#.to_owned());
 
-    let herald = Herald::connect(url).token(token).connect().await?;
+    let herald = Herald::connect(url).token(token).await?;
 
     match herald.create_consumer(&consumer).send().await {
         Ok(created) => println!(
-            "created consumer {} ({})",
-            consumer,
+            "created consumer {consumer} ({})",
             created.consumer.unwrap_or_default().id
         ),
         Err(error) if error.is_already_exists() => {}
         Err(error) => return Err(error.into()),
     }
 
-    // A key derived from the content makes this publish safe to repeat:
-    // running the example twice with the same arguments publishes once.
     let idempotency_key = format!("example:{consumer}:{event_type}:{payload}");
     let published = herald
         .publish(&consumer, &event_type, payload)
@@ -43,11 +59,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let event = published.event.unwrap_or_default();
     println!(
-        "{} {} for {}: {} deliveries{}",
+        "{} {} for {consumer}: {} {}{}",
         event.id,
         event.event_type,
-        consumer,
         published.deliveries,
+        if published.deliveries == 1 {
+            "delivery"
+        } else {
+            "deliveries"
+        },
         if published.duplicate {
             " (a duplicate: the earlier event is returned)"
         } else {

@@ -1,10 +1,23 @@
 //! A tiny webhook receiver: verifies each POST's Standard Webhooks
 //! signature and prints the event.
 //!
+//! Herald refuses loopback and plain-HTTP targets unless the operator
+//! allows them, so for a local try start the server with
+//! `herald serve --allow-http --allow-target-cidr 127.0.0.0/8`. Then
+//! register an endpoint for this receiver with an existing consumer (the
+//! `publish` example creates one) with grpcurl, through the server's
+//! reflection, and note the `secret` in the answer:
+//!
 //! ```text
+//! grpcurl -plaintext -H 'authorization: Bearer hk_…' \
+//!     -d '{"consumer_id": "customer-42", "url": "http://127.0.0.1:8080/webhooks"}' \
+//!     127.0.0.1:50051 herald.v1.Subscriptions/CreateEndpoint
 //! HERALD_WEBHOOK_SECRET=whsec_… LISTEN_ADDR=127.0.0.1:8080 \
 //!     cargo run -p herald-client --example receive
 //! ```
+//!
+//! and publish to `customer-42` (for example with the `publish` example).
+//! `LISTEN_ADDR` defaults to `127.0.0.1:8080`.
 //!
 //! It answers 204 to a verified request and 401 otherwise, so Herald retries
 //! what this receiver refused. The HTTP/1.1 handling is deliberately minimal
@@ -12,6 +25,7 @@
 //! example free of an HTTP server dependency; use your web framework's
 //! `HeaderMap` and raw body the same way.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use herald_client::webhook::Webhook;
@@ -22,7 +36,17 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let secret = std::env::var("HERALD_WEBHOOK_SECRET")
         .map_err(|_| "set HERALD_WEBHOOK_SECRET to the endpoint's whsec_… secret")?;
     let addr = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());

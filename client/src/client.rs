@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::stream::{self, Stream};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::{Code, Error, Result};
 use crate::retry::RetryPolicy;
@@ -42,6 +42,7 @@ pub struct Herald {
 pub struct HeraldBuilder {
     url: String,
     token: Option<String>,
+    ca_certificates: Vec<Vec<u8>>,
     connect_timeout: Duration,
     request_timeout: Duration,
     retry: RetryPolicy,
@@ -49,7 +50,8 @@ pub struct HeraldBuilder {
 
 impl Herald {
     /// Starts configuring a connection to `url` (`http://host:port`, or
-    /// `https://…` for TLS checked against the Web PKI roots).
+    /// `https://…` for TLS checked against the Web PKI roots and any
+    /// [`ca_certificate`](HeraldBuilder::ca_certificate)).
     ///
     /// Defaults: no token, 10 s connect timeout, 30 s per-request timeout,
     /// [`RetryPolicy::default`].
@@ -57,6 +59,7 @@ impl Herald {
         HeraldBuilder {
             url: url.into(),
             token: None,
+            ca_certificates: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
@@ -127,6 +130,24 @@ impl HeraldBuilder {
         self
     }
 
+    /// Also trusts this certificate authority (PEM), for a server whose
+    /// certificate a private or self-signed CA issued; the Web PKI roots
+    /// stay trusted. Only for `https://` URLs; call again for more.
+    ///
+    /// ```no_run
+    /// # async fn example() -> herald_client::Result<()> {
+    /// let ca = std::fs::read("herald-ca.pem").expect("the CA certificate");
+    /// let herald = herald_client::Herald::connect("https://herald.internal:50051")
+    ///     .ca_certificate(ca)
+    ///     .token("hk_…")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> HeraldBuilder {
+        self.ca_certificates.push(pem.into());
+        self
+    }
+
     /// How long to wait for the TCP (and TLS) connection; default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> HeraldBuilder {
         self.connect_timeout = timeout;
@@ -194,12 +215,23 @@ impl HeraldBuilder {
             // process. Installing ring fails harmlessly when the application
             // already installed one.
             let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = self
+                .ca_certificates
+                .iter()
+                .fold(ClientTlsConfig::new().with_webpki_roots(), |tls, pem| {
+                    tls.ca_certificate(Certificate::from_pem(pem))
+                });
             endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().with_webpki_roots())
+                .tls_config(tls)
                 .map_err(|error| Error::Config(format!("TLS: {error}")))?;
         } else if !self.url.starts_with("http://") {
             return Err(Error::Config(format!(
                 "the URL {:?} must start with http:// or https://",
+                self.url
+            )));
+        } else if !self.ca_certificates.is_empty() {
+            return Err(Error::Config(format!(
+                "a CA certificate was given for {:?}, which is not an https:// URL",
                 self.url
             )));
         }
@@ -219,6 +251,7 @@ impl std::fmt::Debug for HeraldBuilder {
             .debug_struct("HeraldBuilder")
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_certificates", &self.ca_certificates.len())
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
@@ -340,6 +373,11 @@ mod tests {
             .connect_lazy()
             .expect_err("newline in token");
         assert!(matches!(error, Error::Config(_)), "{error}");
+        let error = Herald::connect("http://localhost:50051")
+            .ca_certificate("-----BEGIN CERTIFICATE-----")
+            .connect_lazy()
+            .expect_err("a CA without TLS");
+        assert!(error.to_string().contains("https://"), "{error}");
     }
 
     #[tokio::test]

@@ -93,12 +93,19 @@ impl From<tonic::Status> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Joins an error and its sources: transport errors alone say only
-/// "transport error", the useful part is in the causes.
+/// "transport error", the useful part is in the causes. A cause that says
+/// the same as the one before it (hyper's connector wraps its own error)
+/// is left out.
 fn error_chain(error: &dyn StdError) -> String {
     let mut text = error.to_string();
+    let mut previous = text.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
+        let line = cause.to_string();
+        if line != previous {
+            let _ = write!(text, ": {line}");
+        }
+        previous = line;
         source = cause.source();
     }
     text
@@ -115,6 +122,29 @@ mod tests {
         assert_eq!(error.message(), "api key key_1 not found");
         assert!(error.is_not_found());
         assert!(error.to_string().contains("NotFound"), "{error}");
+    }
+
+    #[test]
+    fn repeated_causes_are_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{text}")]
+        struct Layer {
+            text: &'static str,
+            #[source]
+            source: Option<Box<Layer>>,
+        }
+        let layer = |text, source: Option<Layer>| Layer {
+            text,
+            source: source.map(Box::new),
+        };
+        let io = layer("connection refused", None);
+        let inner = layer("tcp connect error", Some(io));
+        let outer = layer("tcp connect error", Some(inner));
+        let top = layer("transport error", Some(outer));
+        assert_eq!(
+            error_chain(&top),
+            "transport error: tcp connect error: connection refused"
+        );
     }
 
     #[test]

@@ -68,10 +68,12 @@ impl NewEvent {
         }
     }
 
-    /// A key that makes publishing safe to repeat: a second publish with
-    /// the same key for the same consumer within 24 hours returns the first
-    /// event and creates nothing. It also lets the client retry the publish
-    /// when the server is unavailable.
+    /// A key that makes publishing safe to repeat: publishing the same
+    /// request (type, payload and callback URL) with the same key for the
+    /// same consumer within 24 hours returns the first event, marked
+    /// `duplicate`, and creates nothing. Reusing a key for a different
+    /// request is refused with `FAILED_PRECONDITION`. The key also lets the
+    /// client retry the publish when the server is unavailable.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> NewEvent {
         self.request.idempotency_key = key.into();
         self

@@ -101,7 +101,7 @@
 //!   publishes with an idempotency key) are retried with backoff on
 //!   `UNAVAILABLE`; see [`RetryPolicy`].
 //! - TLS: an `https://` URL connects with TLS, checked against the Web PKI
-//!   roots.
+//!   roots and any private CA given to [`HeraldBuilder::ca_certificate`].
 //!
 //! # Map of the crate
 //!

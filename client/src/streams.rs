@@ -207,8 +207,11 @@ impl Subscriber {
 
     /// Calls `handler` for each event, one at a time, and acknowledges the
     /// event when the handler returns `Ok`. When it returns an error the
-    /// event is left unacknowledged, and Herald sends it again after the ack
-    /// timeout. Returns only when the stream cannot go on (see
+    /// event is left unacknowledged, and Herald sends it again (with a
+    /// higher [`attempt`](StreamEvent::attempt)) after the
+    /// [`ack_timeout`](Self::ack_timeout) or on the next reconnect; the
+    /// error is not reported anywhere else, so log it in the handler if you
+    /// want to see it. Returns only when the stream cannot go on (see
     /// [`stream`](Self::stream)).
     pub async fn run<F, Fut>(self, mut handler: F) -> Result<()>
     where
