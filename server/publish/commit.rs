@@ -263,9 +263,7 @@ impl Committer {
         for (consumer_id, key) in &expired {
             store::delete_idempotency_key(&txn, consumer_id, key).await?;
         }
-        store::insert_events(&txn, &plan.events).await?;
-        store::insert_idempotency_keys(&txn, &plan.keys).await?;
-        store::insert_deliveries(&txn, &plan.deliveries).await?;
+        store::insert_group(&txn, &plan.events, &plan.keys, &plan.deliveries).await?;
         txn.commit().await?;
         Ok(outcomes)
     }
