@@ -83,6 +83,9 @@ pub(crate) struct Shared {
     workers: Mutex<HashMap<WorkerKey, mpsc::Sender<Job>>>,
     pub worker_tasks: TaskTracker,
     pub writer: mpsc::Sender<WriterMessage>,
+    /// Deliveries whose leases the writer is to release (`release_later`).
+    releases: Mutex<Vec<String>>,
+    pub releases_ready: tokio::sync::Notify,
     /// Cancelled when shutdown begins: stop claiming and starting attempts.
     pub stopping: CancellationToken,
     /// Set as shutdown begins: in-flight requests are abandoned after this.
@@ -125,6 +128,8 @@ impl Engine {
             workers: Mutex::new(HashMap::new()),
             worker_tasks: TaskTracker::new(),
             writer,
+            releases: Mutex::new(Vec::new()),
+            releases_ready: tokio::sync::Notify::new(),
             stopping: CancellationToken::new(),
             stop_deadline: OnceLock::new(),
         });
@@ -252,18 +257,21 @@ impl Shared {
     }
 
     /// Releases a delivery's lease through the writer (which then forgets it).
+    /// The ids wait in a set the writer drains, not in its channel: a burst of
+    /// overflow would fill the channel, and a release dropped there would
+    /// leave the delivery leased but held by no one until the lease lapsed.
+    /// The set is bounded like `known`, where each id stays until released.
     pub fn release_later(&self, delivery_id: String) {
-        if let Err(err) = self.writer.try_send(WriterMessage::Release(delivery_id)) {
-            // The lease lapses on its own; just stop remembering the id.
-            let id = match err {
-                mpsc::error::TrySendError::Full(WriterMessage::Release(id))
-                | mpsc::error::TrySendError::Closed(WriterMessage::Release(id)) => Some(id),
-                _ => None,
-            };
-            if let Some(id) = id {
-                self.forget([id]);
-            }
-        }
+        self.releases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(delivery_id);
+        self.releases_ready.notify_one();
+    }
+
+    /// The lease releases asked for so far.
+    pub fn take_releases(&self) -> Vec<String> {
+        std::mem::take(&mut *self.releases.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub fn forget(&self, ids: impl IntoIterator<Item = String>) {

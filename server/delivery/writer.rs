@@ -1,5 +1,6 @@
-//! The outcome writer: collects attempt records and lease releases from all
-//! workers and writes many per transaction (no transaction per attempt).
+//! The outcome writer: collects attempt records (from its channel) and lease
+//! releases (from `Shared::release_later`) from all workers, and writes many
+//! per transaction (no transaction per attempt).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +23,6 @@ pub enum WriterMessage {
         record: Box<RecordedAttempt>,
         forget: bool,
     },
-    /// Give up this node's lease on a delivery it holds no more.
-    Release(String),
 }
 
 /// Runs until `stop` is cancelled and the inbox is drained.
@@ -36,6 +35,10 @@ pub async fn run(
     loop {
         let first = tokio::select! {
             message = inbox.recv() => message,
+            () = shared.releases_ready.notified() => {
+                flush(&shared, &mut batch).await;
+                continue;
+            }
             () = stop.cancelled() => inbox.try_recv().ok(),
         };
         let Some(first) = first else {
@@ -50,25 +53,23 @@ pub async fn run(
         }
         flush(&shared, &mut batch).await;
     }
+    // Releases asked for by workers as they stopped.
+    flush(&shared, &mut batch).await;
 }
 
 async fn flush(shared: &Shared, batch: &mut Vec<WriterMessage>) {
     let mut records = Vec::new();
     let mut forget = Vec::new();
-    let mut releases = Vec::new();
+    let mut stale = Vec::new();
     for message in batch.drain(..) {
-        match message {
-            WriterMessage::Record {
-                record,
-                forget: leaves,
-            } => {
-                if leaves {
-                    forget.push(record.attempt.delivery_id.clone());
-                }
-                records.push(*record);
-            }
-            WriterMessage::Release(id) => releases.push(id),
+        let WriterMessage::Record {
+            record,
+            forget: leaves,
+        } = message;
+        if leaves {
+            forget.push(record.attempt.delivery_id.clone());
         }
+        records.push(*record);
     }
     if !records.is_empty() {
         let disable_after = duration_millis(shared.settings.disable_after);
@@ -79,7 +80,7 @@ async fn flush(shared: &Shared, batch: &mut Vec<WriterMessage>) {
                     // Reset meanwhile (Redeliver): the reset row is leased
                     // to this node but the job that held it is done; let
                     // the next sweep take it at once.
-                    releases.extend(recorded.stale);
+                    stale = recorded.stale;
                     for endpoint in recorded.disabled {
                         shared.cache.mark_disabled(&endpoint.endpoint_id);
                         metrics::counter!(DISABLED_ENDPOINTS).increment(1);
@@ -104,6 +105,8 @@ async fn flush(shared: &Shared, batch: &mut Vec<WriterMessage>) {
             }
         }
     }
+    let mut releases = shared.take_releases();
+    releases.extend(stale);
     if !releases.is_empty() {
         if let Err(err) = queue::release(&shared.db, &shared.node_id, &releases).await {
             tracing::warn!(error = %err, "releasing leases failed; they lapse instead");

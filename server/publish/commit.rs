@@ -5,9 +5,10 @@
 //! transaction: checks that the consumers exist, reads the idempotency rows of
 //! the group's keys, loads the enabled endpoints of the group's consumers (one
 //! query for the whole group, so fan-out costs no query per event), and writes
-//! events, idempotency rows and deliveries with multi-row INSERTs. Only after
-//! the commit is each caller answered, and the webhook and callback deliveries
-//! handed to the dispatcher.
+//! events, idempotency rows and deliveries with multi-row INSERTs (on
+//! PostgreSQL, one statement of fixed text: `storage::events::insert_group`).
+//! Only after the commit is each caller answered, and the webhook and callback
+//! deliveries handed to the dispatcher.
 //!
 //! A job is all-or-nothing (a PublishBatch is one job). A job that breaks a
 //! rule only the database can check (a consumer deleted meanwhile, a reused
@@ -263,9 +264,7 @@ impl Committer {
         for (consumer_id, key) in &expired {
             store::delete_idempotency_key(&txn, consumer_id, key).await?;
         }
-        store::insert_events(&txn, &plan.events).await?;
-        store::insert_idempotency_keys(&txn, &plan.keys).await?;
-        store::insert_deliveries(&txn, &plan.deliveries).await?;
+        store::insert_group(&txn, &plan.events, &plan.keys, &plan.deliveries).await?;
         txn.commit().await?;
         Ok(outcomes)
     }

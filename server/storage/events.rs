@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::sea_query::{Expr, ExprTrait, LikeExpr};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 
 use super::entities::{attempt, consumer, delivery, endpoint, event, event_type, idempotency_key};
@@ -140,6 +140,21 @@ fn chunk_rows(columns: usize) -> usize {
 }
 
 pub async fn insert_events(db: &impl ConnectionTrait, rows: &[event::Model]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        return insert_json(
+            db,
+            "INSERT INTO events (id, consumer_id, event_type, payload, idempotency_key, \
+               callback_url, created_at) \
+             SELECT id, consumer_id, event_type, payload, idempotency_key, callback_url, created_at \
+             FROM json_to_recordset($1::json) AS r(id text, consumer_id text, event_type text, \
+               payload text, idempotency_key text, callback_url text, created_at bigint)",
+            rows.iter().map(EventRow::from),
+        )
+        .await;
+    }
     for chunk in rows.chunks(chunk_rows(7)) {
         event::Entity::insert_many(chunk.iter().map(|row| event::ActiveModel {
             id: Set(row.id.clone()),
@@ -160,6 +175,20 @@ pub async fn insert_idempotency_keys(
     db: &impl ConnectionTrait,
     rows: &[idempotency_key::Model],
 ) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        return insert_json(
+            db,
+            "INSERT INTO idempotency_keys (consumer_id, key, event_id, payload_hash, created_at) \
+             SELECT consumer_id, key, event_id, payload_hash, created_at \
+             FROM json_to_recordset($1::json) AS r(consumer_id text, key text, event_id text, \
+               payload_hash text, created_at bigint)",
+            rows.iter().map(KeyRow::from),
+        )
+        .await;
+    }
     for chunk in rows.chunks(chunk_rows(5)) {
         idempotency_key::Entity::insert_many(chunk.iter().map(|row| {
             idempotency_key::ActiveModel {
@@ -177,12 +206,184 @@ pub async fn insert_idempotency_keys(
 }
 
 pub async fn insert_deliveries(db: &impl ConnectionTrait, rows: &[delivery::Model]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        return insert_json(
+            db,
+            "INSERT INTO deliveries (id, event_id, endpoint_id, url, status, attempt_count, \
+               next_attempt_at, lease_owner, lease_expires_at, last_attempt_at, created_at, \
+               updated_at) \
+             SELECT id, event_id, endpoint_id, url, status, attempt_count, next_attempt_at, \
+               lease_owner, lease_expires_at, last_attempt_at, created_at, updated_at \
+             FROM json_to_recordset($1::json) AS r(id text, event_id text, endpoint_id text, \
+               url text, status text, attempt_count integer, next_attempt_at bigint, \
+               lease_owner text, lease_expires_at bigint, last_attempt_at bigint, \
+               created_at bigint, updated_at bigint)",
+            rows.iter().map(DeliveryRow::from),
+        )
+        .await;
+    }
     for chunk in rows.chunks(chunk_rows(12)) {
         delivery::Entity::insert_many(chunk.iter().map(delivery_active))
             .exec_without_returning(db)
             .await?;
     }
     Ok(())
+}
+
+/// The rows of one group commit. On PostgreSQL one statement writes all
+/// three tables (data-modifying CTEs; the foreign keys are checked at the end
+/// of the statement, when the events exist): one round trip instead of three.
+pub async fn insert_group(
+    db: &impl ConnectionTrait,
+    events: &[event::Model],
+    keys: &[idempotency_key::Model],
+    deliveries: &[delivery::Model],
+) -> Result<()> {
+    if db.get_database_backend() != DatabaseBackend::Postgres || events.is_empty() {
+        insert_events(db, events).await?;
+        insert_idempotency_keys(db, keys).await?;
+        return insert_deliveries(db, deliveries).await;
+    }
+    let events: Vec<EventRow> = events.iter().map(EventRow::from).collect();
+    let keys: Vec<KeyRow> = keys.iter().map(KeyRow::from).collect();
+    let deliveries: Vec<DeliveryRow> = deliveries.iter().map(DeliveryRow::from).collect();
+    db.execute_raw(Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "WITH new_events AS (\
+           INSERT INTO events (id, consumer_id, event_type, payload, idempotency_key, \
+             callback_url, created_at) \
+           SELECT id, consumer_id, event_type, payload, idempotency_key, callback_url, \
+             created_at \
+           FROM json_to_recordset($1::json) AS r(id text, consumer_id text, event_type text, \
+             payload text, idempotency_key text, callback_url text, created_at bigint)), \
+         new_keys AS (\
+           INSERT INTO idempotency_keys (consumer_id, key, event_id, payload_hash, created_at) \
+           SELECT consumer_id, key, event_id, payload_hash, created_at \
+           FROM json_to_recordset($2::json) AS r(consumer_id text, key text, event_id text, \
+             payload_hash text, created_at bigint)) \
+         INSERT INTO deliveries (id, event_id, endpoint_id, url, status, attempt_count, \
+           next_attempt_at, lease_owner, lease_expires_at, last_attempt_at, created_at, \
+           updated_at) \
+         SELECT id, event_id, endpoint_id, url, status, attempt_count, next_attempt_at, \
+           lease_owner, lease_expires_at, last_attempt_at, created_at, updated_at \
+         FROM json_to_recordset($3::json) AS r(id text, event_id text, endpoint_id text, \
+           url text, status text, attempt_count integer, next_attempt_at bigint, \
+           lease_owner text, lease_expires_at bigint, last_attempt_at bigint, \
+           created_at bigint, updated_at bigint)",
+        [
+            crate::storage::json_text(&events).into(),
+            crate::storage::json_text(&keys).into(),
+            crate::storage::json_text(&deliveries).into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// PostgreSQL: inserts any number of rows with one statement whose text never
+/// changes, the rows travelling as one JSON array parameter. A multi-row
+/// `VALUES` list has a different text for every row count, so each group size
+/// would be parsed, planned and cached as a statement of its own (and evict
+/// the others); a fixed text is prepared once per connection. JSON rather
+/// than one array per column because array parameters cannot carry NULLs
+/// here, and JSON maps the nullable columns naturally.
+pub(crate) async fn insert_json<T: serde::Serialize>(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    rows: impl Iterator<Item = T>,
+) -> Result<()> {
+    let rows: Vec<T> = rows.collect();
+    db.execute_raw(Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        sql,
+        [crate::storage::json_text(&rows).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct EventRow<'a> {
+    id: &'a str,
+    consumer_id: &'a str,
+    event_type: &'a str,
+    payload: &'a str,
+    idempotency_key: Option<&'a str>,
+    callback_url: Option<&'a str>,
+    created_at: i64,
+}
+
+#[derive(serde::Serialize)]
+struct KeyRow<'a> {
+    consumer_id: &'a str,
+    key: &'a str,
+    event_id: &'a str,
+    payload_hash: &'a str,
+    created_at: i64,
+}
+
+#[derive(serde::Serialize)]
+struct DeliveryRow<'a> {
+    id: &'a str,
+    event_id: &'a str,
+    endpoint_id: Option<&'a str>,
+    url: Option<&'a str>,
+    status: &'a str,
+    attempt_count: i32,
+    next_attempt_at: Option<i64>,
+    lease_owner: Option<&'a str>,
+    lease_expires_at: Option<i64>,
+    last_attempt_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl<'a> From<&'a event::Model> for EventRow<'a> {
+    fn from(row: &'a event::Model) -> Self {
+        EventRow {
+            id: &row.id,
+            consumer_id: &row.consumer_id,
+            event_type: &row.event_type,
+            payload: &row.payload,
+            idempotency_key: row.idempotency_key.as_deref(),
+            callback_url: row.callback_url.as_deref(),
+            created_at: row.created_at,
+        }
+    }
+}
+
+impl<'a> From<&'a idempotency_key::Model> for KeyRow<'a> {
+    fn from(row: &'a idempotency_key::Model) -> Self {
+        KeyRow {
+            consumer_id: &row.consumer_id,
+            key: &row.key,
+            event_id: &row.event_id,
+            payload_hash: &row.payload_hash,
+            created_at: row.created_at,
+        }
+    }
+}
+
+impl<'a> From<&'a delivery::Model> for DeliveryRow<'a> {
+    fn from(row: &'a delivery::Model) -> Self {
+        DeliveryRow {
+            id: &row.id,
+            event_id: &row.event_id,
+            endpoint_id: row.endpoint_id.as_deref(),
+            url: row.url.as_deref(),
+            status: &row.status,
+            attempt_count: row.attempt_count,
+            next_attempt_at: row.next_attempt_at,
+            lease_owner: row.lease_owner.as_deref(),
+            lease_expires_at: row.lease_expires_at,
+            last_attempt_at: row.last_attempt_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
 }
 
 fn delivery_active(row: &delivery::Model) -> delivery::ActiveModel {

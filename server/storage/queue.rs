@@ -244,40 +244,21 @@ pub async fn record_attempts(
 ) -> Result<Recorded> {
     let backend = db.backend();
     let txn = db.conn.begin().await?;
+    let updated = if backend == DatabaseBackend::Postgres {
+        update_deliveries_postgres(&txn, batch, now).await?
+    } else {
+        update_deliveries_one_by_one(&txn, backend, batch, now).await?
+    };
     let mut attempts = Vec::with_capacity(batch.len());
     let mut stale = Vec::new();
     // Per endpoint, in order: the attempts' effects.
     let mut effects: HashMap<&str, Vec<(&EndpointEffect, i64)>> = HashMap::new();
-    for recorded in batch {
-        let (owner, expires) = match &recorded.lease {
-            Some((owner, expires)) => (Some(owner.clone()), Some(*expires)),
-            None => (None, None),
-        };
-        let updated = txn
-            .execute_raw(statement(
-                backend,
-                "UPDATE deliveries SET status = ?, attempt_count = attempt_count + 1, \
-                 last_attempt_at = ?, next_attempt_at = ?, lease_owner = ?, lease_expires_at = ?, \
-                 updated_at = ? WHERE id = ? AND status = 'pending' \
-                 AND attempt_count = ? AND COALESCE(next_attempt_at, -1) = ?",
-                vec![
-                    recorded.status.into(),
-                    recorded.attempt.attempted_at.into(),
-                    recorded.next_attempt_at.into(),
-                    owner.into(),
-                    expires.into(),
-                    now.into(),
-                    recorded.attempt.delivery_id.clone().into(),
-                    recorded.attempted_as.0.into(),
-                    recorded.attempted_as.1.unwrap_or(-1).into(),
-                ],
-            ))
-            .await?;
-        if updated.rows_affected() == 0 {
+    for (recorded, updated) in batch.iter().zip(updated) {
+        if !updated {
             stale.push(recorded.attempt.delivery_id.clone());
             continue;
         }
-        attempts.push(attempt::ActiveModel::from(recorded.attempt.clone()));
+        attempts.push(&recorded.attempt);
         if let Some(endpoint_id) = recorded.attempt.endpoint_id.as_deref()
             && recorded.effect != EndpointEffect::None
         {
@@ -287,10 +268,43 @@ pub async fn record_attempts(
                 .push((&recorded.effect, recorded.attempt.attempted_at));
         }
     }
-    for chunk in attempts.chunks(200) {
-        attempt::Entity::insert_many(chunk.to_vec())
+    if backend == DatabaseBackend::Postgres {
+        if !attempts.is_empty() {
+            super::events::insert_json(
+                &txn,
+                "INSERT INTO attempts (id, delivery_id, event_id, endpoint_id, url, attempted_at, \
+                   duration_ms, status_code, error_class, response_body, succeeded) \
+                 SELECT id, delivery_id, event_id, endpoint_id, url, attempted_at, duration_ms, \
+                   status_code, error_class, response_body, succeeded \
+                 FROM json_to_recordset($1::json) AS r(id text, delivery_id text, event_id text, \
+                   endpoint_id text, url text, attempted_at bigint, duration_ms integer, \
+                   status_code integer, error_class text, response_body text, succeeded boolean)",
+                attempts.iter().map(|row| AttemptRow {
+                    id: &row.id,
+                    delivery_id: &row.delivery_id,
+                    event_id: &row.event_id,
+                    endpoint_id: row.endpoint_id.as_deref(),
+                    url: &row.url,
+                    attempted_at: row.attempted_at,
+                    duration_ms: row.duration_ms,
+                    status_code: row.status_code,
+                    error_class: row.error_class.as_deref(),
+                    response_body: &row.response_body,
+                    succeeded: row.succeeded,
+                }),
+            )
+            .await?;
+        }
+    } else {
+        for chunk in attempts.chunks(200) {
+            attempt::Entity::insert_many(
+                chunk
+                    .iter()
+                    .map(|row| attempt::ActiveModel::from((*row).clone())),
+            )
             .exec_without_returning(&txn)
             .await?;
+        }
     }
 
     let mut disabled = Vec::new();
@@ -374,6 +388,149 @@ pub async fn record_attempts(
     }
     txn.commit().await?;
     Ok(Recorded { disabled, stale })
+}
+
+/// The delivery updates of a batch, one statement per row (SQLite: no round
+/// trips, and each statement is prepared once). Says which rows were still
+/// pending and so were updated.
+async fn update_deliveries_one_by_one(
+    txn: &impl ConnectionTrait,
+    backend: DatabaseBackend,
+    batch: &[RecordedAttempt],
+    now: i64,
+) -> Result<Vec<bool>> {
+    let mut updated = Vec::with_capacity(batch.len());
+    for recorded in batch {
+        let (owner, expires) = match &recorded.lease {
+            Some((owner, expires)) => (Some(owner.clone()), Some(*expires)),
+            None => (None, None),
+        };
+        let result = txn
+            .execute_raw(statement(
+                backend,
+                "UPDATE deliveries SET status = ?, attempt_count = attempt_count + 1, \
+                 last_attempt_at = ?, next_attempt_at = ?, lease_owner = ?, lease_expires_at = ?, \
+                 updated_at = ? WHERE id = ? AND status = 'pending' \
+                 AND attempt_count = ? AND COALESCE(next_attempt_at, -1) = ?",
+                vec![
+                    recorded.status.into(),
+                    recorded.attempt.attempted_at.into(),
+                    recorded.next_attempt_at.into(),
+                    owner.into(),
+                    expires.into(),
+                    now.into(),
+                    recorded.attempt.delivery_id.clone().into(),
+                    recorded.attempted_as.0.into(),
+                    recorded.attempted_as.1.unwrap_or(-1).into(),
+                ],
+            ))
+            .await?;
+        updated.push(result.rows_affected() > 0);
+    }
+    Ok(updated)
+}
+
+/// PostgreSQL: the delivery updates of a batch in one statement of fixed
+/// text (`UPDATE … FROM json_to_recordset(…) … RETURNING id`) instead of a
+/// round trip per row. One `UPDATE … FROM` changes a row at most once, so a
+/// delivery recorded twice in one batch (an in-memory retry that finished
+/// before the first record was written) is applied in rounds, in order, as
+/// the row-by-row statements would. Says which rows were still pending.
+async fn update_deliveries_postgres(
+    txn: &impl ConnectionTrait,
+    batch: &[RecordedAttempt],
+    now: i64,
+) -> Result<Vec<bool>> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    let rounds: Vec<usize> = batch
+        .iter()
+        .map(|recorded| {
+            let count = seen
+                .entry(recorded.attempt.delivery_id.as_str())
+                .or_insert(0);
+            *count += 1;
+            *count - 1
+        })
+        .collect();
+    let round_count = rounds.iter().copied().max().map_or(0, |last| last + 1);
+    let mut updated = vec![false; batch.len()];
+    for round in 0..round_count {
+        let members: Vec<usize> = (0..batch.len())
+            .filter(|index| rounds[*index] == round)
+            .collect();
+        let rows: Vec<OutcomeRow> = members
+            .iter()
+            .map(|index| {
+                let recorded = &batch[*index];
+                OutcomeRow {
+                    id: &recorded.attempt.delivery_id,
+                    status: recorded.status,
+                    attempted_at: recorded.attempt.attempted_at,
+                    next_attempt_at: recorded.next_attempt_at,
+                    lease_owner: recorded.lease.as_ref().map(|(owner, _)| owner.as_str()),
+                    lease_expires_at: recorded.lease.as_ref().map(|(_, expires)| *expires),
+                    attempted_count: recorded.attempted_as.0,
+                    attempted_next_attempt_at: recorded.attempted_as.1.unwrap_or(-1),
+                }
+            })
+            .collect();
+        let returned = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "UPDATE deliveries AS d SET status = v.status, \
+                   attempt_count = d.attempt_count + 1, last_attempt_at = v.attempted_at, \
+                   next_attempt_at = v.next_attempt_at, lease_owner = v.lease_owner, \
+                   lease_expires_at = v.lease_expires_at, updated_at = $2 \
+                 FROM json_to_recordset($1::json) AS v(id text, status text, \
+                   attempted_at bigint, next_attempt_at bigint, lease_owner text, \
+                   lease_expires_at bigint, attempted_count integer, \
+                   attempted_next_attempt_at bigint) \
+                 WHERE d.id = v.id AND d.status = 'pending' \
+                   AND d.attempt_count = v.attempted_count \
+                   AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at \
+                 RETURNING d.id",
+                [super::json_text(&rows).into(), now.into()],
+            ))
+            .await?;
+        let mut ids = std::collections::HashSet::with_capacity(returned.len());
+        for row in returned {
+            ids.insert(row.try_get::<String>("", "id")?);
+        }
+        for index in members {
+            updated[index] = ids.contains(&batch[index].attempt.delivery_id);
+        }
+    }
+    Ok(updated)
+}
+
+#[derive(serde::Serialize)]
+struct OutcomeRow<'a> {
+    id: &'a str,
+    status: &'a str,
+    attempted_at: i64,
+    next_attempt_at: Option<i64>,
+    lease_owner: Option<&'a str>,
+    lease_expires_at: Option<i64>,
+    /// The delivery as the attempt found it: the update applies only if the
+    /// row is still so (a Redeliver or Replay meanwhile wins).
+    attempted_count: i32,
+    /// `next_attempt_at` as found, -1 for none.
+    attempted_next_attempt_at: i64,
+}
+
+#[derive(serde::Serialize)]
+struct AttemptRow<'a> {
+    id: &'a str,
+    delivery_id: &'a str,
+    event_id: &'a str,
+    endpoint_id: Option<&'a str>,
+    url: &'a str,
+    attempted_at: i64,
+    duration_ms: i32,
+    status_code: Option<i32>,
+    error_class: Option<&'a str>,
+    response_body: &'a str,
+    succeeded: bool,
 }
 
 async fn disable(
