@@ -283,6 +283,12 @@ struct ClosableIo {
 
 impl ClosableIo {
     fn new(io: TcpStream, force_close: &CancellationToken) -> Self {
+        // Accepted sockets come without TCP_NODELAY (tonic sets it only on
+        // listeners it binds itself); with Nagle's algorithm a small gRPC
+        // answer waits for the peer's delayed ACK, ~40 ms a call.
+        if let Err(err) = io.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
         ClosableIo {
             io,
             closed: Box::pin(force_close.clone().cancelled_owned()),
