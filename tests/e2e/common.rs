@@ -303,3 +303,22 @@ pub fn assert_status<T: std::fmt::Debug>(
         }
     }
 }
+
+/// Creates a WEBHOOK endpoint through the API and returns its id.
+pub async fn webhook_endpoint(server: &TestServer, consumer_id: &str, url: String) -> String {
+    server
+        .subscriptions(ADMIN_TOKEN)
+        .await
+        .create_endpoint(herald_client::proto::CreateEndpointRequest {
+            consumer_id: consumer_id.into(),
+            kind: herald_client::proto::EndpointKind::Webhook as i32,
+            url,
+            ..Default::default()
+        })
+        .await
+        .expect("create endpoint")
+        .into_inner()
+        .endpoint
+        .expect("endpoint returned")
+        .id
+}

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use herald::domain::time::now_millis;
 use herald::storage::entities::{attempt, delivery, event, idempotency_key};
-use herald_client::proto::{self, EndpointKind, subscribe_response};
+use herald_client::proto::{self, subscribe_response};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tonic::{Code, Streaming};
 
 use crate::both_backends;
-use crate::common::{ADMIN_TOKEN, Backend, TestServer, wait_for};
+use crate::common::{ADMIN_TOKEN, Backend, TestServer, wait_for, webhook_endpoint};
 use crate::receiver::rows::{EndpointSpec, Rows};
 use crate::receiver::{Receiver, Reply};
 use crate::streams::{consumer, delivery_statuses, next_event, publish, stream_fixture, subscribe};
@@ -29,24 +29,6 @@ both_backends!(
 );
 
 const SECOND: Duration = Duration::from_secs(1);
-
-async fn webhook_endpoint(server: &TestServer, consumer_id: &str, url: String) -> String {
-    server
-        .subscriptions(ADMIN_TOKEN)
-        .await
-        .create_endpoint(proto::CreateEndpointRequest {
-            consumer_id: consumer_id.into(),
-            kind: EndpointKind::Webhook as i32,
-            url,
-            ..Default::default()
-        })
-        .await
-        .expect("create endpoint")
-        .into_inner()
-        .endpoint
-        .expect("endpoint returned")
-        .id
-}
 
 async fn publish_with_key(server: &TestServer, consumer_id: &str, key: &str) -> String {
     server

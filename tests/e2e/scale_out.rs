@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald::config::ServeConfig;
-use herald_client::proto::{self, EndpointKind};
+use herald_client::proto;
 use tokio::net::TcpListener;
 
-use crate::common::{ADMIN_TOKEN, Backend, TestDatabase, TestServer, wait_for};
+use crate::common::{ADMIN_TOKEN, Backend, TestDatabase, TestServer, wait_for, webhook_endpoint};
 use crate::receiver::rows::Rows;
 use crate::receiver::{Receiver, Reply};
 use crate::streams::{delivery_statuses, next_event, publish, stream_fixture, subscribe};
@@ -28,24 +28,6 @@ async fn two_nodes(configure: impl Fn(&mut ServeConfig)) -> (TestServer, TestSer
     let first = TestServer::start_on(database.shared(), &configure).await;
     let second = TestServer::start_on(database, &configure).await;
     (first, second)
-}
-
-async fn webhook_endpoint(server: &TestServer, consumer_id: &str, url: String) -> String {
-    server
-        .subscriptions(ADMIN_TOKEN)
-        .await
-        .create_endpoint(proto::CreateEndpointRequest {
-            consumer_id: consumer_id.into(),
-            kind: EndpointKind::Webhook as i32,
-            url,
-            ..Default::default()
-        })
-        .await
-        .expect("create endpoint")
-        .into_inner()
-        .endpoint
-        .expect("endpoint returned")
-        .id
 }
 
 /// How many times each `webhook-id` arrived.
