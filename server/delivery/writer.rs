@@ -108,10 +108,14 @@ async fn flush(shared: &Shared, batch: &mut Vec<WriterMessage>) {
     let mut releases = shared.take_releases();
     releases.extend(stale);
     if !releases.is_empty() {
+        // Forget before releasing: once a lease is released, the sweep may
+        // claim the delivery again at once, and routing drops ids that are
+        // still known — which would strand it, leased and held by no one,
+        // until the lease lapsed.
+        shared.forget(releases.iter().cloned());
         if let Err(err) = queue::release(&shared.db, &shared.node_id, &releases).await {
             tracing::warn!(error = %err, "releasing leases failed; they lapse instead");
         }
-        forget.extend(releases);
     }
     shared.forget(forget);
 }

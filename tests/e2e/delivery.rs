@@ -31,6 +31,7 @@ both_backends!(
     published_events_take_the_hot_path,
     shutdown_lets_in_flight_deliveries_finish,
     the_api_flow_delivers_and_rotation_double_signs,
+    a_burst_beyond_the_worker_queue_does_not_wait_for_leases,
 );
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -642,5 +643,55 @@ async fn the_api_flow_delivers_and_rotation_double_signs(backend: Backend) {
     .await;
     assert!(signature_matches(&double, &created.secret));
     assert!(signature_matches(&double, &rotated.secret));
+    server.finish().await;
+}
+
+/// A burst larger than an endpoint's in-memory queue overflows to the
+/// database: the overflow's leases are released and the sweep sends it a
+/// second or so later. None of it may wait for its lease (60 s) to lapse —
+/// which a release racing with the sweep's next claim once caused.
+async fn a_burst_beyond_the_worker_queue_does_not_wait_for_leases(backend: Backend) {
+    use herald_client::proto;
+
+    let (server, rows) = setup(backend).await;
+    let receiver = Receiver::start(Reply::Status(200)).await;
+    let consumer = rows.consumer().await;
+    let mut spec = EndpointSpec::to(receiver.url("/burst"));
+    spec.max_in_flight = 64;
+    rows.endpoint(&consumer.id, spec).await;
+    let events = server.events(crate::common::ADMIN_TOKEN).await;
+
+    const BATCHES: usize = 3;
+    const PER_BATCH: usize = 1000;
+    let mut publishers = Vec::new();
+    for batch in 0..BATCHES {
+        let mut client = events.clone();
+        let consumer_id = consumer.id.clone();
+        publishers.push(tokio::spawn(async move {
+            let request = proto::PublishBatchRequest {
+                events: (0..PER_BATCH)
+                    .map(|n| proto::PublishRequest {
+                        consumer_id: consumer_id.clone(),
+                        event_type: "order.created".into(),
+                        payload: format!("{{\"batch\":{batch},\"n\":{n}}}"),
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            client.publish_batch(request).await.expect("publish batch");
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.expect("publisher task");
+    }
+    // Well under the 60 s lease: a stranded delivery would only come after it.
+    let received = receiver
+        .wait_for_count(BATCHES * PER_BATCH, Duration::from_secs(40))
+        .await;
+    let distinct: std::collections::HashSet<&str> = received
+        .iter()
+        .map(|request| request.header("webhook-id"))
+        .collect();
+    assert_eq!(distinct.len(), BATCHES * PER_BATCH, "every event arrived");
     server.finish().await;
 }
