@@ -173,6 +173,16 @@ pub struct ServeConfig {
     /// experiments, not tuning.
     #[arg(long, env = "HERALD_LEASE", value_parser = humantime::parse_duration, default_value = "60s", hide = true)]
     pub lease: Duration,
+    /// Deliveries one endpoint's worker may hold queued in memory; a burst
+    /// beyond it waits in the database for the sweep. Hidden: for tests and
+    /// experiments, not tuning.
+    #[arg(
+        long,
+        env = "HERALD_WORKER_QUEUE",
+        default_value_t = 10_000,
+        hide = true
+    )]
+    pub worker_queue: usize,
     /// How often the retention purge runs. Hidden: for tests.
     #[arg(long, env = "HERALD_RETENTION_INTERVAL", value_parser = humantime::parse_duration, default_value = "10m", hide = true)]
     pub retention_interval: Duration,

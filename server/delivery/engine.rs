@@ -63,7 +63,7 @@ impl EngineSettings {
             sweep_interval: Duration::from_secs(1),
             claim_batch: 500,
             in_memory_retry_limit: Duration::from_secs(60),
-            worker_queue: 1024,
+            worker_queue: config.worker_queue.max(1),
             max_in_memory: 100_000,
         }
     }
@@ -228,10 +228,16 @@ impl Shared {
         }
         {
             let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            if known.len() >= self.settings.max_in_memory || !known.insert(job.delivery_id.clone())
-            {
+            if known.contains(&job.delivery_id) {
                 return;
             }
+            if known.len() >= self.settings.max_in_memory {
+                drop(known);
+                // Full: the sweep claims it again once there is room.
+                self.release_later(job.delivery_id);
+                return;
+            }
+            known.insert(job.delivery_id.clone());
         }
         let key = WorkerKey::for_job(&job);
         let rejected = {
@@ -292,6 +298,22 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// Endpoints whose worker queue has no room for another claim: the
+    /// sweep leaves their due deliveries in the database rather than claim
+    /// them only to release them again.
+    pub fn congested_endpoints(&self) -> Vec<String> {
+        let room_needed = usize::try_from(self.settings.claim_batch).unwrap_or(usize::MAX);
+        self.workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(|(key, sender)| match key {
+                WorkerKey::Endpoint(id) if sender.capacity() < room_needed => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn lease_until(&self, from: i64) -> i64 {
@@ -370,6 +392,7 @@ async fn claim_once(shared: &Arc<Shared>) -> Result<usize> {
         now,
         shared.lease_until(now),
         limit,
+        &shared.congested_endpoints(),
     )
     .await?;
     if claimed.is_empty() {

@@ -1,23 +1,24 @@
-//! Group commit: many publish calls, one transaction.
+//! Group commit: many publish calls, one atomic write.
 //!
 //! A committer waits for the first [`Job`] on the channel, then takes every job
-//! already queued (up to about [`GROUP_EVENTS`] events), and in one
-//! transaction: checks that the consumers exist, reads the idempotency rows of
-//! the group's keys, loads the enabled endpoints of the group's consumers (one
-//! query for the whole group, so fan-out costs no query per event), and writes
-//! events, idempotency rows and deliveries with multi-row INSERTs (on
-//! PostgreSQL, one statement of fixed text: `storage::events::insert_group`).
-//! Only after the commit is each caller answered, and the webhook and callback
-//! deliveries handed to the dispatcher.
+//! already queued (up to about [`GROUP_EVENTS`] events), and for the whole
+//! group: reads which consumers exist and their enabled endpoints (one query,
+//! so fan-out costs no query per event) and the idempotency rows of the
+//! group's keys, then writes events, idempotency rows and deliveries at once
+//! (on PostgreSQL one statement of fixed text, `storage::events::insert_group`,
+//! with no explicit transaction: two round trips per group; on SQLite one
+//! transaction of multi-row INSERTs). Only after the write has committed is
+//! each caller answered, and the webhook and callback deliveries handed to
+//! the dispatcher.
 //!
 //! A job is all-or-nothing (a PublishBatch is one job). A job that breaks a
-//! rule only the database can check (a consumer deleted meanwhile, a reused
-//! idempotency key) is answered with its error and left out of the group's
-//! writes, without failing the others. If the transaction itself fails, each
-//! job is retried alone, so only a faulty job gets the error. A unique
-//! violation on an idempotency key means another transaction (another
-//! committer, another node) claimed it first: the job is retried, and the
-//! retry reads the winner and answers with it as a duplicate.
+//! rule the read shows (an unknown consumer, a reused idempotency key) is
+//! answered with its error and left out of the group's writes, without
+//! failing the others. If the write itself fails, each job is retried alone,
+//! so only a faulty job gets the error. A unique violation on an idempotency
+//! key means another committer (or node) claimed it first: the job is
+//! retried, and the retry reads the winner and answers with it as a
+//! duplicate.
 //!
 //! On SQLite the pool has one connection, so inside a transaction only the
 //! transaction handle is used, and one committer runs; on PostgreSQL a few
@@ -26,7 +27,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sea_orm::TransactionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +41,7 @@ use crate::domain::ids;
 use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
 use crate::storage::Database;
-use crate::storage::entities::{delivery, endpoint, event, idempotency_key};
+use crate::storage::entities::{delivery, event, idempotency_key};
 use crate::storage::events::{self as store, status};
 
 /// Roughly how many events one transaction takes (a job is never split, so a
@@ -193,18 +194,51 @@ impl Committer {
         let _ = job.reply.send(reply);
     }
 
-    /// One transaction for a group of jobs. The outer error means the
-    /// transaction failed and nothing was stored; the inner results are per job.
+    /// Writes a group of jobs atomically. The outer error means nothing was
+    /// stored; the inner results are per job.
+    ///
+    /// On PostgreSQL the group is two round trips and no explicit
+    /// transaction: one read (consumers and their endpoints, plus idempotency
+    /// rows when keys are used), then one statement that writes every row
+    /// (atomic by itself). What the read saw may change before the write: a
+    /// consumer or endpoint deleted meanwhile fails the write on its foreign
+    /// key, a key claimed meanwhile on its primary key, and the group is then
+    /// retried job by job, each re-reading. An endpoint created meanwhile
+    /// misses this group's events, as it would had it been created a moment
+    /// later. On SQLite (in-process statements, one connection) everything
+    /// runs in one transaction.
     async fn commit(&self, jobs: &[&[Prepared]]) -> Result<Vec<Result<Committed>>> {
-        let node_id = self.dispatcher.node_id().to_owned();
+        if self.db.is_postgres() {
+            return self.plan_and_write(&self.db.conn, jobs).await;
+        }
         let txn = self.db.conn.begin().await?;
+        let outcomes = self.plan_and_write(&txn, jobs).await?;
+        txn.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn plan_and_write(
+        &self,
+        conn: &impl ConnectionTrait,
+        jobs: &[&[Prepared]],
+    ) -> Result<Vec<Result<Committed>>> {
+        let node_id = self.dispatcher.node_id().to_owned();
         let now = now_millis();
 
         let consumer_ids: Vec<String> = distinct(
             jobs.iter()
                 .flat_map(|job| job.iter().map(|p| p.consumer_id.clone())),
         );
-        let existing = store::existing_consumers(&txn, &consumer_ids).await?;
+        let (existing, fan_out) = store::consumers_and_endpoints(conn, &consumer_ids).await?;
+        let mut endpoints: HashMap<String, Vec<Target>> = HashMap::new();
+        for row in fan_out {
+            if let Some(target) = Target::from_row(row) {
+                endpoints
+                    .entry(target.consumer_id.clone())
+                    .or_default()
+                    .push(target);
+            }
+        }
 
         let pairs: Vec<(String, String)> = distinct(jobs.iter().flat_map(|job| {
             job.iter().filter_map(|p| {
@@ -213,7 +247,7 @@ impl Committer {
                     .map(|key| (p.consumer_id.clone(), key.clone()))
             })
         }));
-        let mut stored_keys = store::idempotency_keys(&txn, &pairs).await?;
+        let mut stored_keys = store::idempotency_keys(conn, &pairs).await?;
         let cutoff = now - IDEMPOTENCY_WINDOW_MILLIS;
         let expired: Vec<(String, String)> = stored_keys
             .iter()
@@ -226,23 +260,12 @@ impl Committer {
         let earlier_ids: Vec<String> =
             distinct(stored_keys.values().map(|row| row.event_id.clone()));
         let earlier_events: HashMap<String, Arc<event::Model>> =
-            store::get_many(&txn, &earlier_ids)
+            store::get_many(conn, &earlier_ids)
                 .await?
                 .into_iter()
                 .map(|row| (row.id.clone(), Arc::new(row)))
                 .collect();
-        let earlier_counts = store::delivery_counts(&txn, &earlier_ids).await?;
-
-        let live_consumers: Vec<String> = existing.iter().cloned().collect();
-        let mut endpoints: HashMap<String, Vec<Target>> = HashMap::new();
-        for row in store::enabled_endpoints_of(&txn, &live_consumers).await? {
-            if let Some(target) = Target::from_row(row) {
-                endpoints
-                    .entry(target.consumer_id.clone())
-                    .or_default()
-                    .push(target);
-            }
-        }
+        let earlier_counts = store::delivery_counts(conn, &earlier_ids).await?;
 
         let mut plan = Plan::default();
         let mut outcomes = Vec::with_capacity(jobs.len());
@@ -261,11 +284,12 @@ impl Committer {
             outcomes.push(planned.map(|planned| plan.absorb(planned)));
         }
 
+        // An expired key is deleted before its new claim is written; should
+        // the write then fail, the key is merely free, as it was due to be.
         for (consumer_id, key) in &expired {
-            store::delete_idempotency_key(&txn, consumer_id, key).await?;
+            store::delete_idempotency_key(conn, consumer_id, key).await?;
         }
-        store::insert_group(&txn, &plan.events, &plan.keys, &plan.deliveries).await?;
-        txn.commit().await?;
+        store::insert_group(conn, &plan.events, &plan.keys, &plan.deliveries).await?;
         Ok(outcomes)
     }
 }
@@ -299,7 +323,7 @@ struct Target {
 }
 
 impl Target {
-    fn from_row(row: endpoint::Model) -> Option<Target> {
+    fn from_row(row: store::FanOutEndpoint) -> Option<Target> {
         match serde_json::from_str::<Vec<String>>(&row.event_types) {
             Ok(patterns) => Some(Target {
                 kind: EndpointKind::from_stored(&row.kind),

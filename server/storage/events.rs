@@ -15,7 +15,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 
-use super::entities::{attempt, consumer, delivery, endpoint, event, event_type, idempotency_key};
+use super::entities::{attempt, delivery, endpoint, event, event_type, idempotency_key};
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::page::PageRequest;
 use crate::error::Result;
@@ -33,24 +33,63 @@ pub mod status {
 const MAX_BIND_PARAMETERS: usize = 32_000;
 
 // ---------------------------------------------------------------------------
-// Reads used by publishing (inside the group-commit transaction).
+// Reads used by publishing (by group commit).
 
-/// Which of `ids` name existing consumers.
-pub async fn existing_consumers(
+/// What fan-out needs of an enabled endpoint.
+#[derive(Debug, Clone)]
+pub struct FanOutEndpoint {
+    pub id: String,
+    pub consumer_id: String,
+    pub kind: String,
+    /// The stored filter: a JSON list of patterns.
+    pub event_types: String,
+}
+
+/// Which of `ids` name existing consumers, and their enabled endpoints, in
+/// one query (a LEFT JOIN; fan-out must cost no query per event, and a
+/// group no more round trips than it needs). The id list travels as one JSON
+/// parameter so that the statement's text never changes.
+pub async fn consumers_and_endpoints(
     db: &impl ConnectionTrait,
     ids: &[String],
-) -> Result<HashSet<String>> {
+) -> Result<(HashSet<String>, Vec<FanOutEndpoint>)> {
     if ids.is_empty() {
-        return Ok(HashSet::new());
+        return Ok((HashSet::new(), Vec::new()));
     }
-    let found: Vec<String> = consumer::Entity::find()
-        .select_only()
-        .column(consumer::Column::Id)
-        .filter(consumer::Column::Id.is_in(ids.iter().cloned()))
-        .into_tuple()
-        .all(db)
+    let backend = db.get_database_backend();
+    let wanted = if backend == DatabaseBackend::Postgres {
+        "SELECT json_array_elements_text($1::json)"
+    } else {
+        "SELECT value FROM json_each(?)"
+    };
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "SELECT c.id AS consumer_id, e.id AS endpoint_id, e.kind, e.event_types \
+                 FROM consumers c \
+                 LEFT JOIN endpoints e ON e.consumer_id = c.id AND e.enabled \
+                 WHERE c.id IN ({wanted}) \
+                 ORDER BY c.id, e.id"
+            ),
+            [crate::storage::json_text(ids).into()],
+        ))
         .await?;
-    Ok(found.into_iter().collect())
+    let mut consumers = HashSet::new();
+    let mut endpoints = Vec::new();
+    for row in rows {
+        let consumer_id: String = row.try_get("", "consumer_id")?;
+        if let Some(id) = row.try_get::<Option<String>>("", "endpoint_id")? {
+            endpoints.push(FanOutEndpoint {
+                id,
+                consumer_id: consumer_id.clone(),
+                kind: row.try_get("", "kind")?,
+                event_types: row.try_get("", "event_types")?,
+            });
+        }
+        consumers.insert(consumer_id);
+    }
+    Ok((consumers, endpoints))
 }
 
 /// The idempotency rows for these (consumer, key) pairs, whatever their age.
@@ -90,23 +129,6 @@ pub async fn delete_idempotency_key(
         .exec(db)
         .await?;
     Ok(())
-}
-
-/// The enabled endpoints of these consumers, in one query (fan-out must not
-/// cost a query per event).
-pub async fn enabled_endpoints_of(
-    db: &impl ConnectionTrait,
-    consumer_ids: &[String],
-) -> Result<Vec<endpoint::Model>> {
-    if consumer_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(endpoint::Entity::find()
-        .filter(endpoint::Column::ConsumerId.is_in(consumer_ids.iter().cloned()))
-        .filter(endpoint::Column::Enabled.eq(true))
-        .order_by_asc(endpoint::Column::Id)
-        .all(db)
-        .await?)
 }
 
 /// How many deliveries each of these events has.

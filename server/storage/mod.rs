@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod entities;
 pub mod event_types;
 pub mod events;
+pub mod nodelay;
 pub mod queue;
 pub mod stats;
 pub mod stream_queue;
@@ -115,12 +116,20 @@ impl Database {
     }
 
     async fn connect_postgres(url: &str) -> Result<Self> {
+        let peers = nodelay::DatabasePeers::resolve(url).await;
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(16)
             .min_connections(1)
             .sqlx_logging(false)
-            .acquire_timeout(Duration::from_secs(30));
+            .acquire_timeout(Duration::from_secs(30))
+            .map_sqlx_postgres_pool_opts(move |pool| {
+                let peers = peers.clone();
+                pool.after_connect(move |_conn, _meta| {
+                    peers.apply();
+                    Box::pin(async { Ok(()) })
+                })
+            });
         let conn = sea_orm::Database::connect(options).await?;
         Ok(Database {
             conn,

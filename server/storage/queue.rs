@@ -46,13 +46,15 @@ fn statement(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Stateme
 /// endpoint only its oldest pending delivery, so that order survives a
 /// restart. On SQLite (one process per file, enforced at open) a lease held
 /// by any other node id is a leftover of a previous run and is taken over at
-/// once.
+/// once. Deliveries of the endpoints in `skip` (their workers are full) stay
+/// where they are.
 pub async fn claim_due(
     db: &Database,
     node: &str,
     now: i64,
     lease_until: i64,
     limit: u64,
+    skip: &[String],
 ) -> Result<Vec<delivery::Model>> {
     let backend = db.backend();
     let postgres = backend == DatabaseBackend::Postgres;
@@ -66,6 +68,11 @@ pub async fn claim_due(
     } else {
         ""
     };
+    let skipped = match (skip.is_empty(), postgres) {
+        (true, _) => "",
+        (false, true) => " AND e.id NOT IN (SELECT json_array_elements_text(?::json))",
+        (false, false) => " AND e.id NOT IN (SELECT value FROM json_each(?))",
+    };
     let sql = format!(
         "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? \
          WHERE id IN (\
@@ -74,7 +81,7 @@ pub async fn claim_due(
              AND (d.lease_owner IS NULL OR d.lease_expires_at < ?{takeover}) \
              AND (d.endpoint_id IS NULL OR EXISTS (\
                SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id \
-                 AND e.kind <> 'stream' AND e.enabled \
+                 AND e.kind <> 'stream' AND e.enabled{skipped} \
                  AND (NOT e.ordered OR NOT EXISTS (\
                    SELECT 1 FROM deliveries p WHERE p.endpoint_id = d.endpoint_id \
                      AND p.status = 'pending' AND p.id < d.id)))) \
@@ -85,6 +92,9 @@ pub async fn claim_due(
     let mut values: Vec<Value> = vec![node.into(), lease_until.into(), now.into(), now.into()];
     if !postgres {
         values.push(node.into());
+    }
+    if !skip.is_empty() {
+        values.push(super::json_text(skip).into());
     }
     values.push((limit as i64).into());
     let rows = delivery::Entity::find()

@@ -653,7 +653,8 @@ async fn the_api_flow_delivers_and_rotation_double_signs(backend: Backend) {
 async fn a_burst_beyond_the_worker_queue_does_not_wait_for_leases(backend: Backend) {
     use herald_client::proto;
 
-    let (server, rows) = setup(backend).await;
+    // A small queue, so that most of the burst overflows.
+    let (server, rows) = setup_with(backend, |config| config.worker_queue = 256).await;
     let receiver = Receiver::start(Reply::Status(200)).await;
     let consumer = rows.consumer().await;
     let mut spec = EndpointSpec::to(receiver.url("/burst"));

@@ -15,6 +15,7 @@ mod lifecycle;
 mod listen;
 mod process;
 mod publish;
+mod queue;
 mod receiver;
 mod scale_out;
 mod streams;
