@@ -300,17 +300,24 @@ impl Shared {
         }
     }
 
-    /// Endpoints whose worker queue has no room for another claim: the
-    /// sweep leaves their due deliveries in the database rather than claim
-    /// them only to release them again.
-    pub fn congested_endpoints(&self) -> Vec<String> {
-        let room_needed = usize::try_from(self.settings.claim_batch).unwrap_or(usize::MAX);
+    /// Endpoints whose worker queue has less than `1/free_part` of its room
+    /// left. The sweep (with 2: more than half full) leaves their due
+    /// deliveries in the database rather than claim them only to release
+    /// them again; publishing (with 16: nearly full) inserts their new
+    /// deliveries unleased for the sweep, rather than lease them, overflow
+    /// and release them. Either way they are claimed once the worker has
+    /// caught up.
+    pub fn congested_endpoints(&self, free_part: usize) -> Vec<String> {
         self.workers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter_map(|(key, sender)| match key {
-                WorkerKey::Endpoint(id) if sender.capacity() < room_needed => Some(id.clone()),
+                WorkerKey::Endpoint(id)
+                    if sender.capacity() < sender.max_capacity() / free_part.max(1) =>
+                {
+                    Some(id.clone())
+                }
                 _ => None,
             })
             .collect()
@@ -392,7 +399,7 @@ async fn claim_once(shared: &Arc<Shared>) -> Result<usize> {
         now,
         shared.lease_until(now),
         limit,
-        &shared.congested_endpoints(),
+        &shared.congested_endpoints(2),
     )
     .await?;
     if claimed.is_empty() {

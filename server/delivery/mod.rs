@@ -81,6 +81,16 @@ impl Dispatcher {
         now.saturating_add(self.lease_millis)
     }
 
+    /// Endpoints whose in-memory queue on this node is (nearly) full: their
+    /// new deliveries are better left unleased for the sweep than leased,
+    /// turned away and released (two more statements each).
+    pub fn congested_endpoints(&self) -> std::collections::HashSet<String> {
+        match &self.engine {
+            Some(engine) => engine.congested_endpoints(16).into_iter().collect(),
+            None => std::collections::HashSet::new(),
+        }
+    }
+
     /// Hands committed deliveries to the engine. Never blocks and never fails:
     /// if the engine cannot take them now, its database sweep finds them, since
     /// the deliveries table is the source of truth. Deliveries not leased to

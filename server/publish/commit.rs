@@ -267,6 +267,11 @@ impl Committer {
                 .collect();
         let earlier_counts = store::delivery_counts(conn, &earlier_ids).await?;
 
+        let leasing = Leasing {
+            node_id: &node_id,
+            until: self.dispatcher.lease_until(now),
+            congested: self.dispatcher.congested_endpoints(),
+        };
         let mut plan = Plan::default();
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -279,7 +284,7 @@ impl Committer {
                 &endpoints,
                 &plan.claims,
                 now,
-                (&node_id, self.dispatcher.lease_until(now)),
+                &leasing,
             );
             outcomes.push(planned.map(|planned| plan.absorb(planned)));
         }
@@ -339,6 +344,15 @@ impl Target {
             }
         }
     }
+}
+
+/// How a group's webhook deliveries are leased: to this node, which tries
+/// them at once — except those of endpoints whose queue here is nearly full,
+/// which are left unleased for a sweep (this node's or another's).
+struct Leasing<'a> {
+    node_id: &'a str,
+    until: i64,
+    congested: HashSet<String>,
 }
 
 /// What an idempotency key is bound to.
@@ -401,7 +415,7 @@ fn plan_job(
     endpoints: &HashMap<String, Vec<Target>>,
     group_claims: &HashMap<(String, String), Claim>,
     now: i64,
-    (node_id, lease_expires_at): (&str, i64),
+    leasing: &Leasing,
 ) -> Result<PlannedJob> {
     let mut planned = PlannedJob {
         results: Vec::with_capacity(job.len()),
@@ -475,8 +489,8 @@ fn plan_job(
                 status: status::PENDING.to_owned(),
                 attempt_count: 0,
                 next_attempt_at: Some(now),
-                lease_owner: leased.then(|| node_id.to_owned()),
-                lease_expires_at: leased.then_some(lease_expires_at),
+                lease_owner: leased.then(|| leasing.node_id.to_owned()),
+                lease_expires_at: leased.then_some(leasing.until),
                 last_attempt_at: None,
                 created_at: now,
                 updated_at: now,
@@ -488,7 +502,8 @@ fn plan_job(
             }
             // Stream deliveries wait for a subscriber to claim them; webhook
             // deliveries are leased to this node, whose hot path tries them.
-            let leased = target.kind == EndpointKind::Webhook;
+            let leased =
+                target.kind == EndpointKind::Webhook && !leasing.congested.contains(&target.id);
             let row = new_delivery(Some(target.id.clone()), None, leased);
             if leased {
                 planned.submit.push(Submitted {

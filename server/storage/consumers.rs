@@ -122,9 +122,13 @@ pub async fn replace_callback_secret(
         .map_err(|err| vanished_or(err, "consumer", &id))
 }
 
-/// Deletes a consumer and, through the foreign keys, everything it owns.
-/// Returns whether a row was deleted.
-pub async fn delete(db: &impl ConnectionTrait, id: &str) -> Result<bool> {
-    let result = Consumers::delete_by_id(id.to_owned()).exec(db).await?;
+/// Deletes a consumer and everything it owns: its events and their
+/// deliveries and attempts (here), its endpoints, secrets and keys (through
+/// the foreign keys). Returns whether a row was deleted.
+pub async fn delete(db: &sea_orm::DatabaseConnection, id: &str) -> Result<bool> {
+    let txn = sea_orm::TransactionTrait::begin(db).await?;
+    super::history::delete_of_consumer(&txn, id).await?;
+    let result = Consumers::delete_by_id(id.to_owned()).exec(&txn).await?;
+    txn.commit().await?;
     Ok(result.rows_affected > 0)
 }

@@ -182,10 +182,13 @@ pub async fn disable(
         .map_err(|err| vanished_or(err, "endpoint", &id))
 }
 
-/// Deletes an endpoint; its secrets and deliveries go with it through the
-/// foreign keys. Returns whether a row was deleted.
-pub async fn delete(db: &impl ConnectionTrait, id: &str) -> Result<bool> {
-    let result = Endpoints::delete_by_id(id.to_owned()).exec(db).await?;
+/// Deletes an endpoint with its deliveries and their attempts (here) and
+/// its secrets (through the foreign key). Returns whether a row was deleted.
+pub async fn delete(db: &sea_orm::DatabaseConnection, id: &str) -> Result<bool> {
+    let txn = sea_orm::TransactionTrait::begin(db).await?;
+    super::history::delete_of_endpoint(&txn, id).await?;
+    let result = Endpoints::delete_by_id(id.to_owned()).exec(&txn).await?;
+    txn.commit().await?;
     Ok(result.rows_affected > 0)
 }
 

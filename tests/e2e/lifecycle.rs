@@ -1,7 +1,8 @@
 //! The lifecycle promises around delivery: the retention purge, the
 //! queue-depth gauge, a shutdown bounded by its grace even with a stuck
-//! subscriber, streams ended when their endpoint goes away, and a Redeliver
-//! that lands while an attempt is in flight.
+//! subscriber, streams ended when their endpoint goes away, a Redeliver
+//! that lands while an attempt is in flight, and deletions taking their
+//! history along.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ both_backends!(
     a_stream_ends_when_its_endpoint_is_disabled,
     a_stream_ends_when_its_endpoint_is_deleted,
     redeliver_during_an_attempt_is_not_overwritten,
+    deleting_an_endpoint_or_a_consumer_deletes_their_history,
 );
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -430,5 +432,89 @@ async fn redeliver_during_an_attempt_is_not_overwritten(backend: Backend) {
         (delivery_statuses(&server, &endpoint_id).await == vec!["succeeded"]).then_some(())
     })
     .await;
+    server.finish().await;
+}
+
+/// What the database holds for a set of events: (events, idempotency keys,
+/// deliveries, attempts).
+async fn history_counts(rows: &Rows, event_ids: &[String]) -> (usize, usize, usize, usize) {
+    let ids = event_ids.to_vec();
+    let events = event::Entity::find()
+        .filter(event::Column::Id.is_in(ids.clone()))
+        .all(&rows.db)
+        .await
+        .expect("read events")
+        .len();
+    let keys = idempotency_key::Entity::find()
+        .filter(idempotency_key::Column::EventId.is_in(ids.clone()))
+        .all(&rows.db)
+        .await
+        .expect("read keys")
+        .len();
+    let deliveries = delivery::Entity::find()
+        .filter(delivery::Column::EventId.is_in(ids.clone()))
+        .all(&rows.db)
+        .await
+        .expect("read deliveries")
+        .len();
+    let attempts = attempt::Entity::find()
+        .filter(attempt::Column::EventId.is_in(ids))
+        .all(&rows.db)
+        .await
+        .expect("read attempts")
+        .len();
+    (events, keys, deliveries, attempts)
+}
+
+/// Deleting an endpoint deletes its deliveries and their attempts (not the
+/// events, which other endpoints share); deleting a consumer deletes its
+/// events with their idempotency keys, deliveries and attempts. Another
+/// consumer's history stays. (On PostgreSQL these tables have no foreign
+/// keys, so no cascade does it for Herald.)
+async fn deleting_an_endpoint_or_a_consumer_deletes_their_history(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let rows = Rows::open(&server.database.url).await;
+    let receiver = Receiver::start(Reply::Status(200)).await;
+    let doomed = consumer(&server, "history-doomed").await;
+    let survivor = consumer(&server, "history-survivor").await;
+    let first = webhook_endpoint(&server, &doomed, receiver.url("/first")).await;
+    webhook_endpoint(&server, &doomed, receiver.url("/second")).await;
+    webhook_endpoint(&server, &survivor, receiver.url("/kept")).await;
+    let doomed_events = vec![
+        publish_with_key(&server, &doomed, "history-1").await,
+        publish_with_key(&server, &doomed, "history-2").await,
+    ];
+    let kept_events = vec![publish_with_key(&server, &survivor, "history-3").await];
+    receiver.wait_for_count(5, 10 * SECOND).await;
+    wait_for("every attempt recorded", 10 * SECOND, || async {
+        let doomed = history_counts(&rows, &doomed_events).await;
+        let kept = history_counts(&rows, &kept_events).await;
+        (doomed == (2, 2, 4, 4) && kept == (1, 1, 1, 1)).then_some(())
+    })
+    .await;
+
+    let mut client = server.subscriptions(ADMIN_TOKEN).await;
+    client
+        .delete_endpoint(proto::DeleteEndpointRequest { id: first.clone() })
+        .await
+        .expect("delete endpoint");
+    assert_eq!(
+        history_counts(&rows, &doomed_events).await,
+        (2, 2, 2, 2),
+        "the deleted endpoint's deliveries and attempts are gone, the rest stays"
+    );
+    let left = delivery::Entity::find()
+        .filter(delivery::Column::EndpointId.eq(first.as_str()))
+        .all(&rows.db)
+        .await
+        .expect("read deliveries");
+    assert!(left.is_empty());
+
+    client
+        .delete_consumer(proto::DeleteConsumerRequest { id: doomed.clone() })
+        .await
+        .expect("delete consumer");
+    assert_eq!(history_counts(&rows, &doomed_events).await, (0, 0, 0, 0));
+    assert_eq!(history_counts(&rows, &kept_events).await, (1, 1, 1, 1));
     server.finish().await;
 }
