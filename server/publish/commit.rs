@@ -52,8 +52,11 @@ pub const IDEMPOTENCY_WINDOW_MILLIS: i64 = 24 * 60 * 60 * 1000;
 /// How often a job is retried alone when its idempotency key was claimed by a
 /// concurrent transaction (each retry sees the winner once it has committed).
 const SOLO_TRIES: usize = 3;
-/// Committers on PostgreSQL; SQLite has one writer and gets one.
-const POSTGRES_COMMITTERS: usize = 4;
+/// Committers on PostgreSQL; SQLite has one writer and gets one. Two: one
+/// collects the next group while the other waits for its commit. More made
+/// smaller groups (more statements and WAL flushes per event) and measured no
+/// faster on 2 cores (BENCHMARKS.md, 2026-11-29 afternoon).
+const POSTGRES_COMMITTERS: usize = 2;
 
 /// One publish call: its events and where to send the answer.
 pub struct Job {
