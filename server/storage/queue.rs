@@ -259,11 +259,7 @@ pub async fn record_attempts(
         return record_good_news_postgres(db, batch, &succeeded_endpoints, now).await;
     }
     let txn = db.queue.begin().await?;
-    let updated = if backend == DatabaseBackend::Postgres {
-        update_deliveries_postgres(&txn, batch, now).await?
-    } else {
-        update_deliveries_one_by_one(&txn, backend, batch, now).await?
-    };
+    let updated = update_deliveries(&txn, backend, batch, now).await?;
     let mut attempts = Vec::with_capacity(batch.len());
     let mut stale = Vec::new();
     // Per endpoint, in order: the attempts' effects.
@@ -293,16 +289,26 @@ pub async fn record_attempts(
             ))
             .await?;
         }
-    } else {
-        for chunk in attempts.chunks(200) {
-            attempt::Entity::insert_many(
-                chunk
-                    .iter()
-                    .map(|row| attempt::ActiveModel::from((*row).clone())),
-            )
-            .exec_without_returning(&txn)
-            .await?;
-        }
+    } else if !attempts.is_empty() {
+        super::events::insert_json_sqlite(
+            &txn,
+            "attempts",
+            &[
+                "id",
+                "delivery_id",
+                "event_id",
+                "endpoint_id",
+                "url",
+                "attempted_at",
+                "duration_ms",
+                "status_code",
+                "error_class",
+                "response_body",
+                "succeeded",
+            ],
+            attempts.iter().map(|row| AttemptRow::from(*row)),
+        )
+        .await?;
     }
 
     let mut disabled = Vec::new();
@@ -541,6 +547,35 @@ const UPDATE_OUTCOMES: &str = "UPDATE deliveries AS d SET status = v.status, \
        AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at \
      RETURNING d.id";
 
+/// SQLite's [`UPDATE_OUTCOMES`]: now first, then the JSON rows. The unary
+/// `+` keeps SQLite from answering `status = 'pending'` from the due index
+/// (scanning every pending delivery, and the JSON rows for each); without
+/// it, each row of the batch is found by primary key. (SQLite's RETURNING
+/// names the updated table's columns unqualified.)
+fn update_outcomes_sqlite() -> String {
+    format!(
+        "UPDATE deliveries AS d SET status = v.status, \
+           attempt_count = d.attempt_count + 1, last_attempt_at = v.attempted_at, \
+           next_attempt_at = v.next_attempt_at, lease_owner = v.lease_owner, \
+           lease_expires_at = v.lease_expires_at, updated_at = ? \
+         FROM (SELECT {} FROM json_each(?)) AS v \
+         WHERE d.id = v.id AND +d.status = 'pending' \
+           AND d.attempt_count = v.attempted_count \
+           AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at \
+         RETURNING id",
+        super::events::json_each_columns(&[
+            "id",
+            "status",
+            "attempted_at",
+            "next_attempt_at",
+            "lease_owner",
+            "lease_expires_at",
+            "attempted_count",
+            "attempted_next_attempt_at",
+        ])
+    )
+}
+
 /// Inserts the attempts of parameter `$n` (a JSON list of [`AttemptRow`]),
 /// as `r`.
 fn insert_attempts(n: u8) -> String {
@@ -555,54 +590,15 @@ fn insert_attempts(n: u8) -> String {
     )
 }
 
-/// The delivery updates of a batch, one statement per row (SQLite: no round
-/// trips, and each statement is prepared once). Says which rows were still
-/// pending and so were updated.
-async fn update_deliveries_one_by_one(
+/// The delivery updates of a batch in one statement of fixed text (`UPDATE
+/// … FROM` the rows as JSON `… RETURNING id`) instead of a statement per
+/// row. One `UPDATE … FROM` changes a row at most once, so a delivery
+/// recorded twice in one batch (an in-memory retry that finished before the
+/// first record was written) is applied in rounds, in order, as row-by-row
+/// statements would. Says which rows were still pending.
+async fn update_deliveries(
     txn: &impl ConnectionTrait,
     backend: DatabaseBackend,
-    batch: &[RecordedAttempt],
-    now: i64,
-) -> Result<Vec<bool>> {
-    let mut updated = Vec::with_capacity(batch.len());
-    for recorded in batch {
-        let (owner, expires) = match &recorded.lease {
-            Some((owner, expires)) => (Some(owner.clone()), Some(*expires)),
-            None => (None, None),
-        };
-        let result = txn
-            .execute_raw(statement(
-                backend,
-                "UPDATE deliveries SET status = ?, attempt_count = attempt_count + 1, \
-                 last_attempt_at = ?, next_attempt_at = ?, lease_owner = ?, lease_expires_at = ?, \
-                 updated_at = ? WHERE id = ? AND status = 'pending' \
-                 AND attempt_count = ? AND COALESCE(next_attempt_at, -1) = ?",
-                vec![
-                    recorded.status.into(),
-                    recorded.attempt.attempted_at.into(),
-                    recorded.next_attempt_at.into(),
-                    owner.into(),
-                    expires.into(),
-                    now.into(),
-                    recorded.attempt.delivery_id.clone().into(),
-                    recorded.attempted_as.0.into(),
-                    recorded.attempted_as.1.unwrap_or(-1).into(),
-                ],
-            ))
-            .await?;
-        updated.push(result.rows_affected() > 0);
-    }
-    Ok(updated)
-}
-
-/// PostgreSQL: the delivery updates of a batch in one statement of fixed
-/// text (`UPDATE … FROM json_to_recordset(…) … RETURNING id`) instead of a
-/// round trip per row. One `UPDATE … FROM` changes a row at most once, so a
-/// delivery recorded twice in one batch (an in-memory retry that finished
-/// before the first record was written) is applied in rounds, in order, as
-/// the row-by-row statements would. Says which rows were still pending.
-async fn update_deliveries_postgres(
-    txn: &impl ConnectionTrait,
     batch: &[RecordedAttempt],
     now: i64,
 ) -> Result<Vec<bool>> {
@@ -627,13 +623,21 @@ async fn update_deliveries_postgres(
             .iter()
             .map(|index| OutcomeRow::from(&batch[*index]))
             .collect();
-        let returned = txn
-            .query_all_raw(Statement::from_sql_and_values(
-                DatabaseBackend::Postgres,
+        let returned = if backend == DatabaseBackend::Postgres {
+            txn.query_all_raw(Statement::from_sql_and_values(
+                backend,
                 UPDATE_OUTCOMES,
                 [super::json_text(&rows).into(), now.into()],
             ))
-            .await?;
+            .await?
+        } else {
+            txn.query_all_raw(Statement::from_sql_and_values(
+                backend,
+                update_outcomes_sqlite(),
+                [now.into(), super::json_text(&rows).into()],
+            ))
+            .await?
+        };
         let mut ids = std::collections::HashSet::with_capacity(returned.len());
         for row in returned {
             ids.insert(row.try_get::<String>("", "id")?);
