@@ -85,6 +85,13 @@ pub(crate) struct Shared {
     pub writer: mpsc::Sender<WriterMessage>,
     /// Deliveries whose leases the writer is to release (`release_later`).
     releases: Mutex<Vec<String>>,
+    /// Endpoints with deliveries waiting in the database because their
+    /// worker's queue was full (turned away by `route`, or left unleased by
+    /// publishing). Their worker wakes the sweep once it has room again,
+    /// rather than idle until the next tick.
+    overflowed: Mutex<HashSet<String>>,
+    /// Wakes the sweep before its next tick.
+    pub sweep_now: tokio::sync::Notify,
     pub releases_ready: tokio::sync::Notify,
     /// Cancelled when shutdown begins: stop claiming and starting attempts.
     pub stopping: CancellationToken,
@@ -129,6 +136,8 @@ impl Engine {
             worker_tasks: TaskTracker::new(),
             writer,
             releases: Mutex::new(Vec::new()),
+            overflowed: Mutex::new(HashSet::new()),
+            sweep_now: tokio::sync::Notify::new(),
             releases_ready: tokio::sync::Notify::new(),
             stopping: CancellationToken::new(),
             stop_deadline: OnceLock::new(),
@@ -258,7 +267,35 @@ impl Shared {
             }
         };
         if let Some(job) = rejected {
+            if let WorkerKey::Endpoint(endpoint_id) = &key {
+                self.mark_overflowed([endpoint_id.clone()]);
+            }
             self.release_later(job.delivery_id);
+        }
+    }
+
+    /// Notes endpoints that have deliveries waiting in the database for room
+    /// in their worker's queue.
+    pub fn mark_overflowed(&self, endpoint_ids: impl IntoIterator<Item = String>) {
+        self.overflowed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(endpoint_ids);
+    }
+
+    /// Called by a worker whose queue has room again: if deliveries of its
+    /// endpoint wait in the database, the sweep claims them now.
+    pub fn room_again(&self, key: &WorkerKey) {
+        let WorkerKey::Endpoint(endpoint_id) = key else {
+            return;
+        };
+        let waiting = self
+            .overflowed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(endpoint_id);
+        if waiting {
+            self.sweep_now.notify_one();
         }
     }
 
@@ -341,6 +378,7 @@ async fn sweep(shared: Arc<Shared>) {
         tokio::select! {
             () = shared.stopping.cancelled() => break,
             _ = tick.tick() => {}
+            () = shared.sweep_now.notified() => {}
         }
         // Claim until a batch comes back short (bounded per tick).
         for _ in 0..20 {

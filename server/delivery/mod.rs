@@ -86,7 +86,12 @@ impl Dispatcher {
     /// turned away and released (two more statements each).
     pub fn congested_endpoints(&self) -> std::collections::HashSet<String> {
         match &self.engine {
-            Some(engine) => engine.congested_endpoints(16).into_iter().collect(),
+            Some(engine) => {
+                let congested = engine.congested_endpoints(16);
+                // Their deliveries of this group will wait in the database.
+                engine.mark_overflowed(congested.iter().cloned());
+                congested.into_iter().collect()
+            }
             None => std::collections::HashSet::new(),
         }
     }

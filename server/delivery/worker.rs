@@ -160,7 +160,14 @@ impl Worker {
                     self.ready.insert(job.delivery_id.clone(), job);
                 }
                 received = self.inbox.recv(), if self.ready.len() < READY_LIMIT => match received {
-                    Some(job) => { self.ready.insert(job.delivery_id.clone(), job); }
+                    Some(job) => {
+                        self.ready.insert(job.delivery_id.clone(), job);
+                        // Three quarters free: claim what overflowed to the
+                        // database before this queue runs dry.
+                        if self.inbox.len() <= self.inbox.max_capacity() / 4 {
+                            self.shared.room_again(&self.key);
+                        }
+                    }
                     None => break,
                 },
                 () = tokio::time::sleep(rate_wait.unwrap_or_default()), if rate_wait.is_some() => {}
