@@ -432,20 +432,16 @@ async fn record_good_news_postgres(
         .queue
         .query_all_raw(Statement::from_sql_and_values(
             DatabaseBackend::Postgres,
-            "WITH updated AS (\
-               UPDATE deliveries AS d SET status = v.status, \
-                 attempt_count = d.attempt_count + 1, last_attempt_at = v.attempted_at, \
-                 next_attempt_at = v.next_attempt_at, lease_owner = v.lease_owner, \
-                 lease_expires_at = v.lease_expires_at, updated_at = $2 \
+            format!(
+                "WITH updated AS (\
+               UPDATE deliveries AS d SET {OUTCOME_SET}, updated_at = $2 \
                FROM json_to_recordset($1::json) AS v(id text, status text, \
                  attempted_at bigint, next_attempt_at bigint, lease_owner text, \
                  lease_expires_at bigint, attempted_count integer, \
                  attempted_next_attempt_at bigint, attempt_id text, event_id text, \
                  endpoint_id text, url text, duration_ms integer, status_code integer, \
                  error_class text, response_body text, succeeded boolean) \
-               WHERE d.id = v.id AND (d.status = 'pending') IS TRUE \
-                 AND d.attempt_count = v.attempted_count \
-                 AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at \
+               WHERE d.id = v.id AND (d.status = 'pending') IS TRUE AND {AS_ATTEMPTED} \
                RETURNING d.id, v.attempt_id, v.event_id, v.endpoint_id, v.url, \
                  v.attempted_at, v.duration_ms, v.status_code, v.error_class, \
                  v.response_body, v.succeeded), \
@@ -460,7 +456,8 @@ async fn record_good_news_postgres(
                UPDATE endpoints SET failing_since = NULL \
                WHERE id IN (SELECT json_array_elements_text($3::json)) \
                  AND failing_since IS NOT NULL) \
-             SELECT id FROM updated",
+             SELECT id FROM updated"
+            ),
             [
                 super::json_text(&rows).into(),
                 now.into(),
@@ -483,17 +480,12 @@ async fn record_good_news_postgres(
     })
 }
 
-/// One outcome and its attempt, as one JSON object (the columns of `v`).
+/// One outcome and its attempt, as one JSON object (the columns of `v`):
+/// the outcome's fields, then the attempt's that the outcome lacks.
 #[derive(serde::Serialize)]
 struct GoodNewsRow<'a> {
-    id: &'a str,
-    status: &'a str,
-    attempted_at: i64,
-    next_attempt_at: Option<i64>,
-    lease_owner: Option<&'a str>,
-    lease_expires_at: Option<i64>,
-    attempted_count: i32,
-    attempted_next_attempt_at: i64,
+    #[serde(flatten)]
+    outcome: OutcomeRow<'a>,
     attempt_id: &'a str,
     event_id: &'a str,
     endpoint_id: Option<&'a str>,
@@ -507,17 +499,9 @@ struct GoodNewsRow<'a> {
 
 impl<'a> From<&'a RecordedAttempt> for GoodNewsRow<'a> {
     fn from(recorded: &'a RecordedAttempt) -> Self {
-        let outcome = OutcomeRow::from(recorded);
         let attempt = &recorded.attempt;
         GoodNewsRow {
-            id: outcome.id,
-            status: outcome.status,
-            attempted_at: outcome.attempted_at,
-            next_attempt_at: outcome.next_attempt_at,
-            lease_owner: outcome.lease_owner,
-            lease_expires_at: outcome.lease_expires_at,
-            attempted_count: outcome.attempted_count,
-            attempted_next_attempt_at: outcome.attempted_next_attempt_at,
+            outcome: OutcomeRow::from(recorded),
             attempt_id: &attempt.id,
             event_id: &attempt.event_id,
             endpoint_id: attempt.endpoint_id.as_deref(),
@@ -531,37 +515,40 @@ impl<'a> From<&'a RecordedAttempt> for GoodNewsRow<'a> {
     }
 }
 
+/// The new state of a delivery `d` from its outcome row `v`.
+const OUTCOME_SET: &str = "status = v.status, attempt_count = d.attempt_count + 1, \
+     last_attempt_at = v.attempted_at, next_attempt_at = v.next_attempt_at, \
+     lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at";
+
+/// The delivery `d` is still as the attempt of outcome row `v` found it.
+const AS_ATTEMPTED: &str = "d.attempt_count = v.attempted_count \
+     AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at";
+
 /// Sets each delivery of `$1` (a JSON list of [`OutcomeRow`]) to its new
 /// state, where the row is still pending as the attempt found it; `$2` is
 /// now. Returns the ids it changed.
-const UPDATE_OUTCOMES: &str = "UPDATE deliveries AS d SET status = v.status, \
-       attempt_count = d.attempt_count + 1, last_attempt_at = v.attempted_at, \
-       next_attempt_at = v.next_attempt_at, lease_owner = v.lease_owner, \
-       lease_expires_at = v.lease_expires_at, updated_at = $2 \
-     FROM json_to_recordset($1::json) AS v(id text, status text, \
-       attempted_at bigint, next_attempt_at bigint, lease_owner text, \
-       lease_expires_at bigint, attempted_count integer, \
-       attempted_next_attempt_at bigint) \
-     WHERE d.id = v.id AND (d.status = 'pending') IS TRUE \
-       AND d.attempt_count = v.attempted_count \
-       AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at \
-     RETURNING d.id";
+fn update_outcomes_postgres() -> String {
+    format!(
+        "UPDATE deliveries AS d SET {OUTCOME_SET}, updated_at = $2 \
+         FROM json_to_recordset($1::json) AS v(id text, status text, \
+           attempted_at bigint, next_attempt_at bigint, lease_owner text, \
+           lease_expires_at bigint, attempted_count integer, \
+           attempted_next_attempt_at bigint) \
+         WHERE d.id = v.id AND (d.status = 'pending') IS TRUE AND {AS_ATTEMPTED} \
+         RETURNING d.id"
+    )
+}
 
-/// SQLite's [`UPDATE_OUTCOMES`]: now first, then the JSON rows. The unary
+/// SQLite's [`update_outcomes_postgres`]: now first, then the JSON rows. The unary
 /// `+` keeps SQLite from answering `status = 'pending'` from the due index
 /// (scanning every pending delivery, and the JSON rows for each); without
 /// it, each row of the batch is found by primary key. (SQLite's RETURNING
 /// names the updated table's columns unqualified.)
 fn update_outcomes_sqlite() -> String {
     format!(
-        "UPDATE deliveries AS d SET status = v.status, \
-           attempt_count = d.attempt_count + 1, last_attempt_at = v.attempted_at, \
-           next_attempt_at = v.next_attempt_at, lease_owner = v.lease_owner, \
-           lease_expires_at = v.lease_expires_at, updated_at = ? \
+        "UPDATE deliveries AS d SET {OUTCOME_SET}, updated_at = ? \
          FROM (SELECT {} FROM json_each(?)) AS v \
-         WHERE d.id = v.id AND +d.status = 'pending' \
-           AND d.attempt_count = v.attempted_count \
-           AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at \
+         WHERE d.id = v.id AND +d.status = 'pending' AND {AS_ATTEMPTED} \
          RETURNING id",
         super::events::json_each_columns(&[
             "id",
@@ -626,7 +613,7 @@ async fn update_deliveries(
         let returned = if backend == DatabaseBackend::Postgres {
             txn.query_all_raw(Statement::from_sql_and_values(
                 backend,
-                UPDATE_OUTCOMES,
+                update_outcomes_postgres(),
                 [super::json_text(&rows).into(), now.into()],
             ))
             .await?
@@ -849,6 +836,40 @@ pub async fn purge_idempotency_keys(db: &Database, before: i64, limit: u64) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcome_row_carries_its_attempt_without_clashing_names() {
+        let recorded = RecordedAttempt {
+            attempt: attempt::Model {
+                id: "att_1".into(),
+                delivery_id: "dlv_1".into(),
+                event_id: "evt_1".into(),
+                endpoint_id: Some("ep_1".into()),
+                url: "https://example.com/".into(),
+                attempted_at: 5,
+                duration_ms: 7,
+                status_code: Some(204),
+                error_class: None,
+                response_body: String::new(),
+                succeeded: true,
+            },
+            status: "succeeded",
+            next_attempt_at: None,
+            lease: None,
+            effect: EndpointEffect::Succeeded,
+            attempted_as: (0, Some(3)),
+        };
+        let row: serde_json::Value =
+            serde_json::from_str(&super::super::json_text(&GoodNewsRow::from(&recorded)))
+                .expect("json");
+        assert_eq!(row["id"], "dlv_1", "id is the delivery's");
+        assert_eq!(row["attempt_id"], "att_1");
+        assert_eq!(row["attempted_at"], 5);
+        assert_eq!(row["attempted_count"], 0);
+        assert_eq!(row["attempted_next_attempt_at"], 3);
+        assert_eq!(row["status_code"], 204);
+        assert_eq!(row["succeeded"], true);
+    }
 
     #[test]
     fn placeholders_are_numbered_for_postgres() {
