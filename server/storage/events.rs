@@ -57,22 +57,18 @@ pub async fn consumers_and_endpoints(
         return Ok((HashSet::new(), Vec::new()));
     }
     let backend = db.get_database_backend();
-    let wanted = if backend == DatabaseBackend::Postgres {
-        "SELECT json_array_elements_text($1::json)"
-    } else {
-        "SELECT value FROM json_each(?)"
-    };
     let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
+        .query_all_raw(super::queue::statement(
             backend,
-            format!(
+            &format!(
                 "SELECT c.id AS consumer_id, e.id AS endpoint_id, e.kind, e.event_types \
                  FROM consumers c \
                  LEFT JOIN endpoints e ON e.consumer_id = c.id AND e.enabled \
-                 WHERE c.id IN ({wanted}) \
-                 ORDER BY c.id, e.id"
+                 WHERE c.id IN ({}) \
+                 ORDER BY c.id, e.id",
+                super::history::json_ids(backend)
             ),
-            [crate::storage::json_text(ids).into()],
+            vec![crate::storage::json_text(ids).into()],
         ))
         .await?;
     let mut consumers = HashSet::new();

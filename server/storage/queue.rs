@@ -68,10 +68,10 @@ pub async fn claim_due(
     } else {
         ""
     };
-    let skipped = match (skip.is_empty(), postgres) {
-        (true, _) => "",
-        (false, true) => " AND e.id NOT IN (SELECT json_array_elements_text(?::json))",
-        (false, false) => " AND e.id NOT IN (SELECT value FROM json_each(?))",
+    let skipped = if skip.is_empty() {
+        String::new()
+    } else {
+        format!(" AND e.id NOT IN ({})", super::history::json_ids(backend))
     };
     let sql = format!(
         "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ? \
