@@ -2,18 +2,41 @@
 
 use crate::config::{DatabaseArgs, KeyCreateArgs, ScopeArg};
 use crate::domain::api_key::{Scope, generate_token};
-use crate::error::{Error, Result};
-use crate::storage::{Database, api_keys, consumers};
+use crate::error::Error;
+use crate::storage::{Database, OpenError, api_keys, consumers};
+
+/// Why an offline subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Database(#[from] OpenError),
+    /// A flag's value, or what the database says of it (an unknown consumer).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Failed(Error),
+}
+
+impl From<Error> for CliError {
+    fn from(error: Error) -> CliError {
+        match error {
+            Error::InvalidArgument(message) | Error::NotFound(message) => {
+                CliError::Invalid(message)
+            }
+            other => CliError::Failed(other),
+        }
+    }
+}
 
 /// `herald migrate`.
-pub async fn migrate(args: &DatabaseArgs) -> Result<()> {
+pub async fn migrate(args: &DatabaseArgs) -> Result<(), CliError> {
     Database::open(&args.database_url).await?;
     tracing::info!("migrations applied");
     Ok(())
 }
 
 /// `herald key create`: prints the new token on stdout.
-pub async fn create_key(args: &KeyCreateArgs) -> Result<String> {
+pub async fn create_key(args: &KeyCreateArgs) -> Result<String, CliError> {
     let db = Database::open(&args.database.database_url).await?;
     let scope = match args.scope {
         ScopeArg::Admin => Scope::Admin,
@@ -22,10 +45,7 @@ pub async fn create_key(args: &KeyCreateArgs) -> Result<String> {
     };
     let consumer_id = match (scope, &args.consumer) {
         (Scope::Consumer, None) => {
-            return Err(Error::invalid(
-                "--consumer",
-                "is required with --scope consumer",
-            ));
+            return Err(Error::invalid("--consumer", "is required with --scope consumer").into());
         }
         (Scope::Consumer, Some(reference)) => Some(
             consumers::resolve(&db.conn, reference)
@@ -34,10 +54,9 @@ pub async fn create_key(args: &KeyCreateArgs) -> Result<String> {
                 .id,
         ),
         (_, Some(_)) => {
-            return Err(Error::invalid(
-                "--consumer",
-                "is only allowed with --scope consumer",
-            ));
+            return Err(
+                Error::invalid("--consumer", "is only allowed with --scope consumer").into(),
+            );
         }
         (_, None) => None,
     };

@@ -1,10 +1,12 @@
 //! Every setting of the `herald` command, as one clap tree. Each flag has an
-//! environment twin; their names are part of the product (DESIGN.md).
+//! environment twin; their names are part of the product (users' scripts
+//! depend on them: rename none).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::domain::target::TargetPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
@@ -203,5 +205,15 @@ impl ServeConfig {
         };
         config.database.database_url = database_url.into();
         config
+    }
+
+    /// Where endpoints may point (`--allow-http`, `--allow-target-cidr`):
+    /// checked when an endpoint or callback URL is accepted and again when
+    /// a delivery connects.
+    pub fn target_policy(&self) -> TargetPolicy {
+        TargetPolicy {
+            allow_http: self.allow_http,
+            allowed: self.allow_target_cidrs.clone(),
+        }
     }
 }

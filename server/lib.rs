@@ -9,9 +9,13 @@
 //!   secrets, API keys, paging); no I/O.
 //! - `storage`: the database (SQLite or PostgreSQL through sea-orm), one
 //!   module of queries per resource.
+//! - `queue`: the delivery queue, the only writer of the `deliveries` table:
+//!   its verbs (enqueue, claim, renew, release, record outcomes, requeue,
+//!   acknowledge), its SQL for both databases, the lease and health rules.
 //! - `publish`: validating published events and committing them with their
-//!   deliveries in groups (one transaction for many calls), then handing the
-//!   deliveries to the engine.
+//!   deliveries in groups (one write for many calls).
+//! - `handoff`: after a commit, the new work goes to the engine or the
+//!   streams (publishing, Redeliver and Replay alike).
 //! - `delivery`: the engine that POSTs committed deliveries, retries them and
 //!   records attempts; never calls the gRPC layer.
 //! - `streams`: subscription streams of STREAM endpoints and live tails (the
@@ -27,9 +31,11 @@ pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod handoff;
 pub mod listen;
 pub mod metrics;
 pub mod publish;
+pub mod queue;
 pub mod serve;
 pub mod storage;
 pub mod streams;

@@ -76,7 +76,7 @@ impl Listener {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("herald-listen/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|err| Error::Internal(format!("HTTP client: {err}")))?;
+            .map_err(|err| Error::internal_from("cannot build the HTTP client", err))?;
         Ok(Listener {
             args,
             endpoint,

@@ -51,7 +51,10 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-async fn run(cli: Cli) -> herald::error::Result<()> {
+/// Any failure of a subcommand; printed with its causes.
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(config) => {
             let herald = Herald::start(*config).await?;
@@ -70,9 +73,9 @@ async fn run(cli: Cli) -> herald::error::Result<()> {
             }
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone());
-            herald.serve(shutdown).await
+            Ok(herald.serve(shutdown).await?)
         }
-        Command::Migrate(args) => herald::cli::migrate(&args).await,
+        Command::Migrate(args) => Ok(herald::cli::migrate(&args).await?),
         Command::Key {
             command: KeyCommand::Create(args),
         } => {
@@ -80,7 +83,7 @@ async fn run(cli: Cli) -> herald::error::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Listen(args) => herald::listen::run(args).await,
+        Command::Listen(args) => Ok(herald::listen::run(args).await?),
     }
 }
 
@@ -91,7 +94,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("herald: {err}");
+            eprintln!("herald: {}", herald::error::chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -21,13 +21,52 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::ServeConfig;
-use crate::delivery::EngineSettings;
+use crate::delivery::{Dispatcher, EngineSettings};
 use crate::domain::api_key::{Scope, generate_token, parse_token};
-use crate::domain::target::TargetPolicy;
-use crate::error::{Error, Result};
+use crate::error::{Error, chain};
 use crate::grpc::{self, AppState, auth::Authenticator};
-use crate::storage::{Database, api_keys};
+use crate::handoff::Handoff;
+use crate::metrics::Metrics;
+use crate::queue::{LeasePolicy, Queue};
+use crate::storage::{Database, OpenError, api_keys};
 use crate::streams::{StreamHub, StreamSettings};
+
+/// Why Herald could not start, or stopped serving: plain errors for the
+/// operator (no gRPC status; no request is being answered).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {flag} {address}")]
+    Listen {
+        flag: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] OpenError),
+    /// A flag's value, or a combination of flags, that cannot work.
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot read {flag} {path}")]
+    ReadFile {
+        flag: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid TLS configuration (--tls-cert, --tls-key)")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("the gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+    /// Something Herald relies on failed (the admin key bootstrap, the HTTP
+    /// client, reflection).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StartError {
+    fn internal(error: impl std::error::Error + 'static) -> StartError {
+        StartError::Internal(chain(&error))
+    }
+}
 
 /// A started, not yet serving, Herald.
 pub struct Herald {
@@ -37,6 +76,7 @@ pub struct Herald {
     metrics_listener: TcpListener,
     /// The delivery engine, started by [`Herald::serve`].
     engine: crate::delivery::Engine,
+    metrics: Arc<Metrics>,
     /// An admin token minted at this start because none existed; shown once.
     pub generated_admin_token: Option<String>,
     /// Stops the publish committers; cancelled only after the gRPC server has
@@ -47,21 +87,22 @@ pub struct Herald {
 
 impl Herald {
     /// Binds the configured addresses, then starts as [`Herald::start_on`].
-    pub async fn start(config: ServeConfig) -> Result<Herald> {
-        let grpc_listener = TcpListener::bind(config.grpc_addr).await.map_err(|err| {
-            Error::Unavailable(format!(
-                "cannot listen on --grpc-addr {}: {err}",
-                config.grpc_addr
-            ))
-        })?;
-        let metrics_listener = crate::metrics::bind(config.metrics_addr)
+    pub async fn start(config: ServeConfig) -> Result<Herald, StartError> {
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
-            .map_err(|err| {
-                Error::Unavailable(format!(
-                    "cannot listen on --metrics-addr {}: {err}",
-                    config.metrics_addr
-                ))
+            .map_err(|source| StartError::Listen {
+                flag: "--grpc-addr",
+                address: config.grpc_addr,
+                source,
             })?;
+        let metrics_listener =
+            crate::metrics::bind(config.metrics_addr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    flag: "--metrics-addr",
+                    address: config.metrics_addr,
+                    source,
+                })?;
         Self::start_on(config, grpc_listener, metrics_listener).await
     }
 
@@ -70,42 +111,56 @@ impl Herald {
         config: ServeConfig,
         grpc_listener: TcpListener,
         metrics_listener: TcpListener,
-    ) -> Result<Herald> {
+    ) -> Result<Herald, StartError> {
         crate::install_crypto_provider();
+        let lease = LeasePolicy::new(config.lease, config.request_timeout)
+            .map_err(|err| StartError::Config(err.to_string()))?;
         let db = Database::open(&config.database.database_url).await?;
-        let generated_admin_token = bootstrap_admin(&db, config.admin_token.as_deref()).await?;
-        let (dispatcher, engine) =
-            crate::delivery::Engine::new(db.clone(), EngineSettings::from_config(&config))?;
+        let generated_admin_token = bootstrap_admin(&db, config.admin_token.as_deref())
+            .await
+            .map_err(|err| match err {
+                Error::InvalidArgument(message) => StartError::Config(message),
+                other => StartError::internal(other),
+            })?;
+        let metrics = Metrics::new();
+        let queue = Queue::new(db.clone(), lease);
+        let (dispatcher, engine) = crate::delivery::Engine::new(
+            db.clone(),
+            queue.clone(),
+            EngineSettings::from_config(&config),
+            metrics.clone(),
+        )
+        .map_err(StartError::internal)?;
+        let streams = Arc::new(StreamHub::new(
+            db.clone(),
+            queue.clone(),
+            metrics.clone(),
+            StreamSettings {
+                heartbeat: config.stream_heartbeat,
+                ..StreamSettings::default()
+            },
+        ));
+        let handoff = Handoff::new(queue.clone(), dispatcher, streams.clone());
         let publish_stop = CancellationToken::new();
         let (publisher, publish_task) = crate::publish::Publisher::start(
             db.clone(),
-            dispatcher.clone(),
+            queue,
+            handoff.clone(),
+            metrics.clone(),
             crate::publish::PublisherConfig {
                 max_payload_bytes: config.max_payload_bytes,
-                target_policy: TargetPolicy {
-                    allow_http: config.allow_http,
-                    allowed: config.allow_target_cidrs.clone(),
-                },
+                target_policy: config.target_policy(),
             },
             publish_stop.clone(),
         );
         let state = Arc::new(AppState {
             authenticator: Arc::new(Authenticator::new(db.clone())),
-            db: db.clone(),
-            target_policy: TargetPolicy {
-                allow_http: config.allow_http,
-                allowed: config.allow_target_cidrs.clone(),
-            },
-            max_payload_bytes: config.max_payload_bytes,
-            dispatcher,
+            db,
+            target_policy: config.target_policy(),
             publisher,
-            streams: Arc::new(StreamHub::new(
-                db.clone(),
-                StreamSettings {
-                    heartbeat: config.stream_heartbeat,
-                    ..StreamSettings::default()
-                },
-            )),
+            handoff,
+            streams,
+            metrics: metrics.clone(),
         });
         Ok(Herald {
             config,
@@ -113,22 +168,34 @@ impl Herald {
             grpc_listener,
             metrics_listener,
             engine,
+            metrics,
             generated_admin_token,
             publish_stop,
             publish_task,
         })
     }
 
-    pub fn grpc_addr(&self) -> Result<SocketAddr> {
-        self.grpc_listener
-            .local_addr()
-            .map_err(|err| Error::Internal(err.to_string()))
+    /// The delivery engine's handle, for tests and tools that step it
+    /// (`sweep_once`, `flush_outcomes`) rather than wait for its timers.
+    pub fn dispatcher(&self) -> Dispatcher {
+        self.state.handoff.dispatcher().clone()
     }
 
-    pub fn metrics_addr(&self) -> Result<SocketAddr> {
+    /// This server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    pub fn grpc_addr(&self) -> Result<SocketAddr, StartError> {
+        self.grpc_listener
+            .local_addr()
+            .map_err(StartError::internal)
+    }
+
+    pub fn metrics_addr(&self) -> Result<SocketAddr, StartError> {
         self.metrics_listener
             .local_addr()
-            .map_err(|err| Error::Internal(err.to_string()))
+            .map_err(StartError::internal)
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
@@ -136,27 +203,30 @@ impl Herald {
     /// task, all within `--shutdown-grace`: after it, the connections still
     /// open are closed and in-flight deliveries abandoned (the database keeps
     /// them pending, so they are tried again later, here or elsewhere).
-    pub async fn serve(self, shutdown: CancellationToken) -> Result<()> {
-        let handle = crate::metrics::install();
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let metrics_addr = self.metrics_addr()?;
+        let grpc = self.grpc_addr()?;
         let metrics_task = tokio::spawn(crate::metrics::serve(
             self.metrics_listener,
-            handle,
+            self.metrics.clone(),
             shutdown.clone(),
         ));
 
-        let (routes, auth_layer) = grpc::routes(self.state.clone())
-            .map_err(|err| Error::Internal(format!("reflection: {err}")))?;
+        let (routes, auth_layer) =
+            grpc::routes(self.state.clone()).map_err(StartError::internal)?;
         let mut builder = Server::builder();
         if let (Some(cert), Some(key)) = (&self.config.tls_cert, &self.config.tls_key) {
-            let cert = std::fs::read(cert).map_err(|err| {
-                Error::Unavailable(format!("cannot read --tls-cert {}: {err}", cert.display()))
-            })?;
-            let key = std::fs::read(key).map_err(|err| {
-                Error::Unavailable(format!("cannot read --tls-key {}: {err}", key.display()))
-            })?;
+            let read = |flag: &'static str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|source| StartError::ReadFile {
+                    flag,
+                    path: path.to_owned(),
+                    source,
+                })
+            };
+            let identity = Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?);
             builder = builder
-                .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-                .map_err(|err| Error::Unavailable(format!("invalid TLS configuration: {err}")))?;
+                .tls_config(ServerTlsConfig::new().identity(identity))
+                .map_err(StartError::Tls)?;
         }
         // The engine stops after publishing has (so that the last accepted
         // events are handed over), then drains within --shutdown-grace.
@@ -165,11 +235,13 @@ impl Herald {
         // The end of the shutdown grace, set when shutdown begins.
         let deadline: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
         let engine_task = tokio::spawn(self.engine.run(engine_stop.clone(), deadline.clone()));
-        let address = self.grpc_listener.local_addr().ok();
+        // The bound addresses (the flags may say port 0): operators and the
+        // process tests read them from this line.
         tracing::info!(
-            ?address,
+            %grpc,
+            metrics = %metrics_addr,
             tls = self.config.tls_cert.is_some(),
-            "herald serving gRPC"
+            "herald serving"
         );
         // Subscription streams never end on their own: they are ended (with
         // UNAVAILABLE, asking to reconnect) as shutdown begins, or the
@@ -229,13 +301,16 @@ impl Herald {
         }
         let _ = metrics_task.await;
         tracing::info!("herald stopped");
-        result.map_err(|err| Error::Unavailable(format!("gRPC server failed: {err}")))
+        result.map_err(StartError::Serve)
     }
 }
 
 /// Makes sure an admin can get in: registers `--admin-token` if given, and
 /// otherwise mints a key when the database holds no live admin key.
-pub async fn bootstrap_admin(db: &Database, admin_token: Option<&str>) -> Result<Option<String>> {
+pub async fn bootstrap_admin(
+    db: &Database,
+    admin_token: Option<&str>,
+) -> crate::error::Result<Option<String>> {
     if let Some(token) = admin_token {
         let token = parse_token("admin_token", token)?;
         match api_keys::find_by_hash(&db.conn, &token.hash).await? {

@@ -1,4 +1,4 @@
-//! The whole data model of DESIGN.md: consumers, endpoints and their secrets,
+//! The whole data model: consumers, endpoints and their secrets,
 //! event types, events with their idempotency keys, deliveries (the queue, with
 //! lease columns), attempts and API keys.
 

@@ -13,7 +13,7 @@ use crate::domain::endpoint::EndpointKind;
 use crate::domain::secret::SigningSecret;
 use crate::domain::time::now_millis;
 use crate::error::Result;
-use crate::storage::{Database, queue};
+use crate::storage::{Database, consumers, endpoints};
 
 /// How long a loaded entry is trusted.
 pub const FRESH_FOR: Duration = Duration::from_secs(3);
@@ -78,7 +78,7 @@ impl EndpointCache {
         {
             return Ok(entry.value.clone());
         }
-        let loaded = queue::endpoint_with_secrets(&self.db, endpoint_id, now_millis())
+        let loaded = endpoints::with_live_secrets(&self.db.conn, endpoint_id, now_millis())
             .await?
             .map(|(row, secrets)| {
                 Arc::new(EndpointConfig {
@@ -139,7 +139,7 @@ impl EndpointCache {
         {
             return Ok(entry.value.clone());
         }
-        let loaded = queue::callback_secret(&self.db, consumer_id)
+        let loaded = consumers::callback_secret(&self.db.conn, consumer_id)
             .await?
             .map(|secret| Arc::new(SigningSecret::from_stored(secret)));
         let mut secrets = self

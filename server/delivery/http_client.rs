@@ -64,15 +64,6 @@ pub struct AttemptReport {
     pub retry_after: Option<Duration>,
 }
 
-impl AttemptReport {
-    pub fn succeeded(&self) -> bool {
-        self.error_class.is_none()
-            && self
-                .status
-                .is_some_and(|status| (200..300).contains(&status))
-    }
-}
-
 /// What to POST where.
 pub struct Outgoing<'a> {
     pub url: &'a str,

@@ -1,16 +1,16 @@
-//! The retention purge: events older than `--retention` (their deliveries and
-//! attempts go by cascade) and idempotency keys older than 24 hours, deleted
-//! in bounded batches so that no transaction grows large.
+//! The retention purge: events older than `--retention` (with their
+//! deliveries, attempts and idempotency keys) and idempotency keys older than
+//! 24 hours, deleted in bounded batches so that no transaction grows large.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::idempotency;
 use crate::domain::time::{duration_millis, now_millis};
-use crate::storage::{Database, queue};
+use crate::storage::{Database, history};
 
 const BATCH: u64 = 1000;
-const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Purges now and then every `every` (`--retention-interval`, 10 minutes by
 /// default) until `stop` is cancelled.
@@ -24,13 +24,13 @@ pub async fn run(db: Database, retention: Duration, every: Duration, stop: Cance
         }
         let now = now_millis();
         let events = purge(&stop, |limit| {
-            queue::purge_events(&db, now.saturating_sub(duration_millis(retention)), limit)
+            history::purge_events(&db, now.saturating_sub(duration_millis(retention)), limit)
         })
         .await;
         let keys = purge(&stop, |limit| {
-            queue::purge_idempotency_keys(
+            history::purge_idempotency_keys(
                 &db,
-                now.saturating_sub(duration_millis(IDEMPOTENCY_WINDOW)),
+                now.saturating_sub(idempotency::WINDOW_MILLIS),
                 limit,
             )
         })

@@ -29,6 +29,7 @@ impl RetrySchedule {
     }
 
     /// [`RetrySchedule::delay_after`] with a random jitter.
+    #[cfg(test)]
     pub fn jittered_delay_after(&self, attempts_made: u32) -> Option<Duration> {
         self.delay_after(attempts_made, rand::random::<f64>())
     }

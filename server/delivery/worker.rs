@@ -14,77 +14,21 @@ use tokio::time::Instant;
 use tokio_util::time::DelayQueue;
 
 use super::endpoint_cache::{DEFAULT_MAX_IN_FLIGHT, EndpointConfig, FRESH_FOR};
-use super::engine::Shared;
 use super::http_client::{AttemptReport, Outgoing};
+use super::messages::{Job, WorkerKey, WriterMessage};
+use super::outcome::{self, Attempt, Circumstances, Decision};
 use super::rate_limit::RateLimiter;
-use super::schedule::honour_retry_after;
-use super::writer::WriterMessage;
-use crate::domain::ids;
+use super::shared::{Hold, Shared};
+use crate::domain::delivery::DeliveryVia;
+use crate::domain::ids::{self, DeliveryId};
 use crate::domain::secret::SigningSecret;
 use crate::domain::time::{duration_millis, now_millis};
-use crate::metrics::{DELIVERIES, DELIVERY_LATENCY};
-use crate::storage::entities::{attempt, delivery, event};
-use crate::storage::queue::{self, EndpointEffect, RecordedAttempt};
+use crate::queue::{AttemptRecord, AttemptedAs, Lease, Outcome, Target as DeliveryTarget};
 
 /// A worker with nothing to do for this long retires.
 const IDLE_RETIREMENT: Duration = Duration::from_secs(120);
 /// At most this many jobs are taken out of the queue and held ready.
 const READY_LIMIT: usize = 1024;
-
-/// One delivery in memory, with what its first attempt needs.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub delivery_id: String,
-    pub endpoint_id: Option<String>,
-    /// The callback URL, for deliveries without an endpoint.
-    pub url: Option<String>,
-    /// Attempts made before this one.
-    pub attempt_count: u32,
-    /// When the delivery row says this attempt is due: with
-    /// `attempt_count`, how the outcome writer recognises a row reset since.
-    pub due_at: Option<i64>,
-    pub event: Arc<event::Model>,
-}
-
-impl Job {
-    pub fn from_submitted(submitted: super::Submitted) -> Job {
-        Job::from_row(submitted.delivery, submitted.event)
-    }
-
-    pub fn from_row(row: delivery::Model, event: Arc<event::Model>) -> Job {
-        Job {
-            delivery_id: row.id,
-            endpoint_id: row.endpoint_id,
-            url: row.url,
-            attempt_count: u32::try_from(row.attempt_count).unwrap_or(0),
-            due_at: row.next_attempt_at,
-            event,
-        }
-    }
-}
-
-/// Which worker a job belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum WorkerKey {
-    Endpoint(String),
-    /// Callback deliveries, grouped by the URL's origin.
-    Callback(String),
-}
-
-impl WorkerKey {
-    pub fn for_job(job: &Job) -> WorkerKey {
-        match &job.endpoint_id {
-            Some(endpoint_id) => WorkerKey::Endpoint(endpoint_id.clone()),
-            None => WorkerKey::Callback(
-                job.url
-                    .as_deref()
-                    .and_then(|url| url::Url::parse(url).ok())
-                    .map(|url| url.origin().ascii_serialization())
-                    .unwrap_or_default(),
-            ),
-        }
-    }
-}
 
 /// What the worker currently knows about its target.
 enum Target {
@@ -100,9 +44,9 @@ pub struct Worker {
     shared: Arc<Shared>,
     key: WorkerKey,
     inbox: mpsc::Receiver<Job>,
-    ready: BTreeMap<String, Job>,
+    ready: BTreeMap<DeliveryId, Job>,
     waiting: DelayQueue<Job>,
-    waiting_ids: BTreeSet<String>,
+    waiting_ids: BTreeSet<DeliveryId>,
     in_flight: JoinSet<(Job, AttemptReport)>,
     limiter: RateLimiter,
     ordered_backlog_loaded: bool,
@@ -187,15 +131,18 @@ impl Worker {
     async fn target(&self) -> Target {
         match &self.key {
             WorkerKey::Callback(_) => Target::Callback,
-            WorkerKey::Endpoint(endpoint_id) => match self.shared.cache.endpoint(endpoint_id).await
-            {
-                Ok(Some(config)) if config.enabled && !config.is_stream => Target::Endpoint(config),
-                Ok(_) => Target::Unavailable,
-                Err(err) => {
-                    tracing::warn!(endpoint_id, error = %err, "cannot load endpoint");
-                    Target::Unknown
+            WorkerKey::Endpoint(endpoint_id) => {
+                match self.shared.cache.endpoint(endpoint_id.as_str()).await {
+                    Ok(Some(config)) if config.enabled && !config.is_stream => {
+                        Target::Endpoint(config)
+                    }
+                    Ok(_) => Target::Unavailable,
+                    Err(err) => {
+                        tracing::warn!(%endpoint_id, error = %err, "cannot load endpoint");
+                        Target::Unknown
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -275,107 +222,108 @@ impl Worker {
                         return None;
                     }
                 };
-                Some((job.url.clone()?, Vec::new(), vec![(*secret).clone()]))
+                let DeliveryTarget::Callback(url) = &job.target else {
+                    return None;
+                };
+                Some((url.clone(), Vec::new(), vec![(*secret).clone()]))
             }
             Target::Unavailable | Target::Unknown => None,
         }
     }
 
-    /// Decides what an attempt means, schedules an in-memory retry if due
-    /// soon, and hands the record to the writer.
+    /// Asks the outcome rule what an attempt means, schedules an in-memory
+    /// retry if it says so, counts it, and hands the record to the writer.
     async fn finish(&mut self, job: Job, report: AttemptReport, target: &Target, stopping: bool) {
         let shared = &self.shared;
         let attempts_made = job.attempt_count + 1;
         let now = now_millis();
-        let endpoint_id = job.endpoint_id.clone();
-        let ordered = matches!(target, Target::Endpoint(config) if config.ordered);
-        let mut retry_in = None;
-        let (status, effect) = if report.succeeded() {
-            metrics::counter!(DELIVERIES, "outcome" => "success").increment(1);
-            let latency = now.saturating_sub(job.event.created_at).max(0) as f64 / 1000.0;
-            metrics::histogram!(DELIVERY_LATENCY).record(latency);
-            ("succeeded", EndpointEffect::Succeeded)
-        } else if report.status == Some(410) {
-            // Gone: never retried; an endpoint is disabled too (a callback
-            // URL has nothing to disable).
-            metrics::counter!(DELIVERIES, "outcome" => "failed").increment(1);
-            if let Some(endpoint_id) = &endpoint_id {
-                shared.cache.mark_disabled(endpoint_id);
-            }
-            (
-                "failed",
-                EndpointEffect::Gone(
-                    "disabled automatically: the endpoint answered 410 Gone".to_owned(),
-                ),
-            )
+        let decision = outcome::decide(
+            Attempt {
+                status: report.status,
+                transport_error: report.error_class.is_some(),
+                retry_after: report.retry_after,
+                attempts_made,
+            },
+            &shared.schedule,
+            rand::random::<f64>(),
+            Circumstances {
+                ordered: matches!(target, Target::Endpoint(config) if config.ordered),
+                stopping,
+                in_memory_retry_limit: shared.settings.in_memory_retry_limit,
+            },
+        );
+        let endpoint_id = job.target.endpoint_id().cloned();
+        let via = if endpoint_id.is_some() {
+            DeliveryVia::Webhook
         } else {
-            match shared.schedule.jittered_delay_after(attempts_made) {
-                Some(mut delay) => {
-                    if matches!(report.status, Some(429 | 503))
-                        && let Some(retry_after) = report.retry_after
-                    {
-                        delay = honour_retry_after(delay, retry_after);
-                    }
-                    metrics::counter!(DELIVERIES, "outcome" => "retry").increment(1);
-                    retry_in = Some(delay);
-                    ("pending", EndpointEffect::Failed)
-                }
-                None => {
-                    metrics::counter!(DELIVERIES, "outcome" => "failed").increment(1);
-                    ("failed", EndpointEffect::Failed)
-                }
-            }
+            DeliveryVia::Callback
         };
-        let effect = if endpoint_id.is_some() {
-            effect
-        } else {
-            EndpointEffect::None
+        shared.metrics.attempts(via, decision.outcome(), 1);
+        if decision == Decision::Succeeded {
+            let latency = now.saturating_sub(job.event.created_at).max(0);
+            shared
+                .metrics
+                .delivered_after(Duration::from_millis(u64::try_from(latency).unwrap_or(0)));
+        }
+        if decision == Decision::Gone
+            && let Some(endpoint_id) = &endpoint_id
+        {
+            shared.cache.mark_disabled(endpoint_id.as_str());
+        }
+        let (next_attempt_at, retry) = match decision {
+            Decision::Retry {
+                delay,
+                keep_in_memory,
+            } => (
+                Some(now.saturating_add(duration_millis(delay))),
+                keep_in_memory.then_some(delay),
+            ),
+            _ => (None, None),
         };
-        let next_attempt_at = retry_in.map(|delay| now.saturating_add(duration_millis(delay)));
-        let keep_in_memory = retry_in.is_some_and(|delay| {
-            !stopping && (ordered || delay <= shared.settings.in_memory_retry_limit)
-        });
-        let lease = match (keep_in_memory, next_attempt_at) {
-            (true, Some(at)) => Some((shared.node_id.to_string(), shared.lease_until(at))),
+        let lease = match (retry, next_attempt_at) {
+            (Some(_), Some(at)) => Some(Lease {
+                owner: shared.queue.node().clone(),
+                expires_at: shared.queue.lease_policy().retry_expiry(at),
+            }),
             _ => None,
         };
-        let url = match target {
-            Target::Endpoint(config) => config.url.clone(),
-            _ => job.url.clone(),
+        let url = match (target, &job.target) {
+            (Target::Endpoint(config), _) => config.url.clone(),
+            (_, DeliveryTarget::Callback(url)) => Some(url.clone()),
+            _ => None,
         }
         .unwrap_or_default();
-        let record = RecordedAttempt {
-            attempt: attempt::Model {
+        let outcome = Outcome {
+            attempt: AttemptRecord {
                 id: ids::new_id(ids::ATTEMPT),
                 delivery_id: job.delivery_id.clone(),
-                event_id: job.event.id.clone(),
-                endpoint_id,
+                event_id: ids::EventId::from_stored(job.event.id.clone()),
+                endpoint_id: endpoint_id.clone(),
                 url,
                 attempted_at: report.attempted_at_millis,
                 duration_ms: i32::try_from(report.duration.as_millis()).unwrap_or(i32::MAX),
                 status_code: report.status.map(i32::from),
-                error_class: report.error_class.map(|class| class.as_str().to_owned()),
+                error_class: report.error_class.map(|class| class.as_str()),
                 response_body: report.excerpt,
-                succeeded: status == "succeeded",
+                succeeded: decision == Decision::Succeeded,
             },
-            status,
+            status: decision.outcome().status(),
             next_attempt_at,
             lease,
-            effect,
-            attempted_as: (
-                i32::try_from(job.attempt_count).unwrap_or(i32::MAX),
-                job.due_at,
-            ),
+            effect: endpoint_id.is_some().then(|| decision.effect()),
+            attempted_as: AttemptedAs {
+                attempt_count: job.attempt_count,
+                next_attempt_at: job.due_at,
+            },
         };
-        let forget = !keep_in_memory;
         let _ = shared
             .writer
             .send(WriterMessage::Record {
-                record: Box::new(record),
-                forget,
+                outcome: Box::new(outcome),
+                forget: retry.is_none(),
             })
             .await;
-        if keep_in_memory && let Some(delay) = retry_in {
+        if let Some(delay) = retry {
             let job = Job {
                 attempt_count: attempts_made,
                 due_at: next_attempt_at,
@@ -393,52 +341,36 @@ impl Worker {
             return;
         };
         let now = now_millis();
-        let rows = match queue::claim_ordered_backlog(
-            &self.shared.db,
-            &self.shared.node_id,
-            endpoint_id,
-            now,
-            self.shared.lease_until(now),
-            READY_LIMIT as u64,
-        )
-        .await
+        let claimed = match self
+            .shared
+            .queue
+            .claim_ordered_backlog(endpoint_id, now, READY_LIMIT as u64)
+            .await
         {
-            Ok(rows) => rows,
+            Ok(claimed) => claimed,
             Err(err) => {
-                tracing::warn!(endpoint_id, error = %err, "cannot load an ordered backlog");
+                tracing::warn!(%endpoint_id, error = %err, "cannot load an ordered backlog");
                 return;
             }
         };
         self.ordered_backlog_loaded = true;
-        let event_ids: Vec<String> = rows.iter().map(|row| row.event_id.clone()).collect();
-        let events = match queue::events_by_id(&self.shared.db, event_ids).await {
-            Ok(events) => events,
-            Err(err) => {
-                tracing::warn!(endpoint_id, error = %err, "cannot load an ordered backlog");
-                return;
-            }
-        };
-        for row in rows {
-            let Some(event) = events.get(&row.event_id) else {
-                continue;
-            };
-            if self.ready.contains_key(&row.id) || self.waiting_ids.contains(&row.id) {
+        for claimed in claimed {
+            let id = &claimed.delivery.id;
+            if self.ready.contains_key(id) || self.waiting_ids.contains(id) {
                 continue;
             }
-            // Held elsewhere in memory (still in the inbox): it arrives anyway.
-            let fresh = self
-                .shared
-                .known
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(row.id.clone());
-            if !fresh {
-                continue;
+            match self.shared.hold(id) {
+                Hold::Taken => {}
+                // Held elsewhere in memory (still in the inbox): it arrives anyway.
+                Hold::AlreadyHeld => continue,
+                Hold::Full => {
+                    self.shared.release_later(claimed.delivery.id);
+                    continue;
+                }
             }
-            let delay = Duration::from_millis(
-                u64::try_from(row.next_attempt_at.unwrap_or(now).saturating_sub(now)).unwrap_or(0),
-            );
-            let job = Job::from_row(row, Arc::new(event.clone()));
+            let due = claimed.delivery.next_attempt_at.unwrap_or(now);
+            let delay = Duration::from_millis(u64::try_from(due.saturating_sub(now)).unwrap_or(0));
+            let job = Job::claimed(claimed);
             self.waiting_ids.insert(job.delivery_id.clone());
             self.waiting.insert(job, delay);
         }

@@ -1,32 +1,24 @@
-//! The outcome writer: collects attempt records (from its channel) and lease
+//! The outcome writer: collects attempt outcomes (from its channel) and lease
 //! releases (from `Shared::release_later`) from all workers, and writes many
 //! per transaction (no transaction per attempt).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::Shared;
-use crate::domain::time::{duration_millis, now_millis};
-use crate::metrics::DISABLED_ENDPOINTS;
-use crate::storage::queue::{self, RecordedAttempt};
+use super::messages::WriterMessage;
+use super::shared::Shared;
+use crate::domain::ids::DeliveryId;
+use crate::domain::time::now_millis;
+use crate::queue::Outcome;
 
 /// At most this many messages per transaction.
 const MAX_BATCH: usize = 512;
 
-pub enum WriterMessage {
-    /// An attempt to record; `forget` once written if the delivery leaves
-    /// memory (finished, or its retry is left to the sweep).
-    Record {
-        record: Box<RecordedAttempt>,
-        forget: bool,
-    },
-}
-
 /// Runs until `stop` is cancelled and the inbox is drained.
-pub async fn run(
+pub(super) async fn run(
     shared: Arc<Shared>,
     mut inbox: mpsc::Receiver<WriterMessage>,
     stop: CancellationToken,
@@ -58,49 +50,56 @@ pub async fn run(
 }
 
 async fn flush(shared: &Shared, batch: &mut Vec<WriterMessage>) {
-    let mut records = Vec::new();
-    let mut forget = Vec::new();
-    let mut stale = Vec::new();
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut forget: Vec<DeliveryId> = Vec::new();
+    let mut flushed: Vec<oneshot::Sender<()>> = Vec::new();
     for message in batch.drain(..) {
-        let WriterMessage::Record {
-            record,
-            forget: leaves,
-        } = message;
-        if leaves {
-            forget.push(record.attempt.delivery_id.clone());
+        match message {
+            WriterMessage::Record {
+                outcome,
+                forget: leaves,
+            } => {
+                if leaves {
+                    forget.push(outcome.attempt.delivery_id.clone());
+                }
+                outcomes.push(*outcome);
+            }
+            WriterMessage::Flush(done) => flushed.push(done),
         }
-        records.push(*record);
     }
-    if !records.is_empty() {
-        let disable_after = duration_millis(shared.settings.disable_after);
+    let mut stale = Vec::new();
+    if !outcomes.is_empty() {
         let mut backoff = Duration::from_millis(100);
         for attempt in 1..=4 {
-            match queue::record_attempts(&shared.db, &records, now_millis(), disable_after).await {
+            match shared
+                .queue
+                .record_outcomes(&outcomes, now_millis(), shared.settings.disable_after)
+                .await
+            {
                 Ok(recorded) => {
-                    // Reset meanwhile (Redeliver): the reset row is leased
-                    // to this node but the job that held it is done; let
-                    // the next sweep take it at once.
+                    // Reset meanwhile (Redeliver): the reset row is unleased
+                    // and the job that held it is done; forgetting it lets
+                    // the next sweep route it again.
                     stale = recorded.stale;
-                    for endpoint in recorded.disabled {
-                        shared.cache.mark_disabled(&endpoint.endpoint_id);
-                        metrics::counter!(DISABLED_ENDPOINTS).increment(1);
-                        tracing::warn!(
-                            endpoint_id = %endpoint.endpoint_id,
-                            reason = %endpoint.reason,
-                            "endpoint disabled"
-                        );
+                    for (endpoint_id, reason) in recorded.disabled {
+                        shared.cache.mark_disabled(endpoint_id.as_str());
+                        shared.metrics.endpoint_disabled();
+                        tracing::warn!(%endpoint_id, %reason, "endpoint disabled");
+                    }
+                    for endpoint_id in recorded.recovered {
+                        tracing::info!(%endpoint_id, "endpoint recovered: an attempt succeeded after failures");
                     }
                     break;
                 }
                 Err(err) if attempt < 4 => {
-                    tracing::warn!(error = %err, records = records.len(), "recording attempts failed; retrying");
+                    tracing::warn!(error = %err, outcomes = outcomes.len(), "recording attempts failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff *= 4;
                 }
                 Err(err) => {
                     // The leases lapse and the deliveries are tried again:
                     // at-least-once, nothing lost.
-                    tracing::error!(error = %err, records = records.len(), "recording attempts failed; giving up");
+                    tracing::error!(error = %err, outcomes = outcomes.len(), "recording attempts failed; giving up");
                 }
             }
         }
@@ -113,9 +112,12 @@ async fn flush(shared: &Shared, batch: &mut Vec<WriterMessage>) {
         // still known — which would strand it, leased and held by no one,
         // until the lease lapsed.
         shared.forget(releases.iter().cloned());
-        if let Err(err) = queue::release(&shared.db, &shared.node_id, &releases).await {
+        if let Err(err) = shared.queue.release(&releases).await {
             tracing::warn!(error = %err, "releasing leases failed; they lapse instead");
         }
     }
     shared.forget(forget);
+    for done in flushed {
+        let _ = done.send(());
+    }
 }

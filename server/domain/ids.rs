@@ -17,6 +17,8 @@ pub const EVENT: &str = "evt";
 pub const DELIVERY: &str = "dlv";
 pub const ATTEMPT: &str = "atm";
 pub const API_KEY: &str = "key";
+pub const NODE: &str = "node";
+pub const SUBSCRIPTION: &str = "sub";
 
 /// A fresh id with the given type prefix.
 pub fn new_id(prefix: &str) -> String {
@@ -37,6 +39,84 @@ pub fn has_prefix(id: &str, prefix: &str) -> bool {
         && id.starts_with(prefix)
         && id.as_bytes()[prefix.len()] == b'_'
         && Ulid::from_string(&id[prefix.len() + 1..]).is_ok()
+}
+
+/// An id type of its own, for ids that cross module boundaries: a delivery
+/// id can then never be passed where an endpoint id is expected. Built by
+/// `generate` (a fresh id) or `from_stored` (an id read back from the
+/// database, or one the caller has already checked with [`has_prefix`]).
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn generate() -> Self {
+                $name(new_id($prefix))
+            }
+
+            pub fn from_stored(id: impl Into<String>) -> Self {
+                $name(id.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// An event (`evt_…`): also the `webhook-id` of its deliveries.
+    EventId,
+    EVENT
+);
+typed_id!(
+    /// An endpoint (`ep_…`).
+    EndpointId,
+    ENDPOINT
+);
+typed_id!(
+    /// One (event, endpoint or callback URL) pair on its way (`dlv_…`).
+    DeliveryId,
+    DELIVERY
+);
+typed_id!(
+    /// Who holds a delivery's lease: a node's delivery engine (`node_…`) or
+    /// one stream subscription (`sub_…`).
+    LeaseOwner,
+    NODE
+);
+
+impl LeaseOwner {
+    /// A fresh identity for one subscription stream.
+    pub fn subscription() -> Self {
+        LeaseOwner(new_id(SUBSCRIPTION))
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@
 
 pub mod api_key;
 pub mod consumer;
+pub mod delivery;
 pub mod endpoint;
 pub mod event_type;
+pub mod idempotency;
 pub mod ids;
 pub mod page;
 pub mod secret;

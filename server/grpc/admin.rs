@@ -131,7 +131,7 @@ impl proto::admin_server::Admin for AdminService {
             deliveries_succeeded: stats.deliveries_succeeded,
             deliveries_failed: stats.deliveries_failed,
             deliveries_cancelled: stats.deliveries_cancelled,
-            open_streams: crate::metrics::open_streams(),
+            open_streams: self.state.metrics.open_streams(),
         }))
     }
 }

@@ -180,7 +180,7 @@ impl Authenticator {
             .await?
             .ok_or_else(|| Error::Unauthenticated("unknown or revoked API key".into()))?;
         let scope = Scope::from_stored(&key.scope).ok_or_else(|| {
-            Error::Internal(format!(
+            Error::internal(format!(
                 "api key {} has unknown scope {:?}",
                 key.id, key.scope
             ))

@@ -49,12 +49,12 @@ pub fn duration(field: &str, duration: &prost_types::Duration) -> Result<std::ti
 /// Herald, so a malformed document is a bug, reported as internal.
 pub fn string_map(json: &str) -> Result<HashMap<String, String>> {
     serde_json::from_str(json)
-        .map_err(|err| Error::Internal(format!("stored map is not valid JSON: {err}")))
+        .map_err(|err| Error::internal_from("a stored map is not valid JSON", err))
 }
 
 pub fn string_list(json: &str) -> Result<Vec<String>> {
     serde_json::from_str(json)
-        .map_err(|err| Error::Internal(format!("stored list is not valid JSON: {err}")))
+        .map_err(|err| Error::internal_from("a stored list is not valid JSON", err))
 }
 
 /// A required id field.

@@ -9,24 +9,23 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sea_orm::TransactionTrait;
 use tonic::{Request, Response, Status};
 
 use super::AppState;
 use super::auth::Principal;
 use super::convert::{millis, optional_timestamp, required, timestamp};
-use crate::delivery::Submitted;
+use crate::domain::delivery::DeliveryStatus;
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
-use crate::domain::ids;
+use crate::domain::ids::{self, EndpointId, EventId};
 use crate::domain::page::PageRequest;
-use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::publish::{EventInput, Published};
-use crate::storage::consumers;
-use crate::storage::entities::{attempt, delivery, endpoint, event};
-use crate::storage::events::{self as store, status};
+use crate::queue::{Delivery, Target};
+use crate::storage::entities::{attempt, endpoint, event};
+use crate::storage::events as store;
+use crate::storage::{consumers, endpoints};
 
 pub struct EventsService {
     state: Arc<AppState>,
@@ -68,23 +67,23 @@ fn publish_response(published: Published) -> proto::PublishResponse {
     }
 }
 
-fn status_message(raw: &str) -> proto::DeliveryStatus {
-    match raw {
-        status::PENDING => proto::DeliveryStatus::Pending,
-        status::SUCCEEDED => proto::DeliveryStatus::Succeeded,
-        status::FAILED => proto::DeliveryStatus::Failed,
-        status::CANCELLED => proto::DeliveryStatus::Cancelled,
-        _ => proto::DeliveryStatus::Unspecified,
+fn status_message(status: DeliveryStatus) -> proto::DeliveryStatus {
+    match status {
+        DeliveryStatus::Pending => proto::DeliveryStatus::Pending,
+        DeliveryStatus::Succeeded => proto::DeliveryStatus::Succeeded,
+        DeliveryStatus::Failed => proto::DeliveryStatus::Failed,
     }
 }
 
-fn status_filter(raw: i32) -> Result<Option<&'static str>> {
+/// What ListDeliveries filters by: `Ok(None)` for any status, `Err(())`
+/// for CANCELLED, which no delivery has (Herald cancels nothing yet).
+fn status_filter(raw: i32) -> Result<Result<Option<DeliveryStatus>, ()>> {
     match proto::DeliveryStatus::try_from(raw) {
-        Ok(proto::DeliveryStatus::Unspecified) => Ok(None),
-        Ok(proto::DeliveryStatus::Pending) => Ok(Some(status::PENDING)),
-        Ok(proto::DeliveryStatus::Succeeded) => Ok(Some(status::SUCCEEDED)),
-        Ok(proto::DeliveryStatus::Failed) => Ok(Some(status::FAILED)),
-        Ok(proto::DeliveryStatus::Cancelled) => Ok(Some(status::CANCELLED)),
+        Ok(proto::DeliveryStatus::Unspecified) => Ok(Ok(None)),
+        Ok(proto::DeliveryStatus::Pending) => Ok(Ok(Some(DeliveryStatus::Pending))),
+        Ok(proto::DeliveryStatus::Succeeded) => Ok(Ok(Some(DeliveryStatus::Succeeded))),
+        Ok(proto::DeliveryStatus::Failed) => Ok(Ok(Some(DeliveryStatus::Failed))),
+        Ok(proto::DeliveryStatus::Cancelled) => Ok(Err(())),
         Err(_) => Err(Error::invalid(
             "status",
             format!("{raw} is not a DeliveryStatus"),
@@ -94,31 +93,34 @@ fn status_filter(raw: i32) -> Result<Option<&'static str>> {
 
 /// A delivery with what the message shows of its event and endpoint.
 fn delivery_message(
-    row: delivery::Model,
+    delivery: Delivery,
     event_type: Option<&str>,
     endpoint_url: Option<&str>,
 ) -> proto::Delivery {
-    let settled = row.status != status::PENDING;
+    let settled = delivery.status != DeliveryStatus::Pending;
+    let (endpoint_id, url) = match delivery.target {
+        Target::Endpoint(endpoint_id) => (
+            endpoint_id.into_string(),
+            endpoint_url.map(str::to_owned).unwrap_or_default(),
+        ),
+        Target::Callback(url) => (String::new(), url),
+    };
     proto::Delivery {
-        status: status_message(&row.status) as i32,
-        attempt_count: u32::try_from(row.attempt_count).unwrap_or(0),
+        status: status_message(delivery.status) as i32,
+        attempt_count: delivery.attempt_count,
         next_attempt_at: if settled {
             None
         } else {
-            optional_timestamp(row.next_attempt_at)
+            optional_timestamp(delivery.next_attempt_at)
         },
-        last_attempt_at: optional_timestamp(row.last_attempt_at),
-        created_at: timestamp(row.created_at),
-        updated_at: timestamp(row.updated_at),
+        last_attempt_at: optional_timestamp(delivery.last_attempt_at),
+        created_at: timestamp(delivery.created_at),
+        updated_at: timestamp(delivery.updated_at),
         event_type: event_type.unwrap_or_default().to_owned(),
-        url: row
-            .url
-            .clone()
-            .or_else(|| endpoint_url.map(str::to_owned))
-            .unwrap_or_default(),
-        id: row.id,
-        event_id: row.event_id,
-        endpoint_id: row.endpoint_id.unwrap_or_default(),
+        url,
+        id: delivery.id.into_string(),
+        event_id: delivery.event_id.into_string(),
+        endpoint_id,
     }
 }
 
@@ -161,7 +163,7 @@ impl EventsService {
 
     async fn visible_endpoint(&self, principal: &Principal, id: &str) -> Result<endpoint::Model> {
         let row = if ids::has_prefix(id, ids::ENDPOINT) {
-            store::get_endpoint(&self.state.db.conn, id).await?
+            endpoints::get(&self.state.db.conn, id).await?
         } else {
             None
         };
@@ -172,14 +174,17 @@ impl EventsService {
 
     /// Delivery messages for rows, with their event types and endpoint URLs
     /// loaded in two queries for the whole page.
-    async fn delivery_messages(&self, rows: Vec<delivery::Model>) -> Result<Vec<proto::Delivery>> {
+    async fn delivery_messages(&self, rows: Vec<Delivery>) -> Result<Vec<proto::Delivery>> {
         let db = &self.state.db.conn;
-        let mut event_ids: Vec<String> = rows.iter().map(|row| row.event_id.clone()).collect();
+        let mut event_ids: Vec<String> = rows
+            .iter()
+            .map(|row| row.event_id.as_str().to_owned())
+            .collect();
         event_ids.sort();
         event_ids.dedup();
         let mut endpoint_ids: Vec<String> = rows
             .iter()
-            .filter_map(|row| row.endpoint_id.clone())
+            .filter_map(|row| row.endpoint_id().map(|id| id.as_str().to_owned()))
             .collect();
         endpoint_ids.sort();
         endpoint_ids.dedup();
@@ -196,33 +201,14 @@ impl EventsService {
         Ok(rows
             .into_iter()
             .map(|row| {
-                let event_type = types.get(&row.event_id).map(String::as_str);
+                let event_type = types.get(row.event_id.as_str()).map(String::as_str);
                 let url = row
-                    .endpoint_id
-                    .as_ref()
-                    .and_then(|id| urls.get(id))
+                    .endpoint_id()
+                    .and_then(|id| urls.get(id.as_str()))
                     .and_then(|url| url.as_deref());
                 delivery_message(row, event_type, url)
             })
             .collect())
-    }
-
-    /// How Redeliver and Replay put a delivery back in the queue: leased to
-    /// this node and handed to its dispatcher for webhooks, unleased for
-    /// stream endpoints (their subscribers claim deliveries).
-    fn requeue_for(&self, kind: EndpointKind, now: i64) -> store::Requeue {
-        match kind {
-            EndpointKind::Webhook => store::Requeue {
-                now,
-                lease_owner: Some(self.state.dispatcher.node_id().to_owned()),
-                lease_expires_at: Some(self.state.dispatcher.lease_until(now)),
-            },
-            EndpointKind::Stream => store::Requeue {
-                now,
-                lease_owner: None,
-                lease_expires_at: None,
-            },
-        }
     }
 }
 
@@ -237,9 +223,6 @@ impl proto::events_server::Events for EventsService {
             .publisher
             .publish(event_input(request.into_inner()))
             .await?;
-        self.state
-            .streams
-            .published(std::slice::from_ref(&published));
         Ok(Response::new(publish_response(published)))
     }
 
@@ -254,7 +237,6 @@ impl proto::events_server::Events for EventsService {
             .map(event_input)
             .collect();
         let results = self.state.publisher.publish_batch(inputs).await?;
-        self.state.streams.published(&results);
         Ok(Response::new(proto::PublishBatchResponse {
             results: results.into_iter().map(publish_response).collect(),
         }))
@@ -325,7 +307,17 @@ impl proto::events_server::Events for EventsService {
         let principal = Principal::of(&request)?;
         let request = request.into_inner();
         let page = PageRequest::parse(request.page_size, &request.page_token)?;
-        let status = status_filter(request.status)?;
+        let Ok(status) = status_filter(request.status)? else {
+            // No delivery is ever cancelled: an empty page, after the same
+            // checks as any other filter.
+            if let Some(id) = optional(request.event_id) {
+                self.visible_event(&principal, &id).await?;
+            }
+            if let Some(id) = optional(request.endpoint_id) {
+                self.visible_endpoint(&principal, &id).await?;
+            }
+            return Ok(Response::new(proto::ListDeliveriesResponse::default()));
+        };
         let event_id = optional(request.event_id);
         let endpoint_id = optional(request.endpoint_id);
         if event_id.is_none() && endpoint_id.is_none() {
@@ -344,6 +336,7 @@ impl proto::events_server::Events for EventsService {
         };
         let rows = store::list_deliveries(&self.state.db.conn, &query, &page).await?;
         let (rows, next_page_token) = page.finish(rows, |row| row.id.clone());
+        let rows = crate::queue::rows::deliveries(rows)?;
         Ok(Response::new(proto::ListDeliveriesResponse {
             deliveries: self.delivery_messages(rows).await?,
             next_page_token,
@@ -420,39 +413,17 @@ impl proto::events_server::Events for EventsService {
             ))
             .into());
         }
-        let kind = EndpointKind::from_stored(&endpoint.kind);
-        let now = now_millis();
-        let requeue = self.requeue_for(kind, now);
-        let txn = self.state.db.conn.begin().await.map_err(Error::from)?;
-        let row = match store::delivery_for(&txn, event_id, endpoint_id).await? {
-            Some(existing) => store::requeue_delivery(&txn, existing, &requeue).await?,
-            None => {
-                let row = delivery::Model {
-                    id: ids::new_id(ids::DELIVERY),
-                    event_id: event.id.clone(),
-                    endpoint_id: Some(endpoint.id.clone()),
-                    url: None,
-                    status: status::PENDING.to_owned(),
-                    attempt_count: 0,
-                    next_attempt_at: Some(now),
-                    lease_owner: requeue.lease_owner.clone(),
-                    lease_expires_at: requeue.lease_expires_at,
-                    last_attempt_at: None,
-                    created_at: now,
-                    updated_at: now,
-                };
-                store::insert_delivery(&txn, &row).await?;
-                row
-            }
-        };
-        txn.commit().await.map_err(Error::from)?;
+        let stream = EndpointKind::from_stored(&endpoint.kind) == EndpointKind::Stream;
+        let row = self
+            .state
+            .handoff
+            .redeliver(
+                &EventId::from_stored(event.id.clone()),
+                &EndpointId::from_stored(endpoint.id.clone()),
+                stream,
+            )
+            .await?;
         tracing::info!(delivery_id = %row.id, event_id, endpoint_id, "redelivery scheduled");
-        if kind == EndpointKind::Webhook {
-            self.state.dispatcher.submit(vec![Submitted {
-                delivery: row.clone(),
-                event: Arc::new(event.clone()),
-            }]);
-        }
         let message = delivery_message(row, Some(&event.event_type), endpoint.url.as_deref());
         Ok(Response::new(proto::RedeliverResponse {
             delivery: Some(message),
@@ -472,35 +443,13 @@ impl proto::events_server::Events for EventsService {
             .ok_or_else(|| Error::invalid("since", "is required"))?;
         let since = millis("since", since)?;
         let endpoint = self.visible_endpoint(&principal, endpoint_id).await?;
-        let kind = EndpointKind::from_stored(&endpoint.kind);
-        let requeue = self.requeue_for(kind, now_millis());
-        let txn = self.state.db.conn.begin().await.map_err(Error::from)?;
-        let rows = store::replay_failed(&txn, endpoint_id, since, &requeue).await?;
-        txn.commit().await.map_err(Error::from)?;
-        let replayed = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        let stream = EndpointKind::from_stored(&endpoint.kind) == EndpointKind::Stream;
+        let replayed = self
+            .state
+            .handoff
+            .replay(&EndpointId::from_stored(endpoint.id.clone()), since, stream)
+            .await?;
         tracing::info!(endpoint_id, replayed, "replay scheduled");
-        if kind == EndpointKind::Webhook && !rows.is_empty() {
-            let mut event_ids: Vec<String> = rows.iter().map(|row| row.event_id.clone()).collect();
-            event_ids.sort();
-            event_ids.dedup();
-            let mut events: HashMap<String, Arc<event::Model>> = HashMap::new();
-            for chunk in event_ids.chunks(10_000) {
-                for row in store::get_many(&self.state.db.conn, chunk).await? {
-                    events.insert(row.id.clone(), Arc::new(row));
-                }
-            }
-            // Rows whose event was purged meanwhile are left to the sweep.
-            let submitted = rows
-                .into_iter()
-                .filter_map(|row| {
-                    events.get(&row.event_id).cloned().map(|event| Submitted {
-                        delivery: row,
-                        event,
-                    })
-                })
-                .collect();
-            self.state.dispatcher.submit(submitted);
-        }
         Ok(Response::new(proto::ReplayResponse { replayed }))
     }
 }

@@ -25,14 +25,15 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hera
 pub struct AppState {
     pub db: Database,
     pub authenticator: Arc<Authenticator>,
+    /// Where endpoint URLs may point.
     pub target_policy: TargetPolicy,
-    pub max_payload_bytes: usize,
-    /// Where committed deliveries go for their first attempt.
-    pub dispatcher: crate::delivery::Dispatcher,
     /// Validates published events and commits them in groups.
     pub publisher: crate::publish::Publisher,
-    /// Subscription streams; publishing wakes them after commit.
+    /// Redeliver and Replay: put deliveries back and wake their workers.
+    pub handoff: crate::handoff::Handoff,
+    /// Subscription streams and their acknowledgements.
     pub streams: Arc<crate::streams::StreamHub>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Every service Herald serves, behind the auth layer.

@@ -13,13 +13,14 @@ use tonic::{Request, Response, Status};
 use super::AppState;
 use super::auth::Principal;
 use super::convert::{duration, required, timestamp};
+use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
-use crate::domain::time::now_millis;
+use crate::domain::ids::EndpointId;
 use crate::error::{Error, Result};
 use crate::metrics::OpenStreamGuard;
 use crate::proto;
 use crate::storage::entities::endpoint;
-use crate::storage::{consumers, stream_queue};
+use crate::storage::{consumers, endpoints};
 use crate::streams::message::parse_ack_token;
 use crate::streams::{DurableSubscription, Receiver, StreamItem, StreamMessage};
 
@@ -47,11 +48,11 @@ impl StreamsService {
         endpoint_id: &str,
     ) -> Result<endpoint::Model> {
         let endpoint_id = required(field, endpoint_id)?;
-        let endpoint = stream_queue::find_endpoint(&self.state.db.conn, endpoint_id)
+        let endpoint = endpoints::get(&self.state.db.conn, endpoint_id)
             .await?
             .ok_or_else(|| Error::not_found("endpoint", endpoint_id))?;
         principal.ensure_consumer(&endpoint.consumer_id, "endpoint", endpoint_id)?;
-        if endpoint.kind != "stream" {
+        if EndpointKind::from_stored(&endpoint.kind) != EndpointKind::Stream {
             return Err(Error::FailedPrecondition(format!(
                 "endpoint {endpoint_id:?} is a {} endpoint: only STREAM endpoints deliver over Subscribe",
                 endpoint.kind.to_uppercase()
@@ -110,8 +111,7 @@ impl StreamsService {
                 )));
             }
             return hub.subscribe(DurableSubscription {
-                endpoint_id: endpoint.id,
-                consumer_id: endpoint.consumer_id,
+                endpoint_id: EndpointId::from_stored(endpoint.id),
                 ack_timeout,
                 max_unacked,
             });
@@ -151,7 +151,7 @@ impl proto::streams_server::Streams for StreamsService {
             receiver,
             shutdown: Box::pin(self.state.streams.shutdown_token().cancelled_owned()),
             finished: false,
-            _open: crate::metrics::stream_opened(),
+            _open: self.state.metrics.stream_opened(),
         }))
     }
 
@@ -178,21 +178,12 @@ impl proto::streams_server::Streams for StreamsService {
         let endpoint = self
             .stream_endpoint(&principal, "endpoint_id", &request.endpoint_id)
             .await?;
-        let settled = stream_queue::acknowledge(
-            &self.state.db.conn,
-            &endpoint.id,
-            delivery_ids,
-            now_millis(),
-        )
-        .await?;
-        self.state.streams.acknowledged(&endpoint.id, &settled);
-        if !settled.is_empty() {
-            metrics::counter!(crate::metrics::DELIVERIES, "outcome" => "succeeded", "via" => "stream")
-                .increment(settled.len() as u64);
-        }
-        Ok(Response::new(proto::AckResponse {
-            acknowledged: u32::try_from(settled.len()).unwrap_or(u32::MAX),
-        }))
+        let acknowledged = self
+            .state
+            .streams
+            .acknowledge(&EndpointId::from_stored(endpoint.id), &delivery_ids)
+            .await?;
+        Ok(Response::new(proto::AckResponse { acknowledged }))
     }
 }
 

@@ -458,7 +458,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         let row = self.endpoint_for(&principal, &request.get_ref().id).await?;
         let secret = endpoints::current_secret(&self.state.db.conn, &row.id)
             .await?
-            .ok_or_else(|| Error::Internal(format!("endpoint {} has no current secret", row.id)))?;
+            .ok_or_else(|| Error::internal(format!("endpoint {} has no current secret", row.id)))?;
         Ok(Response::new(proto::GetEndpointSecretResponse {
             secret: secret.expose().to_owned(),
         }))

@@ -4,12 +4,12 @@
 //! already queued (up to about [`GROUP_EVENTS`] events), and for the whole
 //! group: reads which consumers exist and their enabled endpoints (one query,
 //! so fan-out costs no query per event) and the idempotency rows of the
-//! group's keys, then writes events, idempotency rows and deliveries at once
-//! (on PostgreSQL one statement of fixed text, `storage::events::insert_group`,
-//! with no explicit transaction: two round trips per group; on SQLite one
-//! transaction of multi-row INSERTs). Only after the write has committed is
-//! each caller answered, and the webhook and callback deliveries handed to
-//! the dispatcher.
+//! group's keys; a [`Planner`] decides, job by job, what each stores; then
+//! one write stores events, idempotency rows and deliveries at once
+//! (`store::insert_group`: on PostgreSQL one statement with no
+//! explicit transaction, two round trips per group; on SQLite one
+//! transaction). Only after the write has committed is each caller answered
+//! and the new deliveries handed on (`crate::handoff`).
 //!
 //! A job is all-or-nothing (a PublishBatch is one job). A job that breaks a
 //! rule the read shows (an unknown consumer, a reused idempotency key) is
@@ -33,29 +33,30 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::Published;
+use super::store;
 use super::validate::{Prepared, Validator};
-use crate::delivery::{Dispatcher, Submitted};
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
-use crate::domain::ids;
+use crate::domain::idempotency::{self, EarlierUse, Verdict};
+use crate::domain::ids::{self, EndpointId, EventId};
 use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
+use crate::handoff::{Committed, Handoff};
+use crate::metrics::Metrics;
+use crate::queue::{Delivery, Queue, Target as DeliveryTarget};
 use crate::storage::Database;
-use crate::storage::entities::{delivery, event, idempotency_key};
-use crate::storage::events::{self as store, status};
+use crate::storage::entities::{event, idempotency_key};
 
-/// Roughly how many events one transaction takes (a job is never split, so a
+/// Roughly how many events one write takes (a job is never split, so a
 /// group may exceed this by one job).
 pub const GROUP_EVENTS: usize = 1000;
-/// How long an idempotency key holds.
-pub const IDEMPOTENCY_WINDOW_MILLIS: i64 = 24 * 60 * 60 * 1000;
 /// How often a job is retried alone when its idempotency key was claimed by a
 /// concurrent transaction (each retry sees the winner once it has committed).
 const SOLO_TRIES: usize = 3;
 /// Committers on PostgreSQL; SQLite has one writer and gets one. Two: one
 /// collects the next group while the other waits for its commit. More made
 /// smaller groups (more statements and WAL flushes per event) and measured no
-/// faster on 2 cores (BENCHMARKS.md, 2026-11-29 afternoon).
+/// faster on 2 cores (BENCHMARKS.md).
 const POSTGRES_COMMITTERS: usize = 2;
 
 /// One publish call: its events and where to send the answer.
@@ -67,29 +68,36 @@ pub struct Job {
 /// What the committers share.
 struct Committer {
     db: Database,
-    dispatcher: Dispatcher,
+    queue: Queue,
+    handoff: Handoff,
     validator: Arc<Validator>,
+    metrics: Arc<Metrics>,
     jobs: Mutex<mpsc::Receiver<Job>>,
+}
+
+/// What the committers need besides their jobs.
+pub struct Parts {
+    pub db: Database,
+    pub queue: Queue,
+    pub handoff: Handoff,
+    pub validator: Arc<Validator>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Spawns the committers and a task that owns them; the returned handle
 /// completes once every committer has drained the queue after `stop`.
-pub fn spawn(
-    db: Database,
-    dispatcher: Dispatcher,
-    jobs: mpsc::Receiver<Job>,
-    stop: CancellationToken,
-    validator: Arc<Validator>,
-) -> JoinHandle<()> {
-    let count = if db.is_postgres() {
+pub fn spawn(parts: Parts, jobs: mpsc::Receiver<Job>, stop: CancellationToken) -> JoinHandle<()> {
+    let count = if parts.db.is_postgres() {
         POSTGRES_COMMITTERS
     } else {
         1
     };
     let committer = Arc::new(Committer {
-        db,
-        dispatcher,
-        validator,
+        db: parts.db,
+        queue: parts.queue,
+        handoff: parts.handoff,
+        validator: parts.validator,
+        metrics: parts.metrics,
         jobs: Mutex::new(jobs),
     });
     tokio::spawn(async move {
@@ -155,7 +163,7 @@ impl Committer {
 
     /// Commits one job by itself, retrying when a concurrent transaction
     /// claimed one of its idempotency keys first.
-    async fn commit_alone(&self, events: &[Prepared]) -> Result<Committed> {
+    async fn commit_alone(&self, events: &[Prepared]) -> Result<Outcome> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -163,7 +171,7 @@ impl Committer {
                 Ok(mut outcomes) => {
                     return outcomes
                         .pop()
-                        .unwrap_or_else(|| Err(Error::Internal("no outcome for a job".into())));
+                        .unwrap_or_else(|| Err(Error::internal("no outcome for a job")));
                 }
                 Err(err) if err.is_unique_violation() && tries < SOLO_TRIES => continue,
                 Err(err) => return Err(err),
@@ -171,17 +179,16 @@ impl Committer {
         }
     }
 
-    fn answer(&self, job: Job, outcome: Result<Committed>) {
+    fn answer(&self, job: Job, outcome: Result<Outcome>) {
         let reply = match outcome {
-            Ok(committed) => {
-                if committed.new_events > 0 {
-                    metrics::counter!(crate::metrics::EVENTS_PUBLISHED)
-                        .increment(committed.new_events);
+            Ok(outcome) => {
+                if !outcome.new_events.is_empty() {
+                    self.metrics
+                        .events_published(outcome.new_events.len() as u64);
                 }
-                if !committed.submit.is_empty() {
-                    self.dispatcher.submit(committed.submit);
-                }
-                Ok(committed.results)
+                self.handoff
+                    .published(outcome.deliveries, outcome.new_events);
+                Ok(outcome.results)
             }
             Err(err) => {
                 if let Error::NotFound(_) = err {
@@ -204,13 +211,15 @@ impl Committer {
     /// transaction: one read (consumers and their endpoints, plus idempotency
     /// rows when keys are used), then one statement that writes every row
     /// (atomic by itself). What the read saw may change before the write: a
-    /// consumer or endpoint deleted meanwhile fails the write on its foreign
-    /// key, a key claimed meanwhile on its primary key, and the group is then
-    /// retried job by job, each re-reading. An endpoint created meanwhile
+    /// key claimed meanwhile fails the write on its primary key, and the
+    /// group is then retried job by job, each re-reading; a consumer or
+    /// endpoint deleted meanwhile leaves this group's rows of it behind,
+    /// never delivered, until the retention purge removes them (the tables
+    /// a publish writes have no foreign keys); an endpoint created meanwhile
     /// misses this group's events, as it would had it been created a moment
     /// later. On SQLite (in-process statements, one connection) everything
     /// runs in one transaction.
-    async fn commit(&self, jobs: &[&[Prepared]]) -> Result<Vec<Result<Committed>>> {
+    async fn commit(&self, jobs: &[&[Prepared]]) -> Result<Vec<Result<Outcome>>> {
         if self.db.is_postgres() {
             return self.plan_and_write(&self.db.conn, jobs).await;
         }
@@ -224,25 +233,13 @@ impl Committer {
         &self,
         conn: &impl ConnectionTrait,
         jobs: &[&[Prepared]],
-    ) -> Result<Vec<Result<Committed>>> {
-        let node_id = self.dispatcher.node_id().to_owned();
+    ) -> Result<Vec<Result<Outcome>>> {
         let now = now_millis();
-
         let consumer_ids: Vec<String> = distinct(
             jobs.iter()
                 .flat_map(|job| job.iter().map(|p| p.consumer_id.clone())),
         );
         let (existing, fan_out) = store::consumers_and_endpoints(conn, &consumer_ids).await?;
-        let mut endpoints: HashMap<String, Vec<Target>> = HashMap::new();
-        for row in fan_out {
-            if let Some(target) = Target::from_row(row) {
-                endpoints
-                    .entry(target.consumer_id.clone())
-                    .or_default()
-                    .push(target);
-            }
-        }
-
         let pairs: Vec<(String, String)> = distinct(jobs.iter().flat_map(|job| {
             job.iter().filter_map(|p| {
                 p.idempotency_key
@@ -250,54 +247,40 @@ impl Committer {
                     .map(|key| (p.consumer_id.clone(), key.clone()))
             })
         }));
-        let mut stored_keys = store::idempotency_keys(conn, &pairs).await?;
-        let cutoff = now - IDEMPOTENCY_WINDOW_MILLIS;
-        let expired: Vec<(String, String)> = stored_keys
-            .iter()
-            .filter(|(_, row)| row.created_at < cutoff)
-            .map(|(pair, _)| pair.clone())
-            .collect();
-        for pair in &expired {
-            stored_keys.remove(pair);
-        }
+        let stored_keys = store::idempotency_keys(conn, &pairs).await?;
         let earlier_ids: Vec<String> =
             distinct(stored_keys.values().map(|row| row.event_id.clone()));
-        let earlier_events: HashMap<String, Arc<event::Model>> =
-            store::get_many(conn, &earlier_ids)
-                .await?
-                .into_iter()
-                .map(|row| (row.id.clone(), Arc::new(row)))
-                .collect();
+        let earlier_events: HashMap<String, Arc<event::Model>> = store::events(conn, &earlier_ids)
+            .await?
+            .into_iter()
+            .map(|row| (row.id.clone(), Arc::new(row)))
+            .collect();
         let earlier_counts = store::delivery_counts(conn, &earlier_ids).await?;
 
-        let leasing = Leasing {
-            node_id: &node_id,
-            until: self.dispatcher.lease_until(now),
-            congested: self.dispatcher.congested_endpoints(),
+        let mut planner = Planner {
+            queue: &self.queue,
+            now,
+            existing,
+            targets: Target::by_consumer(fan_out),
+            congested: self.handoff.dispatcher().congested_endpoints(),
+            stored_keys,
+            earlier_events,
+            earlier_counts,
+            claims: HashMap::new(),
+            expired: Vec::new(),
         };
-        let mut plan = Plan::default();
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let planned = plan_job(
-                job,
-                &existing,
-                &stored_keys,
-                &earlier_events,
-                &earlier_counts,
-                &endpoints,
-                &plan.claims,
-                now,
-                &leasing,
-            );
-            outcomes.push(planned.map(|planned| plan.absorb(planned)));
-        }
+        let mut write = Write::default();
+        let outcomes: Vec<Result<Outcome>> = jobs
+            .iter()
+            .map(|job| planner.plan(job).map(|planned| write.absorb(planned)))
+            .collect();
 
         // An expired key is deleted before its new claim is written; should
         // the write then fail, the key is merely free, as it was due to be.
-        for (consumer_id, key) in &expired {
+        for (consumer_id, key) in &planner.expired {
             store::delete_idempotency_key(conn, consumer_id, key).await?;
         }
-        store::insert_group(conn, &plan.events, &plan.keys, &plan.deliveries).await?;
+        store::insert_group(conn, &write.events, &write.keys, &write.deliveries).await?;
         Ok(outcomes)
     }
 }
@@ -322,43 +305,36 @@ fn distinct<T: Eq + std::hash::Hash + Clone>(items: impl Iterator<Item = T>) -> 
     items.filter(|item| seen.insert(item.clone())).collect()
 }
 
-/// An endpoint as fan-out needs it.
+/// An enabled endpoint as fan-out needs it.
 struct Target {
-    id: String,
-    consumer_id: String,
+    id: EndpointId,
     kind: EndpointKind,
     filter: EventTypeFilter,
 }
 
 impl Target {
-    fn from_row(row: store::FanOutEndpoint) -> Option<Target> {
-        match serde_json::from_str::<Vec<String>>(&row.event_types) {
-            Ok(patterns) => Some(Target {
-                kind: EndpointKind::from_stored(&row.kind),
-                filter: EventTypeFilter::from_stored(patterns),
-                id: row.id,
-                consumer_id: row.consumer_id,
-            }),
-            Err(err) => {
-                // Herald writes this column; a malformed one is a bug, and the
-                // endpoint is skipped rather than every publish failing.
-                tracing::error!(endpoint_id = %row.id, error = %err, "stored event type filter is not a JSON list; endpoint skipped");
-                None
+    /// The enabled endpoints of each consumer. A stored filter that is not a
+    /// JSON list is a bug (Herald writes the column); the endpoint is then
+    /// skipped rather than every publish failing.
+    fn by_consumer(rows: Vec<store::FanOutEndpoint>) -> HashMap<String, Vec<Target>> {
+        let mut targets: HashMap<String, Vec<Target>> = HashMap::new();
+        for row in rows {
+            match serde_json::from_str::<Vec<String>>(&row.event_types) {
+                Ok(patterns) => targets.entry(row.consumer_id).or_default().push(Target {
+                    kind: EndpointKind::from_stored(&row.kind),
+                    filter: EventTypeFilter::from_stored(patterns),
+                    id: EndpointId::from_stored(row.id),
+                }),
+                Err(err) => {
+                    tracing::error!(endpoint_id = %row.id, error = %err, "stored event type filter is not a JSON list; endpoint skipped");
+                }
             }
         }
+        targets
     }
 }
 
-/// How a group's webhook deliveries are leased: to this node, which tries
-/// them at once — except those of endpoints whose queue here is nearly full,
-/// which are left unleased for a sweep (this node's or another's).
-struct Leasing<'a> {
-    node_id: &'a str,
-    until: i64,
-    congested: HashSet<String>,
-}
-
-/// What an idempotency key is bound to.
+/// What an idempotency key is bound to within this group.
 #[derive(Clone)]
 struct Claim {
     request_hash: String,
@@ -366,189 +342,276 @@ struct Claim {
     deliveries: u32,
 }
 
+/// What the idempotency rule made of a publish's key.
+enum KeyUse {
+    Fresh,
+    /// Stored, but its window has passed: delete it, store anew.
+    Expired,
+    Duplicate(Claim),
+    Conflict(Claim),
+}
+
+/// Whether a stored key's window has passed.
+fn judged_expired(row: &idempotency_key::Model, now: i64) -> bool {
+    idempotency::judge(
+        Some(EarlierUse {
+            request_hash: &row.payload_hash,
+            at: row.created_at,
+        }),
+        &row.payload_hash,
+        now,
+    ) == Verdict::Expired
+}
+
 /// What one committed job yields.
-pub struct Committed {
+pub struct Outcome {
     results: Vec<Published>,
-    new_events: u64,
-    submit: Vec<Submitted>,
+    new_events: Vec<Arc<event::Model>>,
+    deliveries: Vec<Committed>,
 }
 
-/// One job's rows, before they join the group's.
-struct PlannedJob {
+/// One job's rows, before they join the group's write.
+struct Planned {
     results: Vec<Published>,
-    events: Vec<event::Model>,
+    events: Vec<Arc<event::Model>>,
     keys: Vec<idempotency_key::Model>,
-    deliveries: Vec<delivery::Model>,
-    claims: HashMap<(String, String), Claim>,
-    submit: Vec<Submitted>,
+    deliveries: Vec<Committed>,
+    claims: Vec<((String, String), Claim)>,
 }
 
-/// The group's rows to insert, and the keys claimed so far in this group.
+/// The group's rows to write.
 #[derive(Default)]
-struct Plan {
+struct Write {
     events: Vec<event::Model>,
     keys: Vec<idempotency_key::Model>,
-    deliveries: Vec<delivery::Model>,
-    claims: HashMap<(String, String), Claim>,
+    deliveries: Vec<Delivery>,
 }
 
-impl Plan {
-    fn absorb(&mut self, job: PlannedJob) -> Committed {
-        let new_events = job.events.len() as u64;
-        self.events.extend(job.events);
-        self.keys.extend(job.keys);
-        self.deliveries.extend(job.deliveries);
-        self.claims.extend(job.claims);
-        Committed {
-            results: job.results,
-            new_events,
-            submit: job.submit,
+impl Write {
+    fn absorb(&mut self, planned: Planned) -> Outcome {
+        self.events
+            .extend(planned.events.iter().map(|event| (**event).clone()));
+        self.keys.extend(planned.keys);
+        self.deliveries
+            .extend(planned.deliveries.iter().map(|c| c.delivery.clone()));
+        Outcome {
+            results: planned.results,
+            new_events: planned.events,
+            deliveries: planned.deliveries,
         }
     }
 }
 
-/// Decides what one job stores, or why it fails; writes nothing.
-#[allow(clippy::too_many_arguments)]
-fn plan_job(
-    job: &[Prepared],
-    existing_consumers: &HashSet<String>,
-    stored_keys: &HashMap<(String, String), idempotency_key::Model>,
-    earlier_events: &HashMap<String, Arc<event::Model>>,
-    earlier_counts: &HashMap<String, u32>,
-    endpoints: &HashMap<String, Vec<Target>>,
-    group_claims: &HashMap<(String, String), Claim>,
+/// Decides what each job of a group stores, from what the group's read
+/// found and what earlier jobs of the group claimed; writes nothing.
+struct Planner<'a> {
+    queue: &'a Queue,
     now: i64,
-    leasing: &Leasing,
-) -> Result<PlannedJob> {
-    let mut planned = PlannedJob {
-        results: Vec::with_capacity(job.len()),
-        events: Vec::new(),
-        keys: Vec::new(),
-        deliveries: Vec::new(),
-        claims: HashMap::new(),
-        submit: Vec::new(),
-    };
-    for prepared in job {
-        if !existing_consumers.contains(&prepared.consumer_id) {
-            return Err(Error::not_found("consumer", &prepared.consumer_reference));
-        }
-        let pair = prepared
-            .idempotency_key
-            .as_ref()
-            .map(|key| (prepared.consumer_id.clone(), key.clone()));
-        if let Some(pair) = &pair {
-            let earlier = match stored_keys.get(pair) {
-                Some(row) => {
-                    let event = earlier_events.get(&row.event_id).cloned().ok_or_else(|| {
-                        Error::Internal(format!(
-                            "idempotency key row points at missing event {}",
-                            row.event_id
-                        ))
-                    })?;
-                    Some(Claim {
-                        request_hash: row.payload_hash.clone(),
-                        deliveries: earlier_counts.get(&row.event_id).copied().unwrap_or(0),
-                        event,
-                    })
+    existing: HashSet<String>,
+    targets: HashMap<String, Vec<Target>>,
+    /// Endpoints whose worker here is nearly full: their new deliveries are
+    /// left unleased, for a sweep, instead of leased and turned away.
+    congested: HashSet<EndpointId>,
+    stored_keys: HashMap<(String, String), idempotency_key::Model>,
+    earlier_events: HashMap<String, Arc<event::Model>>,
+    earlier_counts: HashMap<String, u32>,
+    /// Keys claimed by earlier jobs of this group.
+    claims: HashMap<(String, String), Claim>,
+    /// Stored keys whose window has passed, to delete before the write.
+    expired: Vec<(String, String)>,
+}
+
+impl Planner<'_> {
+    /// What one job stores, or why it fails (then it stores nothing).
+    fn plan(&mut self, job: &[Prepared]) -> Result<Planned> {
+        let mut planned = Planned {
+            results: Vec::with_capacity(job.len()),
+            events: Vec::new(),
+            keys: Vec::new(),
+            deliveries: Vec::new(),
+            claims: Vec::new(),
+        };
+        let mut expired = Vec::new();
+        for prepared in job {
+            if !self.existing.contains(&prepared.consumer_id) {
+                return Err(Error::not_found("consumer", &prepared.consumer_reference));
+            }
+            let pair = prepared
+                .idempotency_key
+                .as_ref()
+                .map(|key| (prepared.consumer_id.clone(), key.clone()));
+            if let Some(pair) = &pair {
+                match self.key_use(pair, prepared, &planned)? {
+                    KeyUse::Duplicate(earlier) => {
+                        planned.results.push(Published {
+                            event: earlier.event,
+                            duplicate: true,
+                            deliveries: earlier.deliveries,
+                        });
+                        continue;
+                    }
+                    KeyUse::Conflict(earlier) => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "{}: {:?} was already used within 24 hours for a different request (event {}); use a new key",
+                            prepared.field("idempotency_key"),
+                            pair.1,
+                            earlier.event.id
+                        )));
+                    }
+                    KeyUse::Expired => expired.push(pair.clone()),
+                    KeyUse::Fresh => {}
                 }
-                None => group_claims
-                    .get(pair)
-                    .or_else(|| planned.claims.get(pair))
-                    .cloned(),
-            };
-            if let Some(earlier) = earlier {
-                if earlier.request_hash != prepared.request_hash {
-                    return Err(Error::FailedPrecondition(format!(
-                        "{}: {:?} was already used within 24 hours for a different request (event {}); use a new key",
-                        prepared.field("idempotency_key"),
-                        pair.1,
-                        earlier.event.id
-                    )));
-                }
-                planned.results.push(Published {
-                    event: earlier.event,
-                    duplicate: true,
-                    deliveries: earlier.deliveries,
+            }
+            let event = Arc::new(event::Model {
+                id: ids::new_id(ids::EVENT),
+                consumer_id: prepared.consumer_id.clone(),
+                event_type: prepared.event_type.clone(),
+                payload: prepared.payload.clone(),
+                idempotency_key: prepared.idempotency_key.clone(),
+                callback_url: prepared.callback_url.clone(),
+                created_at: self.now,
+            });
+            let count = self.fan_out(prepared, &event, &mut planned.deliveries);
+            if let Some(pair) = pair {
+                planned.keys.push(idempotency_key::Model {
+                    consumer_id: pair.0.clone(),
+                    key: pair.1.clone(),
+                    event_id: event.id.clone(),
+                    payload_hash: prepared.request_hash.clone(),
+                    created_at: self.now,
                 });
-                continue;
+                planned.claims.push((
+                    pair,
+                    Claim {
+                        request_hash: prepared.request_hash.clone(),
+                        event: event.clone(),
+                        deliveries: count,
+                    },
+                ));
+            }
+            planned.events.push(event.clone());
+            planned.results.push(Published {
+                event,
+                duplicate: false,
+                deliveries: count,
+            });
+        }
+        // Only a job that succeeds claims its keys for the rest of the group.
+        self.claims.extend(planned.claims.iter().cloned());
+        for pair in expired {
+            if !self.expired.contains(&pair) {
+                self.expired.push(pair);
             }
         }
+        Ok(planned)
+    }
 
-        let event = Arc::new(event::Model {
-            id: ids::new_id(ids::EVENT),
-            consumer_id: prepared.consumer_id.clone(),
-            event_type: prepared.event_type.clone(),
-            payload: prepared.payload.clone(),
-            idempotency_key: prepared.idempotency_key.clone(),
-            callback_url: prepared.callback_url.clone(),
-            created_at: now,
+    /// What the idempotency rule says of a key: judged against its stored
+    /// use, unless that one's window has passed, and then against a use
+    /// earlier in this group (or this job).
+    fn key_use(
+        &self,
+        pair: &(String, String),
+        prepared: &Prepared,
+        planned: &Planned,
+    ) -> Result<KeyUse> {
+        let judged = |claim: Claim, at: i64| match idempotency::judge(
+            Some(EarlierUse {
+                request_hash: &claim.request_hash,
+                at,
+            }),
+            &prepared.request_hash,
+            self.now,
+        ) {
+            Verdict::Duplicate => KeyUse::Duplicate(claim),
+            Verdict::Conflict => KeyUse::Conflict(claim),
+            Verdict::Expired => KeyUse::Expired,
+            Verdict::New => KeyUse::Fresh,
+        };
+        let stored = self.stored_keys.get(pair);
+        if let Some(row) = stored {
+            let event = self.earlier_events.get(&row.event_id).cloned();
+            match (event, judged_expired(row, self.now)) {
+                (_, true) => {}
+                (Some(event), false) => {
+                    let claim = Claim {
+                        request_hash: row.payload_hash.clone(),
+                        deliveries: self.earlier_counts.get(&row.event_id).copied().unwrap_or(0),
+                        event,
+                    };
+                    return Ok(judged(claim, row.created_at));
+                }
+                (None, false) => {
+                    return Err(Error::internal(format!(
+                        "idempotency key row points at missing event {}",
+                        row.event_id
+                    )));
+                }
+            }
+        }
+        let in_group = self.claims.get(pair).cloned().or_else(|| {
+            planned
+                .claims
+                .iter()
+                .find(|(claimed, _)| claimed == pair)
+                .map(|(_, claim)| claim.clone())
         });
-        let new_delivery =
-            |endpoint_id: Option<String>, url: Option<String>, leased: bool| delivery::Model {
-                id: ids::new_id(ids::DELIVERY),
-                event_id: event.id.clone(),
-                endpoint_id,
-                url,
-                status: status::PENDING.to_owned(),
-                attempt_count: 0,
-                next_attempt_at: Some(now),
-                lease_owner: leased.then(|| leasing.node_id.to_owned()),
-                lease_expires_at: leased.then_some(leasing.until),
-                last_attempt_at: None,
-                created_at: now,
-                updated_at: now,
-            };
-        let mut count: u32 = 0;
-        for target in endpoints.get(&prepared.consumer_id).into_iter().flatten() {
+        Ok(match (in_group, stored) {
+            (Some(claim), _) => judged(claim, self.now),
+            (None, Some(_)) => KeyUse::Expired,
+            (None, None) => KeyUse::Fresh,
+        })
+    }
+
+    /// The deliveries of a new event: one per matching enabled endpoint of
+    /// its consumer, and one to its callback URL. Webhook and callback
+    /// deliveries are leased to this node, whose hot path tries them at
+    /// once, except those of congested endpoints; stream deliveries wait for
+    /// a subscription to claim them.
+    fn fan_out(
+        &self,
+        prepared: &Prepared,
+        event: &Arc<event::Model>,
+        deliveries: &mut Vec<Committed>,
+    ) -> u32 {
+        let event_id = EventId::from_stored(event.id.clone());
+        let mut count = 0;
+        for target in self
+            .targets
+            .get(&prepared.consumer_id)
+            .into_iter()
+            .flatten()
+        {
             if !target.filter.matches(&prepared.event_type) {
                 continue;
             }
-            // Stream deliveries wait for a subscriber to claim them; webhook
-            // deliveries are leased to this node, whose hot path tries them.
-            let leased =
-                target.kind == EndpointKind::Webhook && !leasing.congested.contains(&target.id);
-            let row = new_delivery(Some(target.id.clone()), None, leased);
-            if leased {
-                planned.submit.push(Submitted {
-                    delivery: row.clone(),
-                    event: event.clone(),
-                });
-            }
-            planned.deliveries.push(row);
+            let stream = target.kind == EndpointKind::Stream;
+            let leased = !stream && !self.congested.contains(&target.id);
+            deliveries.push(Committed {
+                delivery: self.queue.new_delivery(
+                    event_id.clone(),
+                    DeliveryTarget::Endpoint(target.id.clone()),
+                    self.now,
+                    leased,
+                ),
+                event: event.clone(),
+                stream,
+            });
             count += 1;
         }
         if let Some(url) = &prepared.callback_url {
-            let row = new_delivery(None, Some(url.clone()), true);
-            planned.submit.push(Submitted {
-                delivery: row.clone(),
+            deliveries.push(Committed {
+                delivery: self.queue.new_delivery(
+                    event_id,
+                    DeliveryTarget::Callback(url.clone()),
+                    self.now,
+                    true,
+                ),
                 event: event.clone(),
+                stream: false,
             });
-            planned.deliveries.push(row);
             count += 1;
         }
-        if let Some(pair) = pair {
-            planned.keys.push(idempotency_key::Model {
-                consumer_id: pair.0.clone(),
-                key: pair.1.clone(),
-                event_id: event.id.clone(),
-                payload_hash: prepared.request_hash.clone(),
-                created_at: now,
-            });
-            planned.claims.insert(
-                pair,
-                Claim {
-                    request_hash: prepared.request_hash.clone(),
-                    event: event.clone(),
-                    deliveries: count,
-                },
-            );
-        }
-        planned.events.push((*event).clone());
-        planned.results.push(Published {
-            event,
-            duplicate: false,
-            deliveries: count,
-        });
+        count
     }
-    Ok(planned)
 }

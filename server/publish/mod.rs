@@ -1,22 +1,25 @@
 //! Publishing: validating events, committing them with their deliveries, and
-//! handing the deliveries to the delivery engine.
+//! handing the new work on (`crate::handoff`).
 //!
 //! - `validate`: the rules of a publish request (consumer, type, payload size
 //!   and JSON, idempotency key, callback URL, the event type's archive flag and
 //!   JSON Schema), with short-lived caches so the hot path makes no database
 //!   round trip for them.
 //! - `commit`: group commit. Every publish call becomes a [`commit::Job`] on
-//!   one bounded channel; a committer takes everything queued, writes it in one
-//!   transaction with multi-row INSERTs, commits, and only then answers each
-//!   caller. One transaction per many events is what makes thousands of events
-//!   per second possible on a database that syncs each commit to disk.
+//!   one bounded channel; a committer takes everything queued, writes it
+//!   atomically in one statement (PostgreSQL) or one transaction (SQLite),
+//!   and only then answers each caller and hands the new deliveries on. One
+//!   write per many events is what makes thousands of events per second
+//!   possible on a database that syncs each commit to disk.
+//! - `store`: the committer's statements.
 //!
-//! Architecture invariants: an event is acknowledged only after the
-//! transaction holding it, its idempotency row and all its deliveries has
-//! committed; this module knows nothing of gRPC (the gRPC layer converts
-//! requests into [`EventInput`] and [`Published`] back into messages).
+//! Architecture invariants: an event is acknowledged only after the write
+//! holding it, its idempotency row and all its deliveries has committed;
+//! this module knows nothing of gRPC (the gRPC layer converts requests into
+//! [`EventInput`] and [`Published`] back into messages).
 
 mod commit;
+mod store;
 mod validate;
 
 use std::sync::Arc;
@@ -25,9 +28,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::Dispatcher;
 use crate::domain::target::TargetPolicy;
 use crate::error::{Error, Result};
+use crate::handoff::Handoff;
+use crate::metrics::Metrics;
+use crate::queue::Queue;
 use crate::storage::Database;
 use crate::storage::entities::event;
 
@@ -86,13 +91,22 @@ impl Publisher {
     /// server has stopped), then await the handle.
     pub fn start(
         db: Database,
-        dispatcher: Dispatcher,
+        queue: Queue,
+        handoff: Handoff,
+        metrics: Arc<Metrics>,
         config: PublisherConfig,
         stop: CancellationToken,
     ) -> (Publisher, JoinHandle<()>) {
         let (jobs, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let validator = Arc::new(validate::Validator::new(db.clone(), config));
-        let handle = commit::spawn(db, dispatcher, receiver, stop, validator.clone());
+        let parts = commit::Parts {
+            db,
+            queue,
+            handoff,
+            validator: validator.clone(),
+            metrics,
+        };
+        let handle = commit::spawn(parts, receiver, stop);
         (Publisher { jobs, validator }, handle)
     }
 
@@ -102,7 +116,7 @@ impl Publisher {
         let mut results = self.submit(vec![prepared]).await?;
         results
             .pop()
-            .ok_or_else(|| Error::Internal("the committer answered with no result".into()))
+            .ok_or_else(|| Error::internal("the committer answered with no result"))
     }
 
     /// Publishes up to [`MAX_BATCH_EVENTS`] events, all or none

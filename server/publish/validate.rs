@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::{EventInput, PublisherConfig};
 use crate::domain::event_type;
 use crate::error::{Error, Result};
-use crate::storage::{Database, consumers, events};
+use crate::storage::{Database, consumers, event_types};
 
 pub const IDEMPOTENCY_KEY_MAX_CHARS: usize = 256;
 
@@ -197,7 +197,7 @@ impl Validator {
                 None => None,
             }
         };
-        let row = events::get_event_type(&self.db.conn, name).await?;
+        let row = event_types::get(&self.db.conn, name).await?;
         let info = row.map(|row| match previous {
             // Unchanged since it was compiled: keep the compiled schema.
             Some(previous) if previous.updated_at == row.updated_at => Arc::new(EventTypeInfo {

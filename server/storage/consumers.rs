@@ -11,7 +11,8 @@ use sea_orm::{
 };
 
 use super::entities::consumer::{self, Entity as Consumers};
-use super::{json_text, vanished_or};
+use super::sql::json_text;
+use super::vanished_or;
 use crate::domain::consumer::is_consumer_id;
 use crate::domain::ids;
 use crate::domain::page::PageRequest;
@@ -47,6 +48,18 @@ pub async fn resolve(
     Ok(query.one(db).await?)
 }
 
+/// The secret that signs a consumer's callback deliveries, if the consumer
+/// exists.
+pub async fn callback_secret(
+    db: &impl ConnectionTrait,
+    consumer_id: &str,
+) -> Result<Option<String>> {
+    Ok(Consumers::find_by_id(consumer_id.to_owned())
+        .one(db)
+        .await?
+        .map(|row| row.callback_secret))
+}
+
 /// Inserts a consumer. The uid is unique: rather than checking first (which a
 /// concurrent create could slip past), the insert itself is the check, and a
 /// unique-key refusal becomes ALREADY_EXISTS.
@@ -61,7 +74,7 @@ pub async fn insert(
         id: Set(ids::new_id(ids::CONSUMER)),
         uid: Set(new_consumer.uid),
         name: Set(new_consumer.name),
-        metadata: Set(json_text(&new_consumer.metadata)),
+        metadata: Set(json_text(&new_consumer.metadata)?),
         callback_secret: Set(callback_secret.expose().to_owned()),
         created_at: Set(now),
         updated_at: Set(now),
@@ -99,7 +112,7 @@ pub async fn update(
         row.name = Set(name);
     }
     if let Some(metadata) = changes.metadata {
-        row.metadata = Set(json_text(&metadata));
+        row.metadata = Set(json_text(&metadata)?);
     }
     row.updated_at = Set(now_millis());
     row.update(db)

@@ -15,7 +15,8 @@ use sea_orm::{
 
 use super::entities::endpoint::{self, Entity as Endpoints};
 use super::entities::endpoint_secret::{self, Entity as EndpointSecrets};
-use super::{json_text, vanished_or};
+use super::sql::json_text;
+use super::vanished_or;
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::ids;
@@ -73,10 +74,10 @@ pub async fn insert(
         kind: Set(new_endpoint.kind.as_str().to_owned()),
         url: Set(new_endpoint.url),
         description: Set(new_endpoint.description),
-        event_types: Set(json_text(new_endpoint.event_types.patterns())),
+        event_types: Set(json_text(new_endpoint.event_types.patterns())?),
         enabled: Set(true),
         disabled_reason: Set(None),
-        headers: Set(json_text(&new_endpoint.headers)),
+        headers: Set(json_text(&new_endpoint.headers)?),
         rate_limit: Set(stored_count(new_endpoint.rate_limit)),
         max_in_flight: Set(stored_count(new_endpoint.max_in_flight)),
         ordered: Set(new_endpoint.ordered),
@@ -128,10 +129,10 @@ pub async fn update(
         row.description = Set(description);
     }
     if let Some(event_types) = changes.event_types {
-        row.event_types = Set(json_text(event_types.patterns()));
+        row.event_types = Set(json_text(event_types.patterns())?);
     }
     if let Some(headers) = changes.headers {
-        row.headers = Set(json_text(&headers));
+        row.headers = Set(json_text(&headers)?);
     }
     if let Some(rate_limit) = changes.rate_limit {
         row.rate_limit = Set(stored_count(rate_limit));
@@ -214,6 +215,31 @@ pub async fn live_secrets(
     endpoint_id: &str,
     now: i64,
 ) -> Result<Vec<SigningSecret>> {
+    Ok(live_secret_rows(db, endpoint_id, now)
+        .await?
+        .into_iter()
+        .map(|row| SigningSecret::from_stored(row.secret))
+        .collect())
+}
+
+/// An endpoint with its [`live_secrets`] as rows (with their expiries, for a
+/// cache that must stop using a secret when its grace period ends).
+pub async fn with_live_secrets(
+    db: &impl ConnectionTrait,
+    endpoint_id: &str,
+    now: i64,
+) -> Result<Option<(endpoint::Model, Vec<endpoint_secret::Model>)>> {
+    let Some(row) = get(db, endpoint_id).await? else {
+        return Ok(None);
+    };
+    Ok(Some((row, live_secret_rows(db, endpoint_id, now).await?)))
+}
+
+async fn live_secret_rows(
+    db: &impl ConnectionTrait,
+    endpoint_id: &str,
+    now: i64,
+) -> Result<Vec<endpoint_secret::Model>> {
     let mut rows = EndpointSecrets::find()
         .filter(endpoint_secret::Column::EndpointId.eq(endpoint_id))
         .filter(
@@ -225,10 +251,7 @@ pub async fn live_secrets(
         .await?;
     // Ids are monotonic, so a larger id is a newer secret.
     rows.sort_by(|a, b| (a.expires_at.is_some(), &b.id).cmp(&(b.expires_at.is_some(), &a.id)));
-    Ok(rows
-        .into_iter()
-        .map(|row| SigningSecret::from_stored(row.secret))
-        .collect())
+    Ok(rows)
 }
 
 /// Makes `new_secret` the current secret of an endpoint. The previous current

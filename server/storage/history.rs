@@ -1,23 +1,14 @@
 //! Deleting what a consumer, an endpoint or an old event leaves behind:
-//! events, idempotency keys, deliveries and attempts. On PostgreSQL these
-//! tables have no foreign keys (they cost every publish a locking lookup per
-//! row; see the `hot_tables_lean` migration), so their rows are deleted here,
-//! children first, in the caller's transaction.
+//! events, idempotency keys, deliveries and attempts. These tables have no
+//! foreign keys (each cost every publish a locking lookup per row; see the
+//! migrations), so their rows are deleted here, children first, in the
+//! caller's transaction — on both databases alike.
 
-use sea_orm::{ConnectionTrait, DatabaseBackend};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 
-use super::queue::statement;
+use super::Database;
+use super::sql::{Dialect, json_text, statement};
 use crate::error::Result;
-
-/// The ids of a JSON list parameter, as a subquery: one statement text
-/// whatever the list's length.
-pub(crate) fn json_ids(backend: DatabaseBackend) -> &'static str {
-    if backend == DatabaseBackend::Postgres {
-        "SELECT json_array_elements_text(?::json)"
-    } else {
-        "SELECT value FROM json_each(?)"
-    }
-}
 
 async fn run(db: &impl ConnectionTrait, sql: &str, parameter: String) -> Result<()> {
     db.execute_raw(statement(
@@ -32,7 +23,7 @@ async fn run(db: &impl ConnectionTrait, sql: &str, parameter: String) -> Result<
 /// Everything recorded for a consumer's events (the consumer row itself,
 /// its endpoints and keys are the caller's).
 pub async fn delete_of_consumer(db: &impl ConnectionTrait, consumer_id: &str) -> Result<()> {
-    let of_events = "SELECT id FROM events WHERE consumer_id = ?";
+    let of_events = "SELECT id FROM events WHERE consumer_id = $1";
     run(
         db,
         &format!("DELETE FROM attempts WHERE event_id IN ({of_events})"),
@@ -47,13 +38,13 @@ pub async fn delete_of_consumer(db: &impl ConnectionTrait, consumer_id: &str) ->
     .await?;
     run(
         db,
-        "DELETE FROM idempotency_keys WHERE consumer_id = ?",
+        "DELETE FROM idempotency_keys WHERE consumer_id = $1",
         consumer_id.to_owned(),
     )
     .await?;
     run(
         db,
-        "DELETE FROM events WHERE consumer_id = ?",
+        "DELETE FROM events WHERE consumer_id = $1",
         consumer_id.to_owned(),
     )
     .await
@@ -64,13 +55,13 @@ pub async fn delete_of_endpoint(db: &impl ConnectionTrait, endpoint_id: &str) ->
     run(
         db,
         "DELETE FROM attempts WHERE delivery_id IN \
-         (SELECT id FROM deliveries WHERE endpoint_id = ?)",
+         (SELECT id FROM deliveries WHERE endpoint_id = $1)",
         endpoint_id.to_owned(),
     )
     .await?;
     run(
         db,
-        "DELETE FROM deliveries WHERE endpoint_id = ?",
+        "DELETE FROM deliveries WHERE endpoint_id = $1",
         endpoint_id.to_owned(),
     )
     .await
@@ -81,8 +72,8 @@ pub async fn delete_events(db: &impl ConnectionTrait, event_ids: &[String]) -> R
     if event_ids.is_empty() {
         return Ok(());
     }
-    let ids = json_ids(db.get_database_backend());
-    let list = super::json_text(event_ids);
+    let ids = Dialect::of(db.get_database_backend()).json_ids(1);
+    let list = json_text(event_ids)?;
     for table in ["attempts", "deliveries", "idempotency_keys"] {
         run(
             db,
@@ -92,4 +83,44 @@ pub async fn delete_events(db: &impl ConnectionTrait, event_ids: &[String]) -> R
         .await?;
     }
     run(db, &format!("DELETE FROM events WHERE id IN ({ids})"), list).await
+}
+
+/// The retention purge: deletes up to `limit` events created before
+/// `before`, with their deliveries, attempts and idempotency keys; returns
+/// how many events.
+pub async fn purge_events(db: &Database, before: i64, limit: u64) -> Result<u64> {
+    let txn = db.conn.begin().await?;
+    let ids: Vec<String> = txn
+        .query_all_raw(statement(
+            db.backend(),
+            "SELECT id FROM events WHERE created_at < $1 LIMIT $2",
+            vec![
+                before.into(),
+                i64::try_from(limit).unwrap_or(i64::MAX).into(),
+            ],
+        ))
+        .await?
+        .into_iter()
+        .map(|row| row.try_get::<String>("", "id"))
+        .collect::<std::result::Result<_, _>>()?;
+    delete_events(&txn, &ids).await?;
+    txn.commit().await?;
+    Ok(ids.len() as u64)
+}
+
+/// Deletes up to `limit` idempotency keys recorded before `before`.
+pub async fn purge_idempotency_keys(db: &Database, before: i64, limit: u64) -> Result<u64> {
+    let result = db
+        .conn
+        .execute_raw(statement(
+            db.backend(),
+            "DELETE FROM idempotency_keys WHERE (consumer_id, key) IN \
+             (SELECT consumer_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+            vec![
+                before.into(),
+                i64::try_from(limit).unwrap_or(i64::MAX).into(),
+            ],
+        ))
+        .await?;
+    Ok(result.rows_affected())
 }

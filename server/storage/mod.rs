@@ -1,7 +1,7 @@
 //! The database: connecting (SQLite or PostgreSQL), migrating, and one module
 //! of queries per resource. Storage returns `crate::error::Error`, never a gRPC
-//! status; the entities in `entities` never leave this module and the gRPC
-//! layer's conversions.
+//! status. The writes of the `deliveries` table are not here: `crate::queue`
+//! owns them.
 
 pub mod api_keys;
 pub mod consumers;
@@ -11,9 +11,8 @@ pub mod event_types;
 pub mod events;
 pub mod history;
 pub mod nodelay;
-pub mod queue;
+pub mod sql;
 pub mod stats;
-pub mod stream_queue;
 
 use std::fs::{File, OpenOptions};
 use std::time::Duration;
@@ -21,13 +20,30 @@ use std::time::Duration;
 use herald_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, DatabaseBackend, DatabaseConnection};
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 
-/// A value as the text of a JSON column (metadata, headers, filters). These
-/// are maps and lists of strings, which always serialise.
-pub(crate) fn json_text(value: &(impl serde::Serialize + ?Sized)) -> String {
-    serde_json::to_string(value).unwrap_or_default()
+/// Why the database could not be opened: a failure to start, reported as a
+/// plain error (no gRPC status: no request is being answered).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("--database-url must start with sqlite:// or postgres://")]
+    UnsupportedUrl,
+    #[error(
+        "SQLite database {path} is in use by another Herald process; SQLite is single-process (use PostgreSQL to run several instances)"
+    )]
+    Locked { path: String },
+    #[error("cannot open SQLite database {path}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database")]
+    Connect(#[source] sea_orm::DbErr),
+    #[error("cannot apply the database migrations")]
+    Migrate(#[source] sea_orm::DbErr),
 }
+
+type OpenResult<T> = std::result::Result<T, OpenError>;
 
 /// An update that matched no row means the row was deleted after it was read:
 /// to the caller that is NOT_FOUND, not an internal error.
@@ -81,27 +97,24 @@ impl std::fmt::Debug for Database {
 
 impl Database {
     /// Connects and applies pending migrations.
-    pub async fn open(url: &str) -> Result<Self> {
+    pub async fn open(url: &str) -> OpenResult<Self> {
         let database = Self::connect(url).await?;
         database.migrate().await?;
         Ok(database)
     }
 
     /// Connects without migrating.
-    pub async fn connect(url: &str) -> Result<Self> {
+    pub async fn connect(url: &str) -> OpenResult<Self> {
         if let Some(rest) = url.strip_prefix("sqlite:") {
             Self::connect_sqlite(rest).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Self::connect_postgres(url).await
         } else {
-            Err(Error::invalid(
-                "database_url",
-                "must start with sqlite:// or postgres://",
-            ))
+            Err(OpenError::UnsupportedUrl)
         }
     }
 
-    async fn connect_sqlite(rest: &str) -> Result<Self> {
+    async fn connect_sqlite(rest: &str) -> OpenResult<Self> {
         let rest = rest.trim_start_matches("//");
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let in_memory = path.is_empty() || path == ":memory:" || query.contains("mode=memory");
@@ -134,7 +147,9 @@ impl Database {
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(10))
             });
-        let conn = sea_orm::Database::connect(options).await?;
+        let conn = sea_orm::Database::connect(options)
+            .await
+            .map_err(OpenError::Connect)?;
         Ok(Database {
             queue: conn.clone(),
             conn,
@@ -142,7 +157,7 @@ impl Database {
         })
     }
 
-    async fn connect_postgres(url: &str) -> Result<Self> {
+    async fn connect_postgres(url: &str) -> OpenResult<Self> {
         let peers = nodelay::DatabasePeers::resolve(url).await;
         let conn = Self::postgres_pool(url, 16, &[], peers.clone()).await?;
         let queue = Self::postgres_pool(url, 4, &QUEUE_PLANNER_SETTINGS, peers).await?;
@@ -158,7 +173,7 @@ impl Database {
         size: u32,
         settings: &'static [(&'static str, &'static str)],
         peers: nodelay::DatabasePeers,
-    ) -> Result<DatabaseConnection> {
+    ) -> OpenResult<DatabaseConnection> {
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(size)
@@ -180,12 +195,15 @@ impl Database {
                     Box::pin(async { Ok(()) })
                 })
             });
-        Ok(sea_orm::Database::connect(options).await?)
+        sea_orm::Database::connect(options)
+            .await
+            .map_err(OpenError::Connect)
     }
 
-    pub async fn migrate(&self) -> Result<()> {
-        Migrator::up(&self.conn, None).await?;
-        Ok(())
+    pub async fn migrate(&self) -> OpenResult<()> {
+        Migrator::up(&self.conn, None)
+            .await
+            .map_err(OpenError::Migrate)
     }
 
     pub fn backend(&self) -> DatabaseBackend {
@@ -201,21 +219,25 @@ impl Database {
 /// second dispatcher over the same queue. An advisory lock on the database
 /// file itself (SQLite's own locks are of another kind and unaffected) makes
 /// the second process fail at start with a clear message.
-fn lock_sqlite_file(path: &str) -> Result<File> {
+fn lock_sqlite_file(path: &str) -> OpenResult<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|err| Error::Unavailable(format!("cannot open SQLite database {path}: {err}")))?;
+        .map_err(|source| OpenError::File {
+            path: path.to_owned(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::FailedPrecondition(format!(
-            "SQLite database {path} is in use by another Herald process; SQLite is single-process (use PostgreSQL to run several instances)"
-        ))),
-        Err(std::fs::TryLockError::Error(err)) => Err(Error::Unavailable(format!(
-            "cannot lock SQLite database {path}: {err}"
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::File {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }

@@ -3,7 +3,7 @@
 //! the ack token format.
 
 use crate::delivery::signature_header;
-use crate::domain::ids;
+use crate::domain::ids::{self, DeliveryId};
 use crate::domain::secret::SigningSecret;
 use crate::error::{Error, Result};
 use crate::storage::entities::event;
@@ -42,7 +42,7 @@ impl StreamMessage {
     /// `timestamp` (epoch seconds) with every live secret of the endpoint.
     pub fn delivery(
         event: &event::Model,
-        delivery_id: &str,
+        delivery_id: &DeliveryId,
         attempt: u32,
         secrets: &[SigningSecret],
         timestamp: i64,
@@ -84,12 +84,12 @@ impl StreamMessage {
 
 /// The token that acknowledges one send of a delivery. Opaque to clients;
 /// it names the delivery and the attempt it came with.
-pub fn ack_token(delivery_id: &str, attempt: u32) -> String {
+pub fn ack_token(delivery_id: &DeliveryId, attempt: u32) -> String {
     format!("{delivery_id}:{attempt}")
 }
 
 /// Reads an ack token from `field` back into the delivery id it settles.
-pub fn parse_ack_token(field: &str, token: &str) -> Result<String> {
+pub fn parse_ack_token(field: &str, token: &str) -> Result<DeliveryId> {
     let malformed = || {
         Error::invalid(
             field,
@@ -101,7 +101,7 @@ pub fn parse_ack_token(field: &str, token: &str) -> Result<String> {
         return Err(malformed());
     }
     match attempt.parse::<u32>() {
-        Ok(attempt) if attempt >= 1 => Ok(delivery_id.to_owned()),
+        Ok(attempt) if attempt >= 1 => Ok(DeliveryId::from_stored(delivery_id)),
         _ => Err(malformed()),
     }
 }
@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn ack_tokens_round_trip_and_garbage_is_refused() {
-        let delivery_id = ids::new_id(ids::DELIVERY);
+        let delivery_id = DeliveryId::generate();
         let token = ack_token(&delivery_id, 3);
         assert_eq!(
             parse_ack_token("ack_tokens[0]", &token).expect("valid"),
@@ -121,7 +121,7 @@ mod tests {
         for bad in [
             "",
             "nope",
-            &delivery_id,
+            delivery_id.as_str(),
             &format!("{delivery_id}:0"),
             &format!("{delivery_id}:x"),
             "evt_01J0000000000000000000000:1",
@@ -143,8 +143,13 @@ mod tests {
             created_at: 5,
         };
         let secret = SigningSecret::generate();
-        let message =
-            StreamMessage::delivery(&event, "dlv_1", 2, std::slice::from_ref(&secret), 1700);
+        let message = StreamMessage::delivery(
+            &event,
+            &DeliveryId::from_stored("dlv_1"),
+            2,
+            std::slice::from_ref(&secret),
+            1700,
+        );
         let header = |name: &str| {
             message
                 .headers

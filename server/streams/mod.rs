@@ -3,14 +3,15 @@
 //! protobuf.
 //!
 //! - [`StreamHub`]: the in-process meeting point of publishing and
-//!   subscriptions. Publishing tells it, after commit, which endpoints got
-//!   deliveries and which events were published; it wakes the subscriptions
-//!   concerned at once and feeds live tails. It owns every subscription task
-//!   and ends them at shutdown.
+//!   subscriptions. After a commit (a publish, a Redeliver, a Replay) it is
+//!   told which STREAM endpoints have deliveries waiting and wakes their
+//!   subscriptions at once; it feeds live tails the new events; it settles
+//!   acknowledgements. It owns every subscription task and ends them at
+//!   shutdown.
 //! - `session`: one durable subscription of a STREAM endpoint: claims pending
-//!   deliveries (leases in the deliveries table, see
-//!   `storage::stream_queue`) within its window of unacknowledged messages,
-//!   sends them, and gives its leases back when it ends.
+//!   deliveries (leases in the deliveries table, through `crate::queue`)
+//!   within its window of unacknowledged messages, sends them, and gives its
+//!   leases back when it ends.
 //! - `tail`: one live tail of a consumer's new events (nothing stored).
 //! - `message`: the items sent, their signed headers, and ack tokens.
 //!
@@ -30,9 +31,13 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::domain::delivery::{AttemptOutcome, DeliveryVia};
 use crate::domain::event_type::EventTypeFilter;
-use crate::domain::ids;
+use crate::domain::ids::{DeliveryId, EndpointId, LeaseOwner};
+use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::queue::Queue;
 use crate::storage::Database;
 use crate::storage::entities::event;
 
@@ -67,9 +72,7 @@ impl Default for StreamSettings {
 /// A durable subscription's parameters, validated by the caller.
 #[derive(Debug, Clone)]
 pub struct DurableSubscription {
-    pub endpoint_id: String,
-    /// The endpoint's consumer: a publish for it wakes the subscription.
-    pub consumer_id: String,
+    pub endpoint_id: EndpointId,
     /// How long a sent message stays leased to this subscription.
     pub ack_timeout: Duration,
     /// At most this many unacknowledged messages at once.
@@ -79,133 +82,102 @@ pub struct DurableSubscription {
 /// See the module documentation.
 pub struct StreamHub {
     db: Database,
+    queue: Queue,
+    metrics: Arc<Metrics>,
     settings: StreamSettings,
-    sessions: Mutex<Registry>,
+    /// The running durable subscriptions on this node, by endpoint.
+    sessions: Mutex<HashMap<EndpointId, Vec<Arc<SessionSignal>>>>,
     events: broadcast::Sender<Arc<event::Model>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
-/// The running durable subscriptions on this node, by endpoint and by
-/// consumer.
-#[derive(Default)]
-struct Registry {
-    by_endpoint: HashMap<String, Vec<Arc<SessionSignal>>>,
-    by_consumer: HashMap<String, Vec<Arc<SessionSignal>>>,
-}
-
-impl Registry {
-    fn by_endpoint(&self, endpoint_id: &str) -> impl Iterator<Item = &Arc<SessionSignal>> {
-        self.by_endpoint.get(endpoint_id).into_iter().flatten()
-    }
-}
-
-fn unregister(
-    map: &mut HashMap<String, Vec<Arc<SessionSignal>>>,
-    key: &str,
-    signal: &Arc<SessionSignal>,
-) {
-    if let Some(signals) = map.get_mut(key) {
-        signals.retain(|other| !Arc::ptr_eq(other, signal));
-        if signals.is_empty() {
-            map.remove(key);
-        }
-    }
-}
-
 /// How the hub reaches one running durable subscription.
 struct SessionSignal {
-    consumer_id: String,
     notify: Notify,
     /// Deliveries of this endpoint settled by Ack on this node since the
     /// session last looked; the session frees their window slots.
-    acked: Mutex<Vec<String>>,
+    acked: Mutex<Vec<DeliveryId>>,
 }
 
 impl SessionSignal {
-    fn take_acked(&self) -> Vec<String> {
+    fn take_acked(&self) -> Vec<DeliveryId> {
         std::mem::take(&mut *self.acked.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
 impl StreamHub {
-    pub fn new(db: Database, settings: StreamSettings) -> StreamHub {
+    pub fn new(
+        db: Database,
+        queue: Queue,
+        metrics: Arc<Metrics>,
+        settings: StreamSettings,
+    ) -> StreamHub {
         let (events, _) = broadcast::channel(settings.tail_backlog.max(1));
         StreamHub {
             db,
+            queue,
+            metrics,
             settings,
-            sessions: Mutex::new(Registry::default()),
+            sessions: Mutex::new(HashMap::new()),
             events,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
     }
 
-    /// Publishing committed deliveries for these endpoints: wake their
-    /// subscriptions on this node. Never blocks.
-    pub fn deliveries_committed<I, S>(&self, endpoint_ids: I)
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
+    /// Deliveries of these STREAM endpoints are waiting (just committed, put
+    /// back by Redeliver or Replay, or given back by a subscription): wake
+    /// their subscriptions on this node. Never blocks.
+    pub fn wake<'a>(&self, endpoint_ids: impl IntoIterator<Item = &'a EndpointId>) {
         let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if sessions.by_endpoint.is_empty() {
+        if sessions.is_empty() {
             return;
         }
         for endpoint_id in endpoint_ids {
-            for signal in sessions.by_endpoint(endpoint_id.as_ref()) {
+            for signal in sessions.get(endpoint_id).into_iter().flatten() {
                 signal.notify.notify_one();
             }
         }
     }
 
-    /// Publish calls were answered: wake subscriptions and tails for every
-    /// newly committed event (a duplicate by idempotency key is not new).
-    pub fn published(&self, results: &[crate::publish::Published]) {
-        for result in results.iter().filter(|result| !result.duplicate) {
-            self.event_published(result.event.clone());
+    /// New events were committed: hand them to the live tails. Never
+    /// blocks; a tail that falls behind skips events.
+    pub fn tail_events(&self, events: impl IntoIterator<Item = Arc<event::Model>>) {
+        if self.events.receiver_count() == 0 {
+            return;
         }
-    }
-
-    /// Publishing committed this event (with its deliveries): wake the
-    /// subscriptions of the event's consumer on this node, and hand the event
-    /// to the live tails. Never blocks; a tail that falls behind skips events.
-    ///
-    /// Waking every subscription of the consumer, rather than only those
-    /// whose endpoint's filter matched, costs a claim that finds nothing,
-    /// and lets publishing call one method with what it has at hand.
-    pub fn event_published(&self, event: Arc<event::Model>) {
-        {
-            let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            for signal in sessions
-                .by_consumer
-                .get(&event.consumer_id)
-                .into_iter()
-                .flatten()
-            {
-                signal.notify.notify_one();
-            }
-        }
-        if self.events.receiver_count() > 0 {
+        for event in events {
             let _ = self.events.send(event);
         }
     }
 
-    /// Ack settled these deliveries of `endpoint_id`: free the window slots
-    /// of the subscriptions on this node that sent them.
-    pub fn acknowledged(&self, endpoint_id: &str, delivery_ids: &[String]) {
-        if delivery_ids.is_empty() {
-            return;
+    /// Ack: settles these deliveries of `endpoint_id` that are still
+    /// pending, frees the window slots of the subscriptions on this node
+    /// that sent them, and counts them; returns how many it settled.
+    pub async fn acknowledge(&self, endpoint_id: &EndpointId, ids: &[DeliveryId]) -> Result<u32> {
+        let settled = self
+            .queue
+            .acknowledge(endpoint_id, ids, now_millis())
+            .await?;
+        if settled.is_empty() {
+            return Ok(0);
         }
+        self.metrics.attempts(
+            DeliveryVia::Stream,
+            AttemptOutcome::Succeeded,
+            settled.len() as u64,
+        );
         let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        for signal in sessions.by_endpoint(endpoint_id) {
+        for signal in sessions.get(endpoint_id).into_iter().flatten() {
             signal
                 .acked
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(delivery_ids);
+                .extend_from_slice(&settled);
             signal.notify.notify_one();
         }
+        Ok(u32::try_from(settled.len()).unwrap_or(u32::MAX))
     }
 
     /// Starts a durable subscription and returns the receiving end of its
@@ -214,7 +186,6 @@ impl StreamHub {
         self.ensure_running()?;
         let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
         let signal = Arc::new(SessionSignal {
-            consumer_id: subscription.consumer_id.clone(),
             notify: Notify::new(),
             acked: Mutex::new(Vec::new()),
         });
@@ -225,20 +196,13 @@ impl StreamHub {
             endpoint_id: subscription.endpoint_id.clone(),
             signal: signal.clone(),
         };
-        {
-            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            sessions
-                .by_endpoint
-                .entry(subscription.endpoint_id.clone())
-                .or_default()
-                .push(signal.clone());
-            sessions
-                .by_consumer
-                .entry(subscription.consumer_id.clone())
-                .or_default()
-                .push(signal);
-        }
-        let owner = ids::new_id("sub");
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(subscription.endpoint_id.clone())
+            .or_default()
+            .push(signal);
+        let owner = LeaseOwner::subscription();
         tracing::debug!(endpoint_id = %subscription.endpoint_id, subscription = %owner, "stream subscription opened");
         self.tasks.spawn(session::run(
             self.clone(),
@@ -314,7 +278,7 @@ impl Receiver {
 /// Keeps a session reachable by the hub; unregisters it when dropped.
 struct Registration {
     hub: Arc<StreamHub>,
-    endpoint_id: String,
+    endpoint_id: EndpointId,
     signal: Arc<SessionSignal>,
 }
 
@@ -325,8 +289,11 @@ impl Drop for Registration {
             .sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        unregister(&mut sessions.by_endpoint, &self.endpoint_id, &self.signal);
-        let consumer_id = &self.signal.consumer_id;
-        unregister(&mut sessions.by_consumer, consumer_id, &self.signal);
+        if let Some(signals) = sessions.get_mut(&self.endpoint_id) {
+            signals.retain(|other| !Arc::ptr_eq(other, &self.signal));
+            if signals.is_empty() {
+                sessions.remove(&self.endpoint_id);
+            }
+        }
     }
 }

@@ -22,9 +22,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::message::{Outgoing, StreamItem, StreamMessage};
 use super::{DurableSubscription, Registration, StreamHub};
-use crate::domain::time::{duration_millis, now_millis};
+use crate::domain::delivery::{AttemptOutcome, DeliveryVia};
+use crate::domain::ids::{DeliveryId, LeaseOwner};
+use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
-use crate::storage::stream_queue;
+use crate::storage::endpoints;
 
 /// How often (in poll ticks) the session checks that its endpoint still
 /// exists and is enabled.
@@ -33,7 +35,7 @@ const ENDPOINT_CHECK_TICKS: u32 = 5;
 pub(super) async fn run(
     hub: Arc<StreamHub>,
     registration: Registration,
-    owner: String,
+    owner: LeaseOwner,
     subscription: DurableSubscription,
     tx: mpsc::Sender<Outgoing>,
 ) {
@@ -59,11 +61,11 @@ pub(super) async fn run(
         let _ = tx.try_send(Err(error));
     }
     drop(tx);
-    match stream_queue::release(&hub.db.conn, &endpoint_id, &owner).await {
+    match hub.queue.release_subscription(&endpoint_id, &owner).await {
         Ok(0) => {}
         Ok(released) => {
             tracing::debug!(%endpoint_id, subscription = %owner, released, "gave back unacknowledged messages");
-            hub.deliveries_committed([&endpoint_id]);
+            hub.wake([&endpoint_id]);
         }
         // The leases lapse by themselves after the ack timeout.
         Err(error) => {
@@ -77,17 +79,16 @@ struct Session {
     hub: Arc<StreamHub>,
     registration: Registration,
     /// This subscription's id, written as `lease_owner` on what it claims.
-    owner: String,
+    owner: LeaseOwner,
     subscription: DurableSubscription,
     tx: mpsc::Sender<Outgoing>,
     /// Sent and not yet acknowledged: delivery id to lease expiry (epoch ms).
-    in_flight: HashMap<String, i64>,
+    in_flight: HashMap<DeliveryId, i64>,
 }
 
 impl Session {
     async fn run(&mut self) -> Result<()> {
         let settings = self.hub.settings.clone();
-        let ack_timeout = duration_millis(self.subscription.ack_timeout);
         let shutdown = self.hub.shutdown.clone();
         let mut poll = tokio::time::interval(settings.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -116,7 +117,7 @@ impl Session {
                 wait_for_room = free > 0 && room == 0;
                 let limit = free.min(room);
                 if limit > 0 {
-                    let sent = self.claim_and_send(limit, ack_timeout, now).await?;
+                    let sent = self.claim_and_send(limit, now).await?;
                     if sent > 0 {
                         last_sent = Instant::now();
                     }
@@ -161,15 +162,29 @@ impl Session {
     }
 
     /// Claims up to `limit` deliveries and queues them; returns how many.
-    async fn claim_and_send(&mut self, limit: usize, ack_timeout: i64, now: i64) -> Result<usize> {
-        let db = &self.hub.db;
+    async fn claim_and_send(&mut self, limit: usize, now: i64) -> Result<usize> {
+        let hub = &self.hub;
         let endpoint_id = &self.subscription.endpoint_id;
-        let claimed =
-            stream_queue::claim(db, endpoint_id, &self.owner, limit, ack_timeout, now).await?;
+        let claimed = hub
+            .queue
+            .claim_for_subscription(
+                endpoint_id,
+                &self.owner,
+                limit,
+                self.subscription.ack_timeout,
+                now,
+            )
+            .await?;
         if claimed.is_empty() {
             return Ok(0);
         }
-        let secrets = stream_queue::live_secrets(&db.conn, endpoint_id, now).await?;
+        // A message sent again was not acknowledged in time.
+        let resent = claimed.iter().filter(|item| item.attempt > 1).count();
+        if resent > 0 {
+            hub.metrics
+                .attempts(DeliveryVia::Stream, AttemptOutcome::Retrying, resent as u64);
+        }
+        let secrets = endpoints::live_secrets(&hub.db.conn, endpoint_id.as_str(), now).await?;
         let timestamp = now.div_euclid(1000);
         let count = claimed.len();
         for item in claimed {
@@ -195,8 +210,8 @@ impl Session {
     /// Ends the subscription when its endpoint was deleted or disabled.
     async fn check_endpoint(&self) -> Result<()> {
         let endpoint_id = &self.subscription.endpoint_id;
-        match stream_queue::find_endpoint(&self.hub.db.conn, endpoint_id).await? {
-            None => Err(Error::not_found("endpoint", endpoint_id)),
+        match endpoints::get(&self.hub.db.conn, endpoint_id.as_str()).await? {
+            None => Err(Error::not_found("endpoint", endpoint_id.as_str())),
             Some(endpoint) if !endpoint.enabled => Err(Error::FailedPrecondition(format!(
                 "endpoint {endpoint_id:?} was disabled{}",
                 endpoint
@@ -211,9 +226,9 @@ impl Session {
     /// With a full window, asks the database which messages are still ours:
     /// an ack through another node settles them without telling this one.
     async fn forget_settled_elsewhere(&mut self) -> Result<()> {
-        let ids: Vec<String> = self.in_flight.keys().cloned().collect();
-        let still = stream_queue::still_leased(&self.hub.db.conn, &self.owner, ids).await?;
-        let still: std::collections::HashSet<String> = still.into_iter().collect();
+        let ids: Vec<DeliveryId> = self.in_flight.keys().cloned().collect();
+        let still = self.hub.queue.still_leased(&self.owner, &ids).await?;
+        let still: std::collections::HashSet<DeliveryId> = still.into_iter().collect();
         self.in_flight.retain(|id, _| still.contains(id));
         Ok(())
     }
@@ -230,5 +245,31 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message's lease expiry (wall clock) becomes a wake-up on the
+    /// runtime's clock a little after it: never before, so that the claim
+    /// that follows finds the lease lapsed.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_wakes_the_session_just_after_it_lapses() {
+        let expiry = now_millis() + 1_000;
+        let wake = instant_at(expiry);
+        let sleeping = tokio::time::sleep_until(wake);
+        tokio::pin!(sleeping);
+        tokio::time::advance(Duration::from_millis(990)).await;
+        assert!(
+            futures::poll!(&mut sleeping).is_pending(),
+            "not before the expiry"
+        );
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert!(futures::poll!(&mut sleeping).is_ready(), "soon after it");
+        // An expiry already past wakes at once (plus the margin).
+        let past = instant_at(now_millis() - 60_000);
+        assert!(past <= Instant::now() + Duration::from_millis(5));
     }
 }

@@ -131,8 +131,12 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub database: TestDatabase,
+    /// The delivery engine, for tests that step it instead of waiting.
+    pub dispatcher: herald::delivery::Dispatcher,
+    /// This server's own metrics (no other test's counts).
+    pub metrics: std::sync::Arc<herald::metrics::Metrics>,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<herald::error::Result<()>>>,
+    task: Option<JoinHandle<Result<(), herald::serve::StartError>>>,
 }
 
 /// A gRPC channel that sends `authorization: Bearer <token>`.
@@ -191,12 +195,16 @@ impl TestServer {
             .expect("herald starts");
         let addr = herald.grpc_addr().expect("grpc addr");
         let metrics_addr = herald.metrics_addr().expect("metrics addr");
+        let dispatcher = herald.dispatcher();
+        let metrics = herald.metrics();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(herald.serve(shutdown.clone()));
         TestServer {
             addr,
             metrics_addr,
             database,
+            dispatcher,
+            metrics,
             shutdown,
             task: Some(task),
         }
@@ -321,4 +329,110 @@ pub async fn webhook_endpoint(server: &TestServer, consumer_id: &str, url: Strin
         .endpoint
         .expect("endpoint returned")
         .id
+}
+
+/// The real `herald` binary serving: started with `--grpc-addr` and
+/// `--metrics-addr` on port 0, so that it binds free ports itself (a port a
+/// test picked and let go could be taken by another test before the server
+/// binds it), and learns them from the server's start-up log line. Killed
+/// (SIGKILL) when dropped.
+pub struct HeraldProcess {
+    pub child: std::process::Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl HeraldProcess {
+    /// Starts `command` (the binary with `serve` and its flags), adding the
+    /// port-0 addresses, and waits for it to say where it serves. Its log
+    /// goes to the test's stderr.
+    pub fn spawn(mut command: std::process::Command) -> HeraldProcess {
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn,herald::serve=info");
+        }
+        let mut child = command
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the herald binary");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (found, addresses) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut found = Some(found);
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("herald: {line}");
+                if let Some(pair) = serving_addresses(&line)
+                    && let Some(found) = found.take()
+                {
+                    let _ = found.send(pair);
+                }
+            }
+        });
+        match addresses.recv_timeout(Duration::from_secs(60)) {
+            Ok((grpc, metrics)) => HeraldProcess {
+                child,
+                grpc,
+                metrics,
+            },
+            Err(err) => {
+                let _ = child.kill();
+                panic!("herald did not log where it serves within 60 s: {err}");
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The addresses of a `herald serving grpc=… metrics=…` log line.
+fn serving_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    // Strip terminal colours, which wrap the field names.
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    if !plain.contains("herald serving") {
+        return None;
+    }
+    let field = |name: &str| -> Option<SocketAddr> {
+        plain
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(name))?
+            .parse()
+            .ok()
+    };
+    Some((field("grpc=")?, field("metrics=")?))
 }

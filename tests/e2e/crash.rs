@@ -5,31 +5,19 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
 
 use crate::both_backends;
-use crate::common::{ADMIN_TOKEN, Backend, TestDatabase, wait_for};
+use crate::common::{ADMIN_TOKEN, Backend, HeraldProcess, TestDatabase, wait_for};
 use crate::receiver::rows::{EndpointSpec, Rows};
 use crate::receiver::{Receiver, Reply};
 
 both_backends!(acknowledged_events_survive_kill_9);
 
-/// A port that was free a moment ago (bound to port 0, then dropped).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn spawn_herald(database_url: &str, grpc_port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
+fn spawn_herald(database_url: &str) -> HeraldProcess {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
         .args([
             "serve",
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc_port}"),
-            "--metrics-addr",
-            &format!("127.0.0.1:{}", free_port()),
             "--database-url",
             database_url,
             "--admin-token",
@@ -46,13 +34,8 @@ fn spawn_herald(database_url: &str, grpc_port: u16) -> Child {
             "--lease",
             "5s",
         ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the herald binary")
+        .stdout(Stdio::null());
+    HeraldProcess::spawn(command)
 }
 
 #[derive(Clone)]
@@ -75,8 +58,8 @@ type EventsClient = herald_client::proto::events_client::EventsClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AdminBearer>,
 >;
 
-async fn connect_events(grpc_port: u16) -> EventsClient {
-    let url = format!("http://127.0.0.1:{grpc_port}");
+async fn connect_events(herald: &HeraldProcess) -> EventsClient {
+    let url = herald.url();
     let channel = wait_for("herald to listen", Duration::from_secs(30), || {
         let url = url.clone();
         async move {
@@ -115,9 +98,8 @@ async fn acknowledged_events_survive_kill_9(backend: Backend) {
         )
         .await;
 
-    let grpc_port = free_port();
-    let mut herald = spawn_herald(&database.url, grpc_port);
-    let mut events = connect_events(grpc_port).await;
+    let mut herald = spawn_herald(&database.url);
+    let mut events = connect_events(&herald).await;
     let mut acknowledged = Vec::new();
     for n in 0..40 {
         let response = events
@@ -139,15 +121,14 @@ async fn acknowledged_events_survive_kill_9(backend: Backend) {
         (attempt::Entity::find().count(&rows.db).await.ok()? > 0).then_some(())
     })
     .await;
-    herald.kill().await.expect("kill -9");
+    herald.kill9();
     drop(events);
 
     let listener = TcpListener::bind(receiver_addr)
         .await
         .expect("rebind the receiver's port");
     let receiver = Receiver::start_on(listener, Reply::Status(200));
-    let grpc_port = free_port();
-    let mut herald = spawn_herald(&database.url, grpc_port);
+    let mut herald = spawn_herald(&database.url);
     // PostgreSQL: the dead node's leases lapse after --lease (5 s here);
     // SQLite: a new process takes them over at once.
     let deadline = Duration::from_secs(30);
@@ -160,6 +141,6 @@ async fn acknowledged_events_survive_kill_9(backend: Backend) {
     })
     .await;
     let _ = endpoint;
-    herald.kill().await.expect("stop herald");
+    herald.kill9();
     database.drop_database().await;
 }

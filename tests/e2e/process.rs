@@ -2,21 +2,13 @@
 //! creation, the SQLite single-process guard, SIGTERM, and TLS.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use herald_client::proto;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-use crate::common::{Backend, TestServer, wait_for};
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
-}
+use crate::common::{Backend, HeraldProcess, TestServer, wait_for};
 
 fn herald() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -26,30 +18,13 @@ fn herald() -> Command {
     command
 }
 
-struct Served {
-    child: Child,
-    grpc: String,
-}
-
-fn serve(database_url: &str, extra: &[&str]) -> Served {
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let child = herald()
-        .args([
-            "serve",
-            "--grpc-addr",
-            &grpc,
-            "--metrics-addr",
-            &metrics,
-            "--database-url",
-            database_url,
-        ])
+fn serve(database_url: &str, extra: &[&str]) -> HeraldProcess {
+    let mut command = herald();
+    command
+        .args(["serve", "--database-url", database_url])
         .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn herald");
-    Served { child, grpc }
+        .stdout(Stdio::piped());
+    HeraldProcess::spawn(command)
 }
 
 async fn wait_serving(grpc: &str) {
@@ -133,8 +108,8 @@ async fn first_start_prints_an_admin_key_once_and_sigterm_exits_zero() {
         .await
         .expect("the first start prints an admin key within 60 s")
         .expect("the first start prints an admin key");
-    wait_serving(&first.grpc).await;
-    stats(&first.grpc, &token)
+    wait_serving(&first.grpc.to_string()).await;
+    stats(&first.grpc.to_string(), &token)
         .await
         .expect("the printed key is an admin key");
     let status = terminate(&mut first.child);
@@ -142,14 +117,18 @@ async fn first_start_prints_an_admin_key_once_and_sigterm_exits_zero() {
 
     // The second start finds the key and prints nothing.
     let mut second = serve(&url, &[]);
-    wait_serving(&second.grpc).await;
-    stats(&second.grpc, &token)
+    wait_serving(&second.grpc.to_string()).await;
+    stats(&second.grpc.to_string(), &token)
         .await
         .expect("the key survives a restart");
     let status = terminate(&mut second.child);
     assert_eq!(status.code(), Some(0));
-    let output = second.child.wait_with_output().expect("output");
-    let printed = String::from_utf8_lossy(&output.stdout);
+    let mut printed = String::new();
+    std::io::Read::read_to_string(
+        &mut second.child.stdout.take().expect("stdout"),
+        &mut printed,
+    )
+    .expect("read stdout");
     assert!(
         !printed.contains("hk_"),
         "a second start must not mint a key: {printed}"
@@ -205,8 +184,8 @@ async fn offline_key_creation_and_the_single_process_guard() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--consumer"));
 
     let mut server = serve(&url, &[]);
-    wait_serving(&server.grpc).await;
-    stats(&server.grpc, &token)
+    wait_serving(&server.grpc.to_string()).await;
+    stats(&server.grpc.to_string(), &token)
         .await
         .expect("an offline-created key works");
 

@@ -3,8 +3,12 @@
 
 use std::collections::HashSet;
 
+use std::time::Duration;
+
+use herald::domain::ids::EndpointId;
 use herald::domain::time::now_millis;
-use herald::storage::{Database, queue};
+use herald::queue::{LeasePolicy, Queue};
+use herald::storage::Database;
 
 use crate::both_backends;
 use crate::common::{Backend, TestDatabase};
@@ -19,6 +23,8 @@ both_backends!(a_claim_skips_endpoints_whose_workers_are_full);
 async fn a_claim_skips_endpoints_whose_workers_are_full(backend: Backend) {
     let database = TestDatabase::new(backend).await;
     let storage = Database::open(&database.url).await.expect("open database");
+    let lease = LeasePolicy::new(Duration::from_secs(60), Duration::from_secs(15)).expect("lease");
+    let queue = Queue::new(storage, lease);
     let rows = Rows::open(&database.url).await;
     let consumer = rows.consumer().await;
     let (full, _) = rows
@@ -55,26 +61,21 @@ async fn a_claim_skips_endpoints_whose_workers_are_full(backend: Backend) {
     others.insert(callback);
 
     let now = now_millis();
-    let claimed: HashSet<String> = queue::claim_due(
-        &storage,
-        "node_a",
-        now,
-        now + 60_000,
-        100,
-        std::slice::from_ref(&full),
-    )
-    .await
-    .expect("claim")
-    .into_iter()
-    .map(|row| row.id)
-    .collect();
-    assert_eq!(claimed, others, "everything but the full endpoint's");
-
-    let rest: HashSet<String> = queue::claim_due(&storage, "node_a", now, now + 60_000, 100, &[])
+    let claimed: HashSet<String> = queue
+        .claim_due(now, 100, &[EndpointId::from_stored(full.clone())])
         .await
         .expect("claim")
         .into_iter()
-        .map(|row| row.id)
+        .map(|claimed| claimed.delivery.id.into_string())
+        .collect();
+    assert_eq!(claimed, others, "everything but the full endpoint's");
+
+    let rest: HashSet<String> = queue
+        .claim_due(now, 100, &[])
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|claimed| claimed.delivery.id.into_string())
         .collect();
     assert_eq!(rest, of_full, "the skipped ones, once nothing is skipped");
     database.drop_database().await;

@@ -1,5 +1,5 @@
-//! Several Herald nodes on one PostgreSQL database (DESIGN.md, "Storage and
-//! scale"): webhook work is claimed with leases and delivered once, a stream
+//! Several Herald nodes on one PostgreSQL database (README, "Running in
+//! production"): webhook work is claimed with leases and delivered once, a stream
 //! subscriber on one node receives what another node committed, competing
 //! subscribers on two nodes share a stream, and a stopped node's pending work
 //! is taken over at once by the other. PostgreSQL only: SQLite is

@@ -23,6 +23,7 @@ both_backends!(
     unacknowledged_messages_come_back_at_once_on_reconnect,
     competing_subscribers_share_deliveries,
     new_deliveries_reach_a_connected_subscriber_at_once,
+    a_redelivered_message_reaches_a_connected_subscriber_at_once,
     a_live_tail_shows_new_matching_events,
     a_slow_subscriber_slows_nobody,
     idle_streams_get_heartbeats,
@@ -298,6 +299,17 @@ async fn acknowledged_messages_do_not_come_back(backend: Backend) {
         delivery_statuses(&server, &fixture.endpoint_id).await,
         ["succeeded", "succeeded", "pending", "pending"]
     );
+    // Stream deliveries are counted with the webhook ones' labels: two
+    // acknowledged, one sent again after its subscription left.
+    let metrics = server.metrics.render();
+    assert!(
+        metrics.contains(r#"herald_deliveries_total{via="stream",outcome="succeeded"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"herald_deliveries_total{via="stream",outcome="retrying"} 1"#),
+        "{metrics}"
+    );
     drop(stream);
     server.finish().await;
 }
@@ -474,6 +486,52 @@ async fn new_deliveries_reach_a_connected_subscriber_at_once(backend: Backend) {
             started.elapsed() < Duration::from_millis(900),
             "publish to receipt took {:?}",
             started.elapsed()
+        );
+    }
+    drop(stream);
+    server.finish().await;
+}
+
+/// Redeliver of a STREAM delivery wakes the endpoint's subscriptions as a
+/// publish does (both end in the same hand-off), rather than leaving the
+/// message to the next poll.
+async fn a_redelivered_message_reaches_a_connected_subscriber_at_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let fixture = stream_fixture(&server, "again").await;
+    let mut stream = subscribe(&server, ADMIN_TOKEN, durable(&fixture.endpoint_id)).await;
+    let event_id = publish(&server, &fixture.consumer_id, "order.created", "{}").await;
+    let first = next_event(&mut stream, 5 * SECOND).await;
+    assert_eq!(first.event_id, event_id);
+    assert_eq!(
+        ack(&server, &fixture.endpoint_id, vec![first.ack_token]).await,
+        1
+    );
+    for _ in 0..3 {
+        let started = Instant::now();
+        let redelivered = server
+            .events(ADMIN_TOKEN)
+            .await
+            .redeliver(proto::RedeliverRequest {
+                event_id: event_id.clone(),
+                endpoint_id: fixture.endpoint_id.clone(),
+            })
+            .await
+            .expect("redeliver")
+            .into_inner()
+            .delivery
+            .expect("delivery");
+        assert_eq!(redelivered.status, proto::DeliveryStatus::Pending as i32);
+        let again = next_event(&mut stream, 5 * SECOND).await;
+        assert_eq!(again.event_id, event_id);
+        assert_eq!(again.attempt, 1, "a fresh schedule");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "redeliver to receipt took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            ack(&server, &fixture.endpoint_id, vec![again.ack_token]).await,
+            1
         );
     }
     drop(stream);

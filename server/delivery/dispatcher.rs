@@ -1,0 +1,85 @@
+//! The handle the rest of Herald uses to reach the delivery engine.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::messages::{Job, WriterMessage};
+use super::router;
+use super::shared::Shared;
+use crate::domain::delivery::DeliveryStatus;
+use crate::domain::ids::EndpointId;
+use crate::error::{Error, Result};
+use crate::queue::Delivery;
+use crate::storage::entities::event;
+
+/// A delivery that was just committed, handed to the engine on the hot path
+/// together with its event, so that the first attempt needs no database read.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub delivery: Delivery,
+    pub event: Arc<event::Model>,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Dispatcher {
+    /// Hands committed deliveries to the engine. Never blocks and never fails:
+    /// if the engine cannot take them now, its database sweep finds them, since
+    /// the deliveries table is the source of truth. Deliveries not leased to
+    /// this node are not this engine's to start.
+    pub fn submit(&self, deliveries: Vec<Submitted>) {
+        for submitted in deliveries {
+            if !submitted.delivery.is_leased_to(self.shared.queue.node())
+                || submitted.delivery.status != DeliveryStatus::Pending
+            {
+                continue;
+            }
+            router::route(&self.shared, Job::new(submitted.delivery, submitted.event));
+        }
+    }
+
+    /// Endpoints whose in-memory queue on this node is nearly full: their
+    /// new deliveries are better left unleased for the sweep than leased,
+    /// turned away and released (two more statements each).
+    pub fn congested_endpoints(&self) -> HashSet<EndpointId> {
+        self.shared.congested_endpoints(16).into_iter().collect()
+    }
+
+    /// Publishing left deliveries of these endpoints in the database,
+    /// unleased: their workers wake the sweep once they have room.
+    pub fn left_for_sweep(&self, endpoint_ids: impl IntoIterator<Item = EndpointId>) {
+        self.shared.mark_overflowed(endpoint_ids);
+    }
+
+    /// Unleased work is waiting in the database (a Redeliver, a Replay):
+    /// sweep now rather than at the next tick.
+    pub fn wake_sweep(&self) {
+        self.shared.sweep_now.notify_one();
+    }
+
+    /// Runs one claim of due deliveries now and routes them; returns how
+    /// many. For tests and tools that must not wait for the next tick.
+    pub async fn sweep_once(&self) -> Result<usize> {
+        router::claim_once(&self.shared).await
+    }
+
+    /// Waits until every outcome reported so far is written. For tests and
+    /// tools that read the database right after a delivery.
+    pub async fn flush_outcomes(&self) -> Result<()> {
+        let (done, written) = oneshot::channel();
+        self.shared
+            .writer
+            .send(WriterMessage::Flush(done))
+            .await
+            .map_err(|_| Error::Unavailable("the delivery engine has stopped".into()))?;
+        written
+            .await
+            .map_err(|_| Error::Unavailable("the delivery engine has stopped".into()))
+    }
+}

@@ -1,0 +1,122 @@
+//! After a commit, the work it created reaches whoever does it, from one
+//! place: webhook and callback deliveries leased to this node go to the
+//! delivery engine's hot path, deliveries left unleased wake the sweep, and
+//! STREAM endpoints' deliveries wake their subscriptions on this node; new
+//! events go to the live tails. Publishing, Redeliver and Replay all end
+//! here, so a redelivered stream message wakes its subscribers as a
+//! published one does.
+//!
+//! Other nodes sharing the database learn of the work from their own sweep
+//! and subscription polls.
+
+use std::sync::Arc;
+
+use crate::delivery::{Dispatcher, Submitted};
+use crate::domain::ids::{EndpointId, EventId};
+use crate::domain::time::now_millis;
+use crate::error::Result;
+use crate::queue::{Delivery, Queue};
+use crate::storage::entities::event;
+use crate::streams::StreamHub;
+
+/// A committed delivery and where it goes.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub delivery: Delivery,
+    pub event: Arc<event::Model>,
+    /// Delivered over a STREAM endpoint's subscriptions.
+    pub stream: bool,
+}
+
+/// See the module documentation. Cheap to clone.
+#[derive(Clone)]
+pub struct Handoff {
+    queue: Queue,
+    dispatcher: Dispatcher,
+    streams: Arc<StreamHub>,
+}
+
+impl Handoff {
+    pub fn new(queue: Queue, dispatcher: Dispatcher, streams: Arc<StreamHub>) -> Handoff {
+        Handoff {
+            queue,
+            dispatcher,
+            streams,
+        }
+    }
+
+    /// The engine this hands to (for its congestion view and test hooks).
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// A group commit stored these deliveries and these new events.
+    pub fn published(&self, deliveries: Vec<Committed>, new_events: Vec<Arc<event::Model>>) {
+        let mut hot = Vec::with_capacity(deliveries.len());
+        let mut left_for_sweep: Vec<EndpointId> = Vec::new();
+        let mut streams: Vec<EndpointId> = Vec::new();
+        for committed in deliveries {
+            if committed.stream {
+                if let Some(endpoint_id) = committed.delivery.endpoint_id() {
+                    streams.push(endpoint_id.clone());
+                }
+            } else if committed.delivery.is_leased_to(self.queue.node()) {
+                hot.push(Submitted {
+                    delivery: committed.delivery,
+                    event: committed.event,
+                });
+            } else if let Some(endpoint_id) = committed.delivery.endpoint_id() {
+                left_for_sweep.push(endpoint_id.clone());
+            }
+        }
+        if !hot.is_empty() {
+            self.dispatcher.submit(hot);
+        }
+        if !left_for_sweep.is_empty() {
+            self.dispatcher.left_for_sweep(left_for_sweep);
+        }
+        streams.sort();
+        streams.dedup();
+        self.streams.wake(&streams);
+        self.streams.tail_events(new_events);
+    }
+
+    /// Redeliver: the delivery of `event_id` to `endpoint_id` is pending
+    /// again (or new), due now; whoever does its kind of work is woken.
+    pub async fn redeliver(
+        &self,
+        event_id: &EventId,
+        endpoint_id: &EndpointId,
+        stream: bool,
+    ) -> Result<Delivery> {
+        let delivery = self
+            .queue
+            .redeliver(event_id, endpoint_id, now_millis())
+            .await?;
+        self.requeued(endpoint_id, stream);
+        Ok(delivery)
+    }
+
+    /// Replay: every FAILED delivery of `endpoint_id` created since `since`
+    /// is pending again, due now; returns how many.
+    pub async fn replay(&self, endpoint_id: &EndpointId, since: i64, stream: bool) -> Result<u32> {
+        let replayed = self
+            .queue
+            .replay_failed(endpoint_id, since, now_millis())
+            .await?;
+        if !replayed.is_empty() {
+            self.requeued(endpoint_id, stream);
+        }
+        Ok(u32::try_from(replayed.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Requeued deliveries are unleased: a sweep (webhooks) or a
+    /// subscription (streams) claims them; wake the ones on this node.
+    fn requeued(&self, endpoint_id: &EndpointId, stream: bool) {
+        if stream {
+            self.streams.wake([endpoint_id]);
+        } else {
+            self.dispatcher.wake_sweep();
+        }
+    }
+}

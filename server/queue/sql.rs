@@ -1,0 +1,417 @@
+//! Every statement of the queue, for each dialect, side by side: the only
+//! place that knows how SQLite and PostgreSQL differ for deliveries.
+//!
+//! Each verb's two statements take the same parameters in the same order
+//! (`$1`, `$2`, … on both databases), so the code that runs them never asks
+//! which database it talks to. Statements are built once per dialect from
+//! the row types' column lists ([`super::rows`]).
+//!
+//! Two habits, both measured (BENCHMARKS.md): statements that find
+//! deliveries by id never let the planner answer "pending" from the due
+//! index (PostgreSQL: `(status = 'pending') IS TRUE`; SQLite: a unary `+`),
+//! because the statistics, taken when almost nothing was pending, would
+//! have it scan the whole backlog for every batch; and lists and row sets
+//! travel as one JSON parameter, so each statement has one fixed text.
+
+use std::sync::LazyLock;
+
+use super::rows::{
+    ATTEMPT_COLUMNS, DELIVERY_COLUMNS, OUTCOME_COLUMNS, OUTCOME_WITH_ATTEMPT_COLUMNS,
+};
+use crate::domain::delivery::DeliveryStatus;
+use crate::storage::sql::{Dialect, names};
+
+const PENDING: &str = DeliveryStatus::Pending.as_str();
+const SUCCEEDED: &str = DeliveryStatus::Succeeded.as_str();
+const FAILED: &str = DeliveryStatus::Failed.as_str();
+
+/// The queue's statements in one dialect.
+pub(super) struct Statements {
+    /// `$1` deliveries (JSON rows).
+    pub enqueue: String,
+    /// `$1` owner, `$2` lease expiry, `$3` now, `$4` limit, `$5` endpoints
+    /// to skip (JSON list).
+    pub claim_due: String,
+    /// `$1` owner, `$2` lease expiry, `$3` endpoint, `$4` limit, `$5` now.
+    pub claim_ordered_backlog: String,
+    /// `$1` ids (JSON list), `$2` owner, `$3` new expiry.
+    pub renew: String,
+    /// `$1` ids (JSON list), `$2` owner.
+    pub release: String,
+    /// `$1` owner.
+    pub release_all: String,
+    /// `$1` now.
+    pub count_due: String,
+    /// `$1` outcomes (JSON rows), `$2` now. Returns the ids it changed.
+    pub record_outcomes: String,
+    /// `$1` attempts (JSON rows).
+    pub insert_attempts: String,
+    /// PostgreSQL only: `$1` outcomes with their attempts (JSON rows), `$2`
+    /// now, `$3` endpoints that succeeded (JSON list); a batch without
+    /// failures in one statement. Returns the deliveries it changed
+    /// (`endpoint` false) and the endpoints that recovered (true).
+    pub record_successes: Option<String>,
+    /// `$1` endpoint ids (JSON list): their health, locked for the writer's
+    /// transaction where the database locks rows.
+    pub read_health: String,
+    /// `$1` endpoint, `$2` failing since.
+    pub write_failing_since: String,
+    /// `$1` endpoint, `$2` reason, `$3` now. Changes a row only if enabled.
+    pub disable_endpoint: String,
+    /// `$1` delivery, `$2` now.
+    pub requeue: String,
+    /// `$1` endpoint, `$2` created at or after, `$3` now.
+    pub replay_failed: String,
+    /// `$1` owner, `$2` lease expiry, `$3` now, `$4` endpoint, `$5` limit.
+    pub claim_for_subscription: String,
+    /// `$1` ids (JSON list), `$2` endpoint, `$3` now.
+    pub acknowledge: String,
+    /// `$1` endpoint, `$2` owner.
+    pub release_subscription: String,
+    /// `$1` ids (JSON list), `$2` owner.
+    pub still_leased: String,
+}
+
+pub(super) fn statements(dialect: Dialect) -> &'static Statements {
+    static POSTGRES: LazyLock<Statements> = LazyLock::new(|| Statements::build(Dialect::Postgres));
+    static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::build(Dialect::Sqlite));
+    match dialect {
+        Dialect::Postgres => &POSTGRES,
+        Dialect::Sqlite => &SQLITE,
+    }
+}
+
+/// The new state of a delivery `d` from its outcome row `v`.
+const OUTCOME_SET: &str = "status = v.status, attempt_count = d.attempt_count + 1, \
+     last_attempt_at = v.attempted_at, next_attempt_at = v.next_attempt_at, \
+     lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at";
+
+/// The delivery `d` is still as the attempt of outcome row `v` found it.
+const AS_ATTEMPTED: &str = "d.attempt_count = v.attempted_count \
+     AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at";
+
+/// Inserts the deliveries of the JSON rows `$n`, every column.
+pub fn enqueue_from_json(dialect: Dialect, n: u8) -> String {
+    let columns = names(&DELIVERY_COLUMNS);
+    format!(
+        "INSERT INTO deliveries ({columns}) SELECT {columns} FROM {}",
+        dialect.json_rows(n, "r", &DELIVERY_COLUMNS)
+    )
+}
+
+impl Statements {
+    fn build(dialect: Dialect) -> Statements {
+        let columns = names(&DELIVERY_COLUMNS);
+        let returning = format!("RETURNING {columns}");
+        let ids = |n: u8| dialect.json_ids(n);
+        Statements {
+            enqueue: enqueue_from_json(dialect, 1),
+
+            claim_due: match dialect {
+                Dialect::Postgres => format!(
+                    "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
+                     WHERE id IN (\
+                       SELECT d.id FROM deliveries d \
+                       WHERE d.status = '{PENDING}' AND d.next_attempt_at <= $3 \
+                         AND (d.lease_owner IS NULL OR d.lease_expires_at < $3) \
+                         AND (d.endpoint_id IS NULL OR EXISTS (\
+                           SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id \
+                             AND e.kind <> 'stream' AND e.enabled \
+                             AND e.id NOT IN ({skip}) \
+                             AND (NOT e.ordered OR NOT EXISTS (\
+                               SELECT 1 FROM deliveries p WHERE p.endpoint_id = d.endpoint_id \
+                                 AND p.status = '{PENDING}' AND p.id < d.id)))) \
+                       ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE OF d SKIP LOCKED) \
+                     {returning}",
+                    skip = ids(5)
+                ),
+                // One process per file (enforced at open): a lease held by
+                // any other owner is a leftover of an earlier run.
+                Dialect::Sqlite => format!(
+                    "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
+                     WHERE id IN (\
+                       SELECT d.id FROM deliveries d \
+                       WHERE d.status = '{PENDING}' AND d.next_attempt_at <= $3 \
+                         AND (d.lease_owner IS NULL OR d.lease_expires_at < $3 \
+                              OR d.lease_owner <> $1) \
+                         AND (d.endpoint_id IS NULL OR EXISTS (\
+                           SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id \
+                             AND e.kind <> 'stream' AND e.enabled \
+                             AND e.id NOT IN ({skip}) \
+                             AND (NOT e.ordered OR NOT EXISTS (\
+                               SELECT 1 FROM deliveries p WHERE p.endpoint_id = d.endpoint_id \
+                                 AND p.status = '{PENDING}' AND p.id < d.id)))) \
+                       ORDER BY d.next_attempt_at LIMIT $4) \
+                     {returning}",
+                    skip = ids(5)
+                ),
+            },
+
+            claim_ordered_backlog: match dialect {
+                Dialect::Postgres => format!(
+                    "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
+                     WHERE id IN (\
+                       SELECT d.id FROM deliveries d \
+                       WHERE d.endpoint_id = $3 AND d.status = '{PENDING}' \
+                         AND (d.lease_owner IS NULL OR d.lease_expires_at < $5 \
+                              OR d.lease_owner = $1) \
+                       ORDER BY d.id LIMIT $4 FOR UPDATE OF d SKIP LOCKED) \
+                     {returning}"
+                ),
+                // Every lease is this node's or a dead run's (see claim_due).
+                Dialect::Sqlite => format!(
+                    "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
+                     WHERE id IN (\
+                       SELECT d.id FROM deliveries d \
+                       WHERE d.endpoint_id = $3 AND d.status = '{PENDING}' \
+                       ORDER BY d.id LIMIT $4) \
+                     {returning}"
+                ),
+            },
+
+            renew: match dialect {
+                Dialect::Postgres => format!(
+                    "UPDATE deliveries SET lease_expires_at = $3 \
+                     WHERE id IN ({}) AND lease_owner = $2 AND lease_expires_at < $3 \
+                       AND (status = '{PENDING}') IS TRUE",
+                    ids(1)
+                ),
+                Dialect::Sqlite => format!(
+                    "UPDATE deliveries SET lease_expires_at = $3 \
+                     WHERE id IN ({}) AND lease_owner = $2 AND lease_expires_at < $3 \
+                       AND +status = '{PENDING}'",
+                    ids(1)
+                ),
+            },
+
+            release: match dialect {
+                Dialect::Postgres => format!(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id IN ({}) AND lease_owner = $2 AND (status = '{PENDING}') IS TRUE",
+                    ids(1)
+                ),
+                Dialect::Sqlite => format!(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id IN ({}) AND lease_owner = $2 AND +status = '{PENDING}'",
+                    ids(1)
+                ),
+            },
+
+            release_all: format!(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE lease_owner = $1 AND status = '{PENDING}'"
+            ),
+
+            count_due: format!(
+                "SELECT COUNT(*) AS due FROM deliveries \
+                 WHERE status = '{PENDING}' AND next_attempt_at <= $1"
+            ),
+
+            record_outcomes: match dialect {
+                Dialect::Postgres => format!(
+                    "UPDATE deliveries AS d SET {OUTCOME_SET}, updated_at = $2 \
+                     FROM {rows} \
+                     WHERE d.id = v.id AND (d.status = '{PENDING}') IS TRUE AND {AS_ATTEMPTED} \
+                     RETURNING d.id",
+                    rows = dialect.json_rows(1, "v", &OUTCOME_COLUMNS)
+                ),
+                // SQLite's RETURNING names the updated table's columns
+                // unqualified.
+                Dialect::Sqlite => format!(
+                    "UPDATE deliveries AS d SET {OUTCOME_SET}, updated_at = $2 \
+                     FROM {rows} \
+                     WHERE d.id = v.id AND +d.status = '{PENDING}' AND {AS_ATTEMPTED} \
+                     RETURNING id",
+                    rows = dialect.json_rows(1, "v", &OUTCOME_COLUMNS)
+                ),
+            },
+
+            insert_attempts: {
+                let columns = names(&ATTEMPT_COLUMNS);
+                format!(
+                    "INSERT INTO attempts ({columns}) SELECT {columns} FROM {}",
+                    dialect.json_rows(1, "r", &ATTEMPT_COLUMNS)
+                )
+            },
+
+            // The attempt rows come out of the update's RETURNING, so they
+            // are written exactly for the deliveries the update found as
+            // their attempts did; one round trip instead of a transaction
+            // of five.
+            record_successes: match dialect {
+                Dialect::Postgres => Some(format!(
+                    "WITH updated AS (\
+                       UPDATE deliveries AS d SET {OUTCOME_SET}, updated_at = $2 \
+                       FROM {rows} \
+                       WHERE d.id = v.id AND (d.status = '{PENDING}') IS TRUE AND {AS_ATTEMPTED} \
+                       RETURNING d.id, v.attempt_id, v.event_id, v.endpoint_id, v.url, \
+                         v.attempted_at, v.duration_ms, v.status_code, v.error_class, \
+                         v.response_body, v.succeeded), \
+                     attempted AS (\
+                       INSERT INTO attempts ({attempt_columns}) \
+                       SELECT attempt_id, id, event_id, endpoint_id, url, attempted_at, \
+                         duration_ms, status_code, error_class, response_body, succeeded \
+                       FROM updated), \
+                     recovered AS (\
+                       UPDATE endpoints SET failing_since = NULL \
+                       WHERE id IN ({recovered}) AND failing_since IS NOT NULL \
+                       RETURNING id) \
+                     SELECT id, FALSE AS endpoint FROM updated \
+                     UNION ALL SELECT id, TRUE AS endpoint FROM recovered",
+                    rows = dialect.json_rows(1, "v", &OUTCOME_WITH_ATTEMPT_COLUMNS),
+                    attempt_columns = names(&ATTEMPT_COLUMNS),
+                    recovered = ids(3),
+                )),
+                Dialect::Sqlite => None,
+            },
+
+            read_health: match dialect {
+                Dialect::Postgres => format!(
+                    "SELECT id, failing_since, enabled FROM endpoints \
+                     WHERE id IN ({}) ORDER BY id FOR UPDATE",
+                    ids(1)
+                ),
+                Dialect::Sqlite => format!(
+                    "SELECT id, failing_since, enabled FROM endpoints WHERE id IN ({})",
+                    ids(1)
+                ),
+            },
+
+            write_failing_since: "UPDATE endpoints SET failing_since = $2 WHERE id = $1".into(),
+
+            disable_endpoint: "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2, \
+                 updated_at = $3 WHERE id = $1 AND enabled"
+                .into(),
+
+            requeue: format!(
+                "UPDATE deliveries SET status = '{PENDING}', attempt_count = 0, \
+                   next_attempt_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
+                   updated_at = $2 \
+                 WHERE id = $1 {returning}"
+            ),
+
+            replay_failed: format!(
+                "UPDATE deliveries SET status = '{PENDING}', attempt_count = 0, \
+                   next_attempt_at = $3, lease_owner = NULL, lease_expires_at = NULL, \
+                   updated_at = $3 \
+                 WHERE endpoint_id = $1 AND status = '{FAILED}' AND created_at >= $2 \
+                 {returning}"
+            ),
+
+            claim_for_subscription: match dialect {
+                Dialect::Postgres => format!(
+                    "UPDATE deliveries AS d \
+                     SET lease_owner = $1, lease_expires_at = $2, \
+                         attempt_count = d.attempt_count + 1, last_attempt_at = $3, updated_at = $3 \
+                     FROM (SELECT id FROM deliveries \
+                           WHERE endpoint_id = $4 AND status = '{PENDING}' \
+                             AND (lease_owner IS NULL OR lease_expires_at < $3) \
+                           ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED) AS claimable \
+                     WHERE d.id = claimable.id \
+                     RETURNING d.id, d.event_id, d.attempt_count"
+                ),
+                // One writer at a time: the statement alone is atomic.
+                Dialect::Sqlite => format!(
+                    "UPDATE deliveries \
+                     SET lease_owner = $1, lease_expires_at = $2, \
+                         attempt_count = attempt_count + 1, last_attempt_at = $3, updated_at = $3 \
+                     WHERE id IN (SELECT id FROM deliveries \
+                                  WHERE endpoint_id = $4 AND status = '{PENDING}' \
+                                    AND (lease_owner IS NULL OR lease_expires_at < $3) \
+                                  ORDER BY id LIMIT $5) \
+                     RETURNING id, event_id, attempt_count"
+                ),
+            },
+
+            acknowledge: format!(
+                "UPDATE deliveries SET status = '{SUCCEEDED}', lease_owner = NULL, \
+                   lease_expires_at = NULL, next_attempt_at = NULL, updated_at = $3 \
+                 WHERE id IN ({}) AND endpoint_id = $2 AND status = '{PENDING}' \
+                 RETURNING id",
+                ids(1)
+            ),
+
+            release_subscription: format!(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE endpoint_id = $1 AND status = '{PENDING}' AND lease_owner = $2"
+            ),
+
+            still_leased: format!(
+                "SELECT id FROM deliveries \
+                 WHERE id IN ({}) AND status = '{PENDING}' AND lease_owner = $2",
+                ids(1)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each statement uses exactly the parameters its doc names, the same
+    /// on both databases (checked by the highest `$n` and by every `$k`
+    /// below it appearing).
+    #[test]
+    fn both_dialects_take_the_same_parameters() {
+        fn highest(sql: &str) -> u8 {
+            let mut highest = 0;
+            let bytes = sql.as_bytes();
+            for (index, byte) in bytes.iter().enumerate() {
+                if *byte == b'$'
+                    && let Some(digit) = bytes.get(index + 1).filter(|d| d.is_ascii_digit())
+                {
+                    highest = highest.max(digit - b'0');
+                }
+            }
+            highest
+        }
+        let postgres = statements(Dialect::Postgres);
+        let sqlite = statements(Dialect::Sqlite);
+        let pairs = [
+            (&postgres.enqueue, &sqlite.enqueue, 1),
+            (&postgres.claim_due, &sqlite.claim_due, 5),
+            (&postgres.renew, &sqlite.renew, 3),
+            (&postgres.release, &sqlite.release, 2),
+            (&postgres.release_all, &sqlite.release_all, 1),
+            (&postgres.count_due, &sqlite.count_due, 1),
+            (&postgres.record_outcomes, &sqlite.record_outcomes, 2),
+            (&postgres.insert_attempts, &sqlite.insert_attempts, 1),
+            (&postgres.read_health, &sqlite.read_health, 1),
+            (&postgres.requeue, &sqlite.requeue, 2),
+            (&postgres.replay_failed, &sqlite.replay_failed, 3),
+            (
+                &postgres.claim_for_subscription,
+                &sqlite.claim_for_subscription,
+                5,
+            ),
+            (&postgres.acknowledge, &sqlite.acknowledge, 3),
+            (
+                &postgres.release_subscription,
+                &sqlite.release_subscription,
+                2,
+            ),
+            (&postgres.still_leased, &sqlite.still_leased, 2),
+        ];
+        for (postgres, sqlite, expected) in pairs {
+            assert_eq!(highest(postgres), expected, "{postgres}");
+            assert_eq!(highest(sqlite), expected, "{sqlite}");
+        }
+        // The ordered backlog needs no lease check on SQLite, hence no `$5`.
+        assert_eq!(highest(&postgres.claim_ordered_backlog), 5);
+        assert_eq!(highest(&sqlite.claim_ordered_backlog), 4);
+        assert!(sqlite.record_successes.is_none());
+        assert_eq!(
+            highest(postgres.record_successes.as_deref().unwrap_or("")),
+            3
+        );
+    }
+
+    #[test]
+    fn states_are_spelled_by_their_type() {
+        let postgres = statements(Dialect::Postgres);
+        assert!(postgres.claim_due.contains("d.status = 'pending'"));
+        assert!(postgres.acknowledge.contains("status = 'succeeded'"));
+        assert!(postgres.replay_failed.contains("status = 'failed'"));
+    }
+}
