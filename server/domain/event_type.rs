@@ -50,10 +50,10 @@ pub fn parse_description(field: &str, description: &str) -> Result<String> {
     Ok(description.to_owned())
 }
 
-/// An optional JSON Schema: empty means none. Until payloads are checked
-/// against it at publish, only its shape is enforced (JSON text whose top
-/// level is an object), so that no document that could never be a schema is
-/// stored and later breaks publishing.
+/// An optional JSON Schema: empty means none. The schema is compiled here, so
+/// that a document that is not a usable schema (a `type` of 12, a `$ref` to
+/// nowhere) is refused when it is stored instead of making every later
+/// publish of the type fail.
 pub fn parse_schema(field: &str, schema: &str) -> Result<Option<String>> {
     if schema.trim().is_empty() {
         return Ok(None);
@@ -72,7 +72,48 @@ pub fn parse_schema(field: &str, schema: &str) -> Result<Option<String>> {
             "must be a JSON object (a JSON Schema)",
         ));
     }
+    compile_document(&document).map_err(|reason| {
+        Error::invalid(
+            field,
+            format!("is not a JSON Schema that compiles: {reason}"),
+        )
+    })?;
     Ok(Some(schema.to_owned()))
+}
+
+/// Compiles stored schema text. Publishing uses this and the catalogue uses
+/// [`parse_schema`], which compiles the same way, so a schema accepted at
+/// create or update also compiles at publish. The error says why it does not
+/// compile, without naming a field (a stored schema is no request's field).
+pub fn compile_schema(text: &str) -> std::result::Result<jsonschema::Validator, String> {
+    let document: serde_json::Value =
+        serde_json::from_str(text).map_err(|err| format!("not valid JSON ({err})"))?;
+    compile_document(&document)
+}
+
+/// jsonschema 0.61 resolves every `$ref` reachable from the root while it
+/// compiles, so an unresolvable one is an error here and not a surprise at
+/// publish; a `$ref` nothing reaches (say, in an unused `$defs` entry) is
+/// never resolved and never matters.
+fn compile_document(
+    document: &serde_json::Value,
+) -> std::result::Result<jsonschema::Validator, String> {
+    jsonschema::validator_for(document).map_err(|err| {
+        use jsonschema::ReferencingError;
+        use jsonschema::error::ValidationErrorKind;
+        match err.kind() {
+            ValidationErrorKind::Referencing(
+                ReferencingError::UnknownSpecification { .. }
+                | ReferencingError::CircularMetaschema { .. },
+            ) => format!("$schema: {err}"),
+            ValidationErrorKind::Referencing(_) => format!("a $ref cannot be resolved: {err}"),
+            // Not a schema by its meta-schema: the path is inside the schema.
+            _ => match err.instance_path().to_string() {
+                path if path.is_empty() => err.to_string(),
+                path => format!("at {path}: {err}"),
+            },
+        }
+    })
 }
 
 /// An endpoint's (or a live tail's) choice of event types.
@@ -174,6 +215,66 @@ mod tests {
             let err = parse_schema("schema", bad).expect_err(bad);
             assert!(err.to_string().starts_with("schema: "), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn schemas_must_compile() {
+        for (bad, needle) in [
+            (r#"{"type": 12}"#, "at /type: "),
+            (
+                r#"{"properties": {"a": {"minimum": "low"}}}"#,
+                "at /properties/a/minimum: ",
+            ),
+            (r#"{"pattern": "("}"#, "at /pattern: "),
+            (
+                r##"{"$ref": "#/nope"}"##,
+                "a $ref cannot be resolved: Pointer '/nope'",
+            ),
+            (
+                r##"{"properties": {"a": {"$ref": "#/$defs/missing"}}}"##,
+                "a $ref cannot be resolved: Pointer '/$defs/missing'",
+            ),
+            (
+                r##"{"anyOf": [{"type": "string"}, {"$ref": "#/nope"}]}"##,
+                "a $ref cannot be resolved",
+            ),
+            (
+                r##"{"$ref": "#no_such_anchor"}"##,
+                "a $ref cannot be resolved",
+            ),
+            // Remote documents are never fetched: the schema must be whole.
+            (
+                r#"{"$ref": "https://schemas.example.com/invoice.json"}"#,
+                "a $ref cannot be resolved",
+            ),
+            (
+                r#"{"$schema": "https://example.com/my-draft"}"#,
+                "$schema: ",
+            ),
+        ] {
+            let err = parse_schema("schema", bad).expect_err(bad);
+            assert!(matches!(err, Error::InvalidArgument(_)), "{bad}: {err:?}");
+            let message = err.to_string();
+            assert!(
+                message.starts_with("schema: is not a JSON Schema that compiles: "),
+                "{bad}: {message}"
+            );
+            assert!(message.contains(needle), "{bad}: {message}");
+            assert!(compile_schema(bad).is_err(), "publishing agrees: {bad}");
+        }
+        for good in [
+            r#"{"type": "object", "required": ["amount"]}"#,
+            r##"{"$defs": {"amount": {"type": "integer"}}, "properties": {"amount": {"$ref": "#/$defs/amount"}}}"##,
+            r##"{"$defs": {"node": {"items": {"$ref": "#/$defs/node"}}}, "$ref": "#/$defs/node"}"##,
+            r##"{"$schema": "http://json-schema.org/draft-07/schema#", "definitions": {"a": {}}, "$ref": "#/definitions/a"}"##,
+        ] {
+            assert!(
+                parse_schema("schema", good).expect(good).is_some(),
+                "{good}"
+            );
+            assert!(compile_schema(good).is_ok(), "publishing agrees: {good}");
+        }
+        assert!(compile_schema("{not json").is_err());
     }
 
     #[test]

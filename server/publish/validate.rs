@@ -208,7 +208,10 @@ impl Validator {
             _ => Arc::new(EventTypeInfo {
                 updated_at: row.updated_at,
                 archived: row.archived,
-                schema: row.schema.as_deref().map(compile_schema),
+                schema: row
+                    .schema
+                    .as_deref()
+                    .map(|text| event_type::compile_schema(text).map(Arc::new)),
             }),
         });
         let mut cache = lock(&self.event_types);
@@ -228,14 +231,6 @@ impl Validator {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn compile_schema(text: &str) -> std::result::Result<Arc<jsonschema::Validator>, String> {
-    let schema: serde_json::Value =
-        serde_json::from_str(text).map_err(|err| format!("not JSON: {err}"))?;
-    jsonschema::validator_for(&schema)
-        .map(Arc::new)
-        .map_err(|err| err.to_string())
 }
 
 fn check_payload_size(field: &str, payload: &str, limit: usize) -> Result<()> {
@@ -320,7 +315,7 @@ mod tests {
 
     #[test]
     fn schemas_report_the_first_violation_with_its_path() {
-        let schema = compile_schema(
+        let schema = event_type::compile_schema(
             r#"{"type":"object","required":["amount"],"properties":{"amount":{"type":"integer"}}}"#,
         )
         .expect("schema compiles");
@@ -332,8 +327,6 @@ mod tests {
         let message = err.to_string();
         assert!(message.starts_with("payload: "), "{message}");
         assert!(message.contains("/amount"), "{message}");
-        assert!(compile_schema("{not json").is_err());
-        assert!(compile_schema(r#"{"type": 12}"#).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tonic::Code;
 
 use crate::both_backends;
 use crate::common::{ADMIN_TOKEN, Authed, Backend, TestServer, assert_status};
+use crate::publish::publish_request;
 
 both_backends!(
     consumers_round_trip,
@@ -21,6 +22,7 @@ both_backends!(
     endpoint_secrets_are_returned_only_on_purpose_and_rotate,
     endpoints_are_disabled_and_enabled,
     event_types_round_trip,
+    event_type_schemas_must_compile,
     deleting_a_consumer_deletes_its_endpoints,
 );
 
@@ -1199,6 +1201,107 @@ async fn event_types_round_trip(backend: Backend) {
             .await,
         Code::NotFound,
         "never.made",
+    );
+    server.finish().await;
+}
+
+/// A schema that does not compile is refused when it is stored, so that it
+/// cannot make every later publish of the type fail.
+async fn event_type_schemas_must_compile(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.subscriptions(ADMIN_TOKEN).await;
+    let refused = [
+        (r#"{"type": 12}"#, "at /type: "),
+        (
+            r##"{"$ref": "#/nope"}"##,
+            "a $ref cannot be resolved: Pointer '/nope'",
+        ),
+        (
+            r##"{"properties": {"amount": {"$ref": "#/$defs/amount"}}}"##,
+            "a $ref cannot be resolved: Pointer '/$defs/amount'",
+        ),
+    ];
+    for (schema, needle) in refused {
+        let result = client
+            .create_event_type(proto::CreateEventTypeRequest {
+                name: "invoice.paid".into(),
+                description: String::new(),
+                schema: schema.into(),
+            })
+            .await;
+        if let Err(status) = &result {
+            assert!(
+                status
+                    .message()
+                    .starts_with("schema: is not a JSON Schema that compiles: "),
+                "{schema}: {}",
+                status.message()
+            );
+        }
+        assert_status(result, Code::InvalidArgument, needle);
+    }
+    assert_status(
+        client
+            .get_event_type(proto::GetEventTypeRequest {
+                name: "invoice.paid".into(),
+            })
+            .await,
+        Code::NotFound,
+        "invoice.paid",
+    );
+
+    let schema = r##"{"$defs": {"amount": {"type": "integer"}}, "properties": {"amount": {"$ref": "#/$defs/amount"}}}"##;
+    client
+        .create_event_type(proto::CreateEventTypeRequest {
+            name: "invoice.paid".into(),
+            description: String::new(),
+            schema: schema.into(),
+        })
+        .await
+        .expect("a schema whose $ref resolves is accepted");
+    for (bad, needle) in refused {
+        let result = client
+            .update_event_type(proto::UpdateEventTypeRequest {
+                name: "invoice.paid".into(),
+                schema: Some(bad.into()),
+                ..Default::default()
+            })
+            .await;
+        if let Err(status) = &result {
+            assert!(
+                status.message().starts_with("schema: "),
+                "{bad}: {}",
+                status.message()
+            );
+        }
+        assert_status(result, Code::InvalidArgument, needle);
+    }
+    let stored = client
+        .get_event_type(proto::GetEventTypeRequest {
+            name: "invoice.paid".into(),
+        })
+        .await
+        .expect("get event type")
+        .into_inner();
+    assert_eq!(stored.schema, schema, "refused updates change nothing");
+
+    // Publishing checks payloads against the schema that was kept.
+    create_consumer(&mut client, "acme").await;
+    let mut events = server.events(ADMIN_TOKEN).await;
+    events
+        .publish(publish_request("acme", "invoice.paid", r#"{"amount": 5}"#))
+        .await
+        .expect("a conforming payload is accepted");
+    assert_status(
+        events
+            .publish(publish_request(
+                "acme",
+                "invoice.paid",
+                r#"{"amount": "5"}"#,
+            ))
+            .await,
+        Code::InvalidArgument,
+        "payload: does not match the schema",
     );
     server.finish().await;
 }
