@@ -162,14 +162,17 @@ impl EventTypeFilter {
     }
 
     /// Whether an event of type `name` passes. `invoice.*` matches
-    /// `invoice.paid` and `invoice.line.added` but not `invoice` itself.
+    /// `invoice.paid` and `invoice.line.added` but not `invoice` itself (nor
+    /// `invoice.`, which is no event type but may be stored by other means).
+    /// Matching is byte for byte: ListEvents's SQL (`storage::events::list`)
+    /// must select exactly these names.
     pub fn matches(&self, name: &str) -> bool {
         self.patterns.is_empty()
             || self
                 .patterns
                 .iter()
                 .any(|pattern| match pattern.strip_suffix('*') {
-                    Some(prefix) => name.starts_with(prefix),
+                    Some(prefix) => name.len() > prefix.len() && name.starts_with(prefix),
                     None => pattern == name,
                 })
     }
@@ -285,6 +288,7 @@ mod tests {
         assert!(some.matches("invoice.paid"));
         assert!(some.matches("invoice.line.added"));
         assert!(!some.matches("invoice"));
+        assert!(!some.matches("invoice."), "the bare prefix is not under it");
         assert!(!some.matches("invoices.paid"));
         assert!(some.matches("user.created"));
         assert!(!some.matches("user.deleted"));
@@ -292,5 +296,105 @@ mod tests {
             .expect_err("invalid");
         assert!(err.to_string().starts_with("event_types[1]: "), "{err}");
         assert!(EventTypeFilter::parse("event_types", &["*".into()]).is_err());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Valid names over a tiny alphabet, so that generated names and
+        /// patterns often share prefixes.
+        fn small_name() -> impl Strategy<Value = String> {
+            "[ab_1]{1,3}(\\.[ab_1]{1,3}){0,2}"
+        }
+
+        /// Names as they might be stored: valid ones, near misses (upper
+        /// case, trailing or doubled dots, LIKE wildcards) and anything.
+        fn stored_name() -> impl Strategy<Value = String> {
+            prop_oneof![small_name(), "[aAbB_%.\\\\1]{0,8}", any::<String>(),]
+        }
+
+        proptest! {
+            #[test]
+            fn parsing_never_panics_and_names_the_entry(
+                patterns in proptest::collection::vec(
+                    prop_oneof![
+                        any::<String>(),
+                        "[ab.*_A%]{0,6}",
+                        small_name().prop_map(|name| format!("{name}.*")),
+                    ],
+                    0..8,
+                ),
+            ) {
+                match EventTypeFilter::parse("event_types", &patterns) {
+                    Ok(filter) => {
+                        for pattern in filter.patterns() {
+                            prop_assert!(patterns.contains(pattern));
+                            let name = pattern.strip_suffix(".*").unwrap_or(pattern);
+                            prop_assert!(parse_name("name", name).is_ok(), "{:?}", pattern);
+                        }
+                    }
+                    Err(error) => {
+                        let message = error.to_string();
+                        prop_assert!(matches!(error, Error::InvalidArgument(_)));
+                        prop_assert!(message.starts_with("event_types["), "{}", message);
+                    }
+                }
+            }
+
+            #[test]
+            fn the_empty_filter_matches_everything(name in stored_name()) {
+                prop_assert!(EventTypeFilter::default().matches(&name));
+                prop_assert!(EventTypeFilter::parse("event_types", &[]).expect("empty").matches(&name));
+            }
+
+            #[test]
+            fn an_exact_pattern_matches_only_itself(
+                pattern in small_name(),
+                name in prop_oneof![stored_name(), small_name()],
+            ) {
+                let filter = EventTypeFilter::parse("event_types", std::slice::from_ref(&pattern))
+                    .expect("a valid name is a valid pattern");
+                prop_assert!(filter.matches(&pattern));
+                prop_assert_eq!(filter.matches(&name), name == pattern);
+            }
+
+            #[test]
+            fn a_prefix_pattern_matches_longer_names_under_the_prefix(
+                prefix in small_name(),
+                name in prop_oneof![stored_name(), small_name(), small_name().prop_map(|n| format!("{n}."))],
+            ) {
+                let filter = EventTypeFilter::parse("event_types", &[format!("{prefix}.*")])
+                    .expect("a valid prefix pattern");
+                let under = format!("{prefix}.");
+                prop_assert_eq!(
+                    filter.matches(&name),
+                    name.starts_with(&under) && name.len() > under.len(),
+                    "{:?} against {:?}", name, prefix
+                );
+                prop_assert!(!filter.matches(&prefix));
+                prop_assert!(!filter.matches(&under));
+                let below = format!("{under}x");
+                prop_assert!(filter.matches(&below));
+            }
+
+            #[test]
+            fn a_filter_matches_what_any_of_its_patterns_matches(
+                patterns in proptest::collection::vec(
+                    prop_oneof![small_name(), small_name().prop_map(|n| format!("{n}.*"))],
+                    1..5,
+                ),
+                name in prop_oneof![stored_name(), small_name()],
+            ) {
+                let filter = EventTypeFilter::parse("event_types", &patterns).expect("valid patterns");
+                let any_one = patterns.iter().any(|pattern| {
+                    EventTypeFilter::parse("event_types", std::slice::from_ref(pattern))
+                        .expect("valid pattern")
+                        .matches(&name)
+                });
+                prop_assert_eq!(filter.matches(&name), any_one);
+            }
+        }
     }
 }
