@@ -499,6 +499,8 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
             schema: event_type::parse_schema("schema", &request.schema)?,
         };
         let row = event_types::insert(&self.state.db.conn, new_event_type).await?;
+        // Publishing may have cached the name as unregistered (anything goes).
+        self.state.publisher.forget_event_type(&row.name);
         tracing::info!(event_type = %row.name, "event type created");
         Ok(Response::new(event_type_message(row)))
     }
@@ -543,6 +545,8 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
             archived: request.archived,
         };
         let row = event_types::update(&self.state.db.conn, current, changes).await?;
+        // A new schema or archive flag applies to this node's next publish.
+        self.state.publisher.forget_event_type(&row.name);
         Ok(Response::new(event_type_message(row)))
     }
 
@@ -554,6 +558,8 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         if !event_types::delete(&self.state.db.conn, name).await? {
             return Err(Error::not_found("event type", name).into());
         }
+        // Unregistered now: its schema and archive flag no longer apply.
+        self.state.publisher.forget_event_type(name);
         tracing::info!(event_type = %name, "event type deleted");
         Ok(Response::new(proto::DeleteEventTypeResponse {}))
     }

@@ -1,8 +1,8 @@
 //! The reads of the Events API: events, their deliveries and attempts, by id
-//! and in pages. (Publishing writes events in `storage::publishing`; the
+//! and in pages. (Publishing writes events in `publish::store`; the
 //! delivery queue, `crate::queue`, owns the deliveries' writes.)
 
-use sea_orm::sea_query::{Expr, ExprTrait, LikeExpr};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -74,10 +74,22 @@ pub async fn list(
         let mut any = Condition::any();
         for pattern in query.event_types.patterns() {
             any = match pattern.strip_suffix('*') {
-                // Names may contain `_`, a LIKE wildcard: escape it.
+                // Not LIKE: SQLite's ignores ASCII case and PostgreSQL's does
+                // not, and `_` is a wildcard. `=` compares exactly on both,
+                // as `EventTypeFilter::matches` does; `substr` counts
+                // characters on both, and a prefix is whole characters.
                 Some(prefix) => any.add(
-                    Expr::col(event::Column::EventType)
-                        .like(LikeExpr::new(format!("{}%", escape_like(prefix))).escape('\\')),
+                    Condition::all()
+                        .add(
+                            Expr::expr(
+                                Func::cust(Alias::new("substr"))
+                                    .arg(Expr::col(event::Column::EventType))
+                                    .arg(1i32)
+                                    .arg(character_count(prefix)),
+                            )
+                            .eq(prefix),
+                        )
+                        .add(event::Column::EventType.ne(prefix)),
                 ),
                 None => any.add(event::Column::EventType.eq(pattern.as_str())),
             };
@@ -96,15 +108,10 @@ pub async fn list(
     Ok(select.limit(page.fetch_limit()).all(db).await?)
 }
 
-fn escape_like(raw: &str) -> String {
-    let mut escaped = String::with_capacity(raw.len());
-    for character in raw.chars() {
-        if matches!(character, '\\' | '%' | '_') {
-            escaped.push('\\');
-        }
-        escaped.push(character);
-    }
-    escaped
+/// An `int4` argument: PostgreSQL has `substr(text, int, int)` and no
+/// `bigint` overload. Prefixes are at most `MAX_NAME_LENGTH` characters.
+fn character_count(text: &str) -> i32 {
+    i32::try_from(text.chars().count()).unwrap_or(i32::MAX)
 }
 
 /// What ListDeliveries selects: one of event and endpoint is set.
@@ -165,15 +172,4 @@ pub async fn list_attempts(
         select = select.filter(attempt::Column::Id.lt(after.as_str()));
     }
     Ok(select.limit(page.fetch_limit()).all(db).await?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn like_patterns_escape_wildcards() {
-        assert_eq!(escape_like("invoice_line."), "invoice\\_line.");
-        assert_eq!(escape_like("a%b\\"), "a\\%b\\\\");
-    }
 }

@@ -2,8 +2,13 @@
 //! filters, ListDeliveries, ListAttempts, Redeliver, Replay, and the
 //! confinement of CONSUMER keys.
 
-use herald::storage::entities::{attempt, delivery};
+use std::collections::BTreeSet;
+
+use herald::domain::event_type::EventTypeFilter;
+use herald::storage::entities::{attempt, delivery, event};
 use herald_client::proto::{self, ApiKeyScope, DeliveryStatus};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use prost_types::Timestamp;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use tonic::Code;
@@ -15,6 +20,7 @@ use crate::publish::publish_request;
 
 both_backends!(
     list_events_pages_newest_first_and_filters,
+    list_events_selects_exactly_what_the_filter_matches,
     replay_and_redeliver_requeue_deliveries,
     list_attempts_and_deliveries_by_endpoint,
     consumer_keys_see_only_their_own_events,
@@ -167,6 +173,165 @@ async fn list_events_pages_newest_first_and_filters(backend: Backend) {
         Code::NotFound,
         "evt_01ARZ3NDEKTSV4RRFFQ69G5FAV",
     );
+    server.finish().await;
+}
+
+/// Every event type name of one to three segments drawn from a few that
+/// share prefixes (`a`, `ab`, `a_b`, `a1`) and one that does not (`b`).
+fn generated_event_types() -> Vec<String> {
+    const SEGMENTS: [&str; 5] = ["a", "ab", "a_b", "a1", "b"];
+    let mut names: Vec<String> = SEGMENTS.iter().map(|s| s.to_string()).collect();
+    let mut last = names.clone();
+    for _ in 1..3 {
+        last = last
+            .iter()
+            .flat_map(|name| SEGMENTS.iter().map(move |s| format!("{name}.{s}")))
+            .collect();
+        names.extend(last.iter().cloned());
+    }
+    names
+}
+
+/// Names no publish accepts but a database may hold (written by hand, by an
+/// older version, by a migration): upper case, which SQLite's LIKE would
+/// fold, LIKE wildcards and escapes, bare prefixes, spaces, non-ASCII.
+fn stored_only_event_types(valid: &[String]) -> Vec<String> {
+    let mut names = Vec::new();
+    for name in valid.iter().filter(|name| name.matches('.').count() <= 1) {
+        names.push(name.to_uppercase());
+        let mut first_upper = name.clone();
+        first_upper[..1].make_ascii_uppercase();
+        names.push(first_upper);
+    }
+    for odd in [
+        "a.", "ab.", "a..b", "a_", "aXb.a", "a%b.a", "a%.b", "a%", "a\\b.a", "a\\.b", "a.b ",
+        " a.b", "ä.b", "a.ä", "a.B", "aB.a",
+    ] {
+        names.push(odd.to_owned());
+    }
+    names.sort();
+    names.dedup();
+    names.retain(|name| !valid.contains(name));
+    names
+}
+
+/// ListEvents filters in SQL, fan-out and live tails with
+/// `EventTypeFilter::matches`; the two must select the same names on both
+/// databases, whatever the names stored.
+async fn list_events_selects_exactly_what_the_filter_matches(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let fixtures = Fixtures::open(&server).await;
+    let consumer = fixtures.consumer("acme").await;
+    let mut events = server.events(ADMIN_TOKEN).await;
+
+    let valid = generated_event_types();
+    let published = events
+        .publish_batch(proto::PublishBatchRequest {
+            events: valid
+                .iter()
+                .map(|name| publish_request("acme", name, "{}"))
+                .collect(),
+        })
+        .await
+        .expect("publish every valid name")
+        .into_inner()
+        .results;
+    let mut stored: Vec<(String, String)> = published
+        .into_iter()
+        .map(|result| {
+            let event = result.event.expect("event");
+            (event.id, event.event_type)
+        })
+        .collect();
+    let odd = stored_only_event_types(&valid);
+    for name in &odd {
+        let id = herald::domain::ids::new_id(herald::domain::ids::EVENT);
+        event::Entity::insert(event::ActiveModel {
+            id: Set(id.clone()),
+            consumer_id: Set(consumer.clone()),
+            event_type: Set(name.clone()),
+            payload: Set("{}".into()),
+            idempotency_key: Set(None),
+            callback_url: Set(None),
+            created_at: Set(herald::domain::time::now_millis()),
+        })
+        .exec_without_returning(&fixtures.db)
+        .await
+        .expect("insert an event with a name no publish accepts");
+        stored.push((id, name.clone()));
+    }
+    assert_eq!(stored.len(), valid.len() + odd.len());
+    assert!(stored.len() < 1000, "one page holds every event");
+
+    // Patterns over the generated names and a few that match nothing.
+    let mut prefixes = valid.clone();
+    prefixes.extend(["c", "b.c", "a1.a1.a1.a1"].map(String::from));
+    let pattern = prop_oneof![
+        proptest::sample::select(prefixes.clone()),
+        proptest::sample::select(prefixes).prop_map(|prefix| format!("{prefix}.*")),
+    ];
+    let filters = proptest::collection::vec(pattern, 0..4);
+
+    let runtime = tokio::runtime::Handle::current();
+    let selected = |patterns: &Vec<String>| -> Result<BTreeSet<String>, TestCaseError> {
+        let mut events = events.clone();
+        let request = proto::ListEventsRequest {
+            event_types: patterns.clone(),
+            page_size: 1000,
+            ..Default::default()
+        };
+        let page = tokio::task::block_in_place(|| runtime.block_on(events.list_events(request)))
+            .map_err(|status| TestCaseError::fail(format!("ListEvents {patterns:?}: {status}")))?
+            .into_inner();
+        prop_assert_eq!(page.next_page_token, "");
+        Ok(page.events.into_iter().map(|event| event.id).collect())
+    };
+    let check = |patterns: Vec<String>| -> Result<(), TestCaseError> {
+        let filter = EventTypeFilter::parse("event_types", &patterns)
+            .map_err(|err| TestCaseError::fail(format!("generated an invalid filter: {err}")))?;
+        let expected: BTreeSet<String> = stored
+            .iter()
+            .filter(|(_, name)| filter.matches(name))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let actual = selected(&patterns)?;
+        if actual != expected {
+            let names = |ids: BTreeSet<&String>| -> Vec<&str> {
+                stored
+                    .iter()
+                    .filter(|(id, _)| ids.contains(id))
+                    .map(|(_, name)| name.as_str())
+                    .collect()
+            };
+            return Err(TestCaseError::fail(format!(
+                "{patterns:?}: SQL selected {:?} that matches refuses and missed {:?}",
+                names(actual.difference(&expected).collect()),
+                names(expected.difference(&actual).collect()),
+            )));
+        }
+        Ok(())
+    };
+
+    // The cases that tell LIKE from an exact prefix, then generated ones.
+    for patterns in [
+        vec![],
+        vec!["a.*"],
+        vec!["ab.*"],
+        vec!["a_b.*"],
+        vec!["a.b"],
+        vec!["a.*", "b"],
+        vec!["a.ab.*", "a_b.a"],
+    ] {
+        let patterns: Vec<String> = patterns.into_iter().map(String::from).collect();
+        check(patterns).unwrap_or_else(|failure| panic!("{failure}"));
+    }
+    let mut config = Config::with_cases(150);
+    config.failure_persistence = None;
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    runner
+        .run(&filters, check)
+        .unwrap_or_else(|failure| panic!("{failure}"));
     server.finish().await;
 }
 

@@ -2,6 +2,7 @@
 //! endpoints with their secrets, and event types, on both backends.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use herald_client::proto::subscriptions_client::SubscriptionsClient;
 use herald_client::proto::{self, EndpointKind};
@@ -9,6 +10,7 @@ use tonic::Code;
 
 use crate::both_backends;
 use crate::common::{ADMIN_TOKEN, Authed, Backend, TestServer, assert_status};
+use crate::publish::publish_request;
 
 both_backends!(
     consumers_round_trip,
@@ -21,6 +23,8 @@ both_backends!(
     endpoint_secrets_are_returned_only_on_purpose_and_rotate,
     endpoints_are_disabled_and_enabled,
     event_types_round_trip,
+    event_type_schemas_must_compile,
+    event_type_changes_apply_at_once_on_their_node,
     deleting_a_consumer_deletes_its_endpoints,
 );
 
@@ -1201,6 +1205,217 @@ async fn event_types_round_trip(backend: Backend) {
         "never.made",
     );
     server.finish().await;
+}
+
+/// A schema that does not compile is refused when it is stored, so that it
+/// cannot make every later publish of the type fail.
+async fn event_type_schemas_must_compile(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.subscriptions(ADMIN_TOKEN).await;
+    let refused = [
+        (r#"{"type": 12}"#, "at /type: "),
+        (
+            r##"{"$ref": "#/nope"}"##,
+            "a $ref cannot be resolved: Pointer '/nope'",
+        ),
+        (
+            r##"{"properties": {"amount": {"$ref": "#/$defs/amount"}}}"##,
+            "a $ref cannot be resolved: Pointer '/$defs/amount'",
+        ),
+    ];
+    for (schema, needle) in refused {
+        let result = client
+            .create_event_type(proto::CreateEventTypeRequest {
+                name: "invoice.paid".into(),
+                description: String::new(),
+                schema: schema.into(),
+            })
+            .await;
+        if let Err(status) = &result {
+            assert!(
+                status
+                    .message()
+                    .starts_with("schema: is not a JSON Schema that compiles: "),
+                "{schema}: {}",
+                status.message()
+            );
+        }
+        assert_status(result, Code::InvalidArgument, needle);
+    }
+    assert_status(
+        client
+            .get_event_type(proto::GetEventTypeRequest {
+                name: "invoice.paid".into(),
+            })
+            .await,
+        Code::NotFound,
+        "invoice.paid",
+    );
+
+    let schema = r##"{"$defs": {"amount": {"type": "integer"}}, "properties": {"amount": {"$ref": "#/$defs/amount"}}}"##;
+    client
+        .create_event_type(proto::CreateEventTypeRequest {
+            name: "invoice.paid".into(),
+            description: String::new(),
+            schema: schema.into(),
+        })
+        .await
+        .expect("a schema whose $ref resolves is accepted");
+    for (bad, needle) in refused {
+        let result = client
+            .update_event_type(proto::UpdateEventTypeRequest {
+                name: "invoice.paid".into(),
+                schema: Some(bad.into()),
+                ..Default::default()
+            })
+            .await;
+        if let Err(status) = &result {
+            assert!(
+                status.message().starts_with("schema: "),
+                "{bad}: {}",
+                status.message()
+            );
+        }
+        assert_status(result, Code::InvalidArgument, needle);
+    }
+    let stored = client
+        .get_event_type(proto::GetEventTypeRequest {
+            name: "invoice.paid".into(),
+        })
+        .await
+        .expect("get event type")
+        .into_inner();
+    assert_eq!(stored.schema, schema, "refused updates change nothing");
+
+    // Publishing checks payloads against the schema that was kept.
+    create_consumer(&mut client, "acme").await;
+    let mut events = server.events(ADMIN_TOKEN).await;
+    events
+        .publish(publish_request("acme", "invoice.paid", r#"{"amount": 5}"#))
+        .await
+        .expect("a conforming payload is accepted");
+    assert_status(
+        events
+            .publish(publish_request(
+                "acme",
+                "invoice.paid",
+                r#"{"amount": "5"}"#,
+            ))
+            .await,
+        Code::InvalidArgument,
+        "payload: does not match the schema",
+    );
+    server.finish().await;
+}
+
+/// Publishing caches each event type for a second
+/// (`publish::validate::EVENT_TYPE_TTL`); the catalogue handlers must forget
+/// it so that a change applies to the very next publish on the same node.
+/// A round proves that only when it ends within that second (a cache entry
+/// older than a second would be refreshed anyway), so slow rounds are run
+/// again with a new type name; every answer is checked in every round.
+async fn event_type_changes_apply_at_once_on_their_node(backend: Backend) {
+    const CACHE_LIFETIME_MARGIN: Duration = Duration::from_millis(900);
+    let server = TestServer::start(backend).await;
+    let mut client = server.subscriptions(ADMIN_TOKEN).await;
+    create_consumer(&mut client, "acme").await;
+    let mut events = server.events(ADMIN_TOKEN).await;
+    let integer_amount = r#"{"properties": {"amount": {"type": "integer"}}}"#;
+    let string_amount = r#"{"properties": {"amount": {"type": "string"}}}"#;
+    let mut slow_rounds = Vec::new();
+    for round in 0..5 {
+        let name = format!("invoice.paid_{round}");
+        let started = Instant::now();
+
+        // Unregistered: anything goes (and the cache learns that).
+        events
+            .publish(publish_request("acme", &name, r#"{"amount": 5}"#))
+            .await
+            .expect("unregistered types are allowed");
+        client
+            .create_event_type(proto::CreateEventTypeRequest {
+                name: name.clone(),
+                description: String::new(),
+                schema: integer_amount.into(),
+            })
+            .await
+            .expect("create event type");
+        assert_status(
+            events
+                .publish(publish_request("acme", &name, r#"{"amount": "5"}"#))
+                .await,
+            Code::InvalidArgument,
+            "payload: does not match the schema",
+        );
+        events
+            .publish(publish_request("acme", &name, r#"{"amount": 5}"#))
+            .await
+            .expect("conforms to the first schema");
+
+        client
+            .update_event_type(proto::UpdateEventTypeRequest {
+                name: name.clone(),
+                schema: Some(string_amount.into()),
+                ..Default::default()
+            })
+            .await
+            .expect("new schema");
+        assert_status(
+            events
+                .publish(publish_request("acme", &name, r#"{"amount": 5}"#))
+                .await,
+            Code::InvalidArgument,
+            "payload: does not match the schema",
+        );
+
+        client
+            .update_event_type(proto::UpdateEventTypeRequest {
+                name: name.clone(),
+                archived: Some(true),
+                ..Default::default()
+            })
+            .await
+            .expect("archive");
+        assert_status(
+            events
+                .publish(publish_request("acme", &name, r#"{"amount": "5"}"#))
+                .await,
+            Code::InvalidArgument,
+            "archived",
+        );
+
+        client
+            .update_event_type(proto::UpdateEventTypeRequest {
+                name: name.clone(),
+                archived: Some(false),
+                ..Default::default()
+            })
+            .await
+            .expect("unarchive");
+        events
+            .publish(publish_request("acme", &name, r#"{"amount": "5"}"#))
+            .await
+            .expect("unarchived, and conforms to the second schema");
+
+        client
+            .delete_event_type(proto::DeleteEventTypeRequest { name: name.clone() })
+            .await
+            .expect("delete event type");
+        events
+            .publish(publish_request("acme", &name, r#"{"amount": 5}"#))
+            .await
+            .expect("deleted: unregistered again, no schema applies");
+
+        let took = started.elapsed();
+        if took < CACHE_LIFETIME_MARGIN {
+            server.finish().await;
+            return;
+        }
+        slow_rounds.push(took);
+    }
+    panic!(
+        "no round ended within {CACHE_LIFETIME_MARGIN:?}, so none proved that the cache was forgotten: {slow_rounds:?}"
+    );
 }
 
 async fn deleting_a_consumer_deletes_its_endpoints(backend: Backend) {
