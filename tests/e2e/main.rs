@@ -8,6 +8,7 @@ mod admin;
 mod authorization;
 mod client;
 mod crash;
+mod deletion;
 mod delivery;
 mod events_api;
 mod grpcurl;
