@@ -4,16 +4,20 @@
 //! Conventions that every table follows, so that the same queries work on both
 //! databases: ids are text (`<prefix>_<ULID>`, which sort by creation time),
 //! times are `BIGINT` milliseconds since the Unix epoch, JSON documents are
-//! text, and every child row is deleted with its parent: by `ON DELETE
-//! CASCADE`, except below the tables a publish writes to on PostgreSQL,
-//! where Herald deletes the children itself (see
-//! `m20261130_000002_hot_tables_lean`). One file per migration:
-//! `DeriveMigrationName` names a migration after it.
+//! text, and every child row is deleted with its parent. Among the tables an
+//! administrator writes (consumers, endpoints and their secrets, API keys)
+//! `ON DELETE CASCADE` does it. The tables a publish writes to (events,
+//! idempotency keys, deliveries, attempts) have no foreign keys on either
+//! database (`m20261130_000002_hot_tables_lean` dropped them on PostgreSQL,
+//! `m20261201_000003_same_foreign_keys` on SQLite): Herald deletes their
+//! rows itself, children first, with the same statements on both. One file
+//! per migration: `DeriveMigrationName` names a migration after it.
 
 pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_initial;
 mod m20261130_000002_hot_tables_lean;
+mod m20261201_000003_same_foreign_keys;
 
 pub struct Migrator;
 
@@ -23,6 +27,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_initial::Migration),
             Box::new(m20261130_000002_hot_tables_lean::Migration),
+            Box::new(m20261201_000003_same_foreign_keys::Migration),
         ]
     }
 }

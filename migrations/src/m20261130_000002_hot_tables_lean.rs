@@ -12,9 +12,10 @@
 //!    linguistic collation (the database default, often `en_US.UTF-8` or
 //!    `C.UTF-8`) every index comparison goes through `strcoll`.
 //!
-//! SQLite keeps its foreign keys (checked in-process, cheap; dropping one
-//! means rebuilding the table): the explicit deletes make its cascades
-//! no-ops.
+//! SQLite is left alone here (its foreign keys are checked in-process, and
+//! dropping one means rebuilding the table);
+//! `m20261201_000003_same_foreign_keys` later drops them there too, so that
+//! both databases have one schema and go through the same deletes.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;

@@ -1,6 +1,8 @@
-//! The retention purge: events older than `--retention` (with their
-//! deliveries, attempts and idempotency keys) and idempotency keys older than
-//! 24 hours, deleted in bounded batches so that no transaction grows large.
+//! The retention purge: events older than `--retention` with their
+//! deliveries, attempts and idempotency keys, idempotency keys older than 24
+//! hours, and the rows whose parent is gone (orphans: what a delete on
+//! PostgreSQL could not see, see `storage::history`), deleted in bounded
+//! batches so that no transaction grows large.
 
 use std::time::Duration;
 
@@ -23,25 +25,43 @@ pub async fn run(db: Database, retention: Duration, every: Duration, stop: Cance
             _ = tick.tick() => {}
         }
         let now = now_millis();
-        let events = purge(&stop, |limit| {
-            history::purge_events(&db, now.saturating_sub(duration_millis(retention)), limit)
-        })
+        let cutoff = now.saturating_sub(duration_millis(retention));
+        let events = purge(
+            &stop,
+            |limit| history::purge_events(&db, cutoff, limit),
+            |deleted| deleted < BATCH,
+        )
         .await;
-        let keys = purge(&stop, |limit| {
-            history::purge_idempotency_keys(
-                &db,
-                now.saturating_sub(idempotency::WINDOW_MILLIS),
-                limit,
-            )
-        })
+        let keys = purge(
+            &stop,
+            |limit| {
+                history::purge_idempotency_keys(
+                    &db,
+                    now.saturating_sub(idempotency::WINDOW_MILLIS),
+                    limit,
+                )
+            },
+            |deleted| deleted < BATCH,
+        )
         .await;
-        if events + keys > 0 {
-            tracing::info!(events, idempotency_keys = keys, "retention purge");
+        // A pass takes up to a batch of each kind and counts their children
+        // too, so only a pass that found nothing says that none are left.
+        let orphans = purge(
+            &stop,
+            |limit| history::purge_orphans(&db, cutoff, limit),
+            |deleted| deleted == 0,
+        )
+        .await;
+        if events + keys + orphans > 0 {
+            tracing::info!(events, idempotency_keys = keys, orphans, "retention purge");
         }
     }
 }
 
-async fn purge<F, Fut>(stop: &CancellationToken, mut step: F) -> u64
+/// Runs `step` with a batch size until `done` says of what it deleted that
+/// nothing is left (or it fails, or `stop` is cancelled); says how many rows
+/// went.
+async fn purge<F, Fut>(stop: &CancellationToken, mut step: F, done: impl Fn(u64) -> bool) -> u64
 where
     F: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = crate::error::Result<u64>>,
@@ -51,7 +71,7 @@ where
         match step(BATCH).await {
             Ok(deleted) => {
                 total += deleted;
-                if deleted < BATCH {
+                if done(deleted) {
                     break;
                 }
             }

@@ -213,9 +213,10 @@ impl Committer {
     /// (atomic by itself). What the read saw may change before the write: a
     /// key claimed meanwhile fails the write on its primary key, and the
     /// group is then retried job by job, each re-reading; a consumer or
-    /// endpoint deleted meanwhile leaves this group's rows of it behind,
-    /// never delivered, until the retention purge removes them (the tables
-    /// a publish writes have no foreign keys); an endpoint created meanwhile
+    /// endpoint deleted meanwhile leaves this group's rows of it behind
+    /// (the tables a publish writes have no foreign keys) until the
+    /// retention purge removes them, attempted at most while this node's
+    /// cache still holds the endpoint; an endpoint created meanwhile
     /// misses this group's events, as it would had it been created a moment
     /// later. On SQLite (in-process statements, one connection) everything
     /// runs in one transaction.

@@ -1,7 +1,8 @@
 //! Consumer rows: create, resolve by id or uid, list, update, delete, and the
-//! callback secret. Deleting a consumer relies on the foreign keys of the
-//! schema (`ON DELETE CASCADE`) to take its endpoints, secrets, events,
-//! deliveries, attempts and API keys with it, in one statement.
+//! callback secret. Deleting a consumer takes its events, idempotency keys,
+//! deliveries and attempts first (`history`, in the same transaction), then
+//! the row, whose foreign keys take its endpoints, their secrets and its API
+//! keys.
 
 use std::collections::BTreeMap;
 

@@ -469,8 +469,8 @@ async fn history_counts(rows: &Rows, event_ids: &[String]) -> (usize, usize, usi
 /// Deleting an endpoint deletes its deliveries and their attempts (not the
 /// events, which other endpoints share); deleting a consumer deletes its
 /// events with their idempotency keys, deliveries and attempts. Another
-/// consumer's history stays. (On PostgreSQL these tables have no foreign
-/// keys, so no cascade does it for Herald.)
+/// consumer's history stays. (These tables have no foreign keys on either
+/// database, so no cascade does it for Herald.)
 async fn deleting_an_endpoint_or_a_consumer_deletes_their_history(backend: Backend) {
     let server = TestServer::start(backend).await;
     let rows = Rows::open(&server.database.url).await;

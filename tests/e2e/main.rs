@@ -9,6 +9,7 @@ mod architecture;
 mod authorization;
 mod client;
 mod crash;
+mod deletion;
 mod delivery;
 mod events_api;
 mod grpcurl;
