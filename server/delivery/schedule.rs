@@ -29,12 +29,6 @@ impl RetrySchedule {
         let factor = 1.0 - JITTER + 2.0 * JITTER * random.clamp(0.0, 1.0);
         Some(Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX))
     }
-
-    /// [`RetrySchedule::delay_after`] with a random jitter.
-    #[cfg(test)]
-    pub fn jittered_delay_after(&self, attempts_made: u32) -> Option<Duration> {
-        self.delay_after(attempts_made, rand::random::<f64>())
-    }
 }
 
 /// Parses a `Retry-After` value: delay-seconds or an HTTP date, relative to
@@ -80,7 +74,9 @@ mod tests {
         assert_eq!(schedule.delay_after(1, 0.0), Some(Duration::from_secs(4)));
         assert_eq!(schedule.delay_after(1, 1.0), Some(Duration::from_secs(6)));
         for _ in 0..1000 {
-            let delay = schedule.jittered_delay_after(2).expect("in schedule");
+            let delay = schedule
+                .delay_after(2, rand::random::<f64>())
+                .expect("in schedule");
             assert!(delay >= Duration::from_secs(240) && delay <= Duration::from_secs(360));
         }
     }

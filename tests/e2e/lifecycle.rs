@@ -188,12 +188,8 @@ async fn gauge(server: &TestServer, name: &str) -> Option<f64> {
 }
 
 /// Deliveries of a disabled endpoint stay pending and due: the gauge shows
-/// them; once the endpoint is enabled and they are delivered, it drops.
-///
-/// The metrics recorder is global to the test process and every server in
-/// it sets this gauge from its own database, so the assertions are "at
-/// least N" (N chosen above what other tests leave pending) and "below N
-/// again", not exact values.
+/// exactly them (each server has its own metrics); once the endpoint is
+/// enabled and they are delivered, it drops to zero.
 async fn queue_depth_counts_due_pending_deliveries(backend: Backend) {
     const PENDING: usize = 137;
     let server = TestServer::start(backend).await;
@@ -226,7 +222,7 @@ async fn queue_depth_counts_due_pending_deliveries(backend: Backend) {
         || async {
             gauge(&server, "herald_queue_depth")
                 .await
-                .filter(|depth| *depth >= PENDING as f64)
+                .filter(|depth| *depth == PENDING as f64)
         },
     )
     .await;
@@ -242,10 +238,10 @@ async fn queue_depth_counts_due_pending_deliveries(backend: Backend) {
         .await
         .expect("enable");
     receiver.wait_for_count(PENDING, 15 * SECOND).await;
-    wait_for("the gauge to drop", 15 * SECOND, || async {
+    wait_for("the gauge to drop to zero", 15 * SECOND, || async {
         gauge(&server, "herald_queue_depth")
             .await
-            .filter(|depth| *depth < PENDING as f64)
+            .filter(|depth| *depth == 0.0)
     })
     .await;
     server.finish().await;
