@@ -77,10 +77,27 @@ impl Queue {
             stale,
             ..Recorded::default()
         };
-        if !effects.is_empty() {
-            let ids: Vec<&EndpointId> = effects.keys().copied().collect();
+        // Endpoints that only succeeded recover whatever their health was
+        // (the rule's `successes_alone_always_recover`): one statement for
+        // all of them, no read. The others need their health read first.
+        let (succeeded, mixed): (Vec<_>, Vec<_>) = effects
+            .into_iter()
+            .partition(|(_, effects)| effects.iter().all(|(e, _)| *e == Effect::Succeeded));
+        if !succeeded.is_empty() {
+            let ids: Vec<&EndpointId> = succeeded.iter().map(|(id, _)| *id).collect();
+            let rows = txn
+                .query_all_raw(self.statement(&self.sql().recover_endpoints, vec![id_list(&ids)?]))
+                .await?;
+            for row in rows {
+                recorded
+                    .recovered
+                    .push(EndpointId::from_stored(row.try_get::<String>("", "id")?));
+            }
+        }
+        if !mixed.is_empty() {
+            let ids: Vec<&EndpointId> = mixed.iter().map(|(id, _)| *id).collect();
             let before = self.read_health(&txn, &ids).await?;
-            for (endpoint_id, effects) in effects {
+            for (endpoint_id, effects) in mixed {
                 // Deleted meanwhile: nothing to keep healthy.
                 let Some(before) = before.get(endpoint_id.as_str()) else {
                     continue;

@@ -54,6 +54,9 @@ pub(super) struct Statements {
     /// `$1` endpoint ids (JSON list): their health, locked for the writer's
     /// transaction where the database locks rows.
     pub read_health: String,
+    /// `$1` endpoint ids (JSON list) that only succeeded: ends their failure
+    /// streaks, returns those that had one.
+    pub recover_endpoints: String,
     /// `$1` endpoint, `$2` failing since.
     pub write_failing_since: String,
     /// `$1` endpoint, `$2` reason, `$3` now. Changes a row only if enabled.
@@ -277,6 +280,12 @@ impl Statements {
                 ),
             },
 
+            recover_endpoints: format!(
+                "UPDATE endpoints SET failing_since = NULL \
+                 WHERE id IN ({}) AND failing_since IS NOT NULL RETURNING id",
+                ids(1)
+            ),
+
             write_failing_since: "UPDATE endpoints SET failing_since = $2 WHERE id = $1".into(),
 
             disable_endpoint: "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2, \
@@ -378,6 +387,7 @@ mod tests {
             (&postgres.record_outcomes, &sqlite.record_outcomes, 2),
             (&postgres.insert_attempts, &sqlite.insert_attempts, 1),
             (&postgres.read_health, &sqlite.read_health, 1),
+            (&postgres.recover_endpoints, &sqlite.recover_endpoints, 1),
             (&postgres.requeue, &sqlite.requeue, 2),
             (&postgres.replay_failed, &sqlite.replay_failed, 3),
             (
