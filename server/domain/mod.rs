@@ -1,6 +1,9 @@
-//! Validated values. Each type is built by a `parse` that enforces its rule and
-//! names the offending field on failure; once a value exists it is valid, so
-//! handlers and storage never check it again. Nothing here knows about gRPC or
+//! Validated values, and the product's rules that need no I/O. Each value
+//! type is built by a `parse` that enforces its rule and names the offending
+//! field on failure; once a value exists it is valid, so handlers and
+//! storage never check it again. Besides: typed ids (`ids`), delivery states
+//! and attempt outcomes (`delivery`), the SSRF target policy (`target`) and
+//! the idempotency rule (`idempotency`). Nothing here knows about gRPC or
 //! the database.
 
 pub mod api_key;

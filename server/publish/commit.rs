@@ -251,11 +251,12 @@ impl Committer {
         let stored_keys = store::idempotency_keys(conn, &pairs).await?;
         let earlier_ids: Vec<String> =
             distinct(stored_keys.values().map(|row| row.event_id.clone()));
-        let earlier_events: HashMap<String, Arc<event::Model>> = store::events(conn, &earlier_ids)
-            .await?
-            .into_iter()
-            .map(|row| (row.id.clone(), Arc::new(row)))
-            .collect();
+        let earlier_events: HashMap<String, Arc<event::Model>> =
+            crate::storage::events::get_many(conn, &earlier_ids)
+                .await?
+                .into_iter()
+                .map(|row| (row.id.clone(), Arc::new(row)))
+                .collect();
         let earlier_counts = store::delivery_counts(conn, &earlier_ids).await?;
 
         let mut planner = Planner {

@@ -109,17 +109,6 @@ pub async fn delete_idempotency_key(
     Ok(())
 }
 
-/// The events an idempotency key points at, by id.
-pub async fn events(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<event::Model>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(event::Entity::find()
-        .filter(event::Column::Id.is_in(ids.iter().cloned()))
-        .all(db)
-        .await?)
-}
-
 /// How many deliveries each of these events has.
 pub async fn delivery_counts(
     db: &impl ConnectionTrait,

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 
 use super::{Queue, events_by_id, id_list};
 use crate::domain::ids::{DeliveryId, EndpointId, EventId, LeaseOwner};
@@ -102,17 +102,11 @@ impl Queue {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = self
-            .db
-            .conn
-            .query_all_raw(self.statement(
-                &self.sql().acknowledge,
-                vec![id_list(ids)?, endpoint_id.as_str().into(), now.into()],
-            ))
-            .await?;
-        rows.into_iter()
-            .map(|row| Ok(DeliveryId::from_stored(row.try_get::<String>("", "id")?)))
-            .collect()
+        self.delivery_ids(
+            &self.sql().acknowledge,
+            vec![id_list(ids)?, endpoint_id.as_str().into(), now.into()],
+        )
+        .await
     }
 
     /// Gives back every lease `subscription` holds on `endpoint_id`'s
@@ -144,13 +138,19 @@ impl Queue {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        self.delivery_ids(
+            &self.sql().still_leased,
+            vec![id_list(ids)?, subscription.as_str().into()],
+        )
+        .await
+    }
+
+    /// The `id` column of what a statement returns, as delivery ids.
+    async fn delivery_ids(&self, sql: &str, values: Vec<Value>) -> Result<Vec<DeliveryId>> {
         let rows = self
             .db
             .conn
-            .query_all_raw(self.statement(
-                &self.sql().still_leased,
-                vec![id_list(ids)?, subscription.as_str().into()],
-            ))
+            .query_all_raw(self.statement(sql, values))
             .await?;
         rows.into_iter()
             .map(|row| Ok(DeliveryId::from_stored(row.try_get::<String>("", "id")?)))
