@@ -191,6 +191,24 @@ pub struct ServeConfig {
     /// Interval of heartbeats on idle subscription streams.
     #[arg(long, env = "HERALD_STREAM_HEARTBEAT", value_parser = humantime::parse_duration, default_value = "15s")]
     pub stream_heartbeat: Duration,
+    /// Streams (subscriptions and live tails) open at once on this node.
+    #[arg(long, env = "HERALD_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+    /// Streams one API key may have open at once on this node.
+    #[arg(long, env = "HERALD_MAX_STREAMS_PER_KEY", default_value_t = 100)]
+    pub max_streams_per_key: usize,
+    /// Subscriptions one STREAM endpoint may have open at once on this node
+    /// (competing consumers).
+    #[arg(long, env = "HERALD_MAX_STREAMS_PER_ENDPOINT", default_value_t = 10)]
+    pub max_streams_per_endpoint: usize,
+    /// Bytes of messages waiting for one stream's reader at most; a reader
+    /// that does not read holds no more in memory.
+    #[arg(long, env = "HERALD_STREAM_BUFFER_BYTES", default_value_t = 512 * 1024)]
+    pub stream_buffer_bytes: usize,
+    /// Bytes of messages waiting for all streams' readers on this node at
+    /// most.
+    #[arg(long, env = "HERALD_STREAM_BUFFERS_TOTAL_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub stream_buffers_total_bytes: usize,
 }
 
 impl ServeConfig {

@@ -28,8 +28,11 @@ use crate::grpc::{self, AppState, auth::Authenticator};
 use crate::handoff::Handoff;
 use crate::metrics::Metrics;
 use crate::queue::{LeasePolicy, Queue};
-use crate::storage::{Database, OpenError, api_keys};
-use crate::streams::{StreamHub, StreamSettings};
+use crate::storage::{Database, OpenError, api_keys, server_secrets};
+use crate::streams::{AckKey, StreamHub, StreamLimits, StreamSettings};
+
+/// The name of the deployment's ack token key in `server_secrets`.
+const ACK_KEY: &str = "stream_ack_token_key";
 
 /// Why Herald could not start, or stopped serving: plain errors for the
 /// operator (no gRPC status; no request is being answered).
@@ -131,14 +134,25 @@ impl Herald {
             metrics.clone(),
         )
         .map_err(StartError::internal)?;
+        let ack_key = server_secrets::get_or_create(&db.conn, ACK_KEY)
+            .await
+            .map_err(StartError::internal)?;
         let streams = Arc::new(StreamHub::new(
             db.clone(),
             queue.clone(),
             metrics.clone(),
             StreamSettings {
                 heartbeat: config.stream_heartbeat,
+                buffer_bytes: config.stream_buffer_bytes.max(1),
+                node_buffer_bytes: config.stream_buffers_total_bytes.max(1),
+                limits: StreamLimits {
+                    total: config.max_streams,
+                    per_key: config.max_streams_per_key,
+                    per_endpoint: config.max_streams_per_endpoint,
+                },
                 ..StreamSettings::default()
             },
+            AckKey::new(ack_key),
         ));
         let handoff = Handoff::new(queue.clone(), dispatcher, streams.clone());
         let publish_stop = CancellationToken::new();

@@ -18,6 +18,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261129_000001_initial;
 mod m20261130_000002_hot_tables_lean;
 mod m20261201_000003_same_foreign_keys;
+mod m20261201_000004_server_secrets;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_initial::Migration),
             Box::new(m20261130_000002_hot_tables_lean::Migration),
             Box::new(m20261201_000003_same_foreign_keys::Migration),
+            Box::new(m20261201_000004_server_secrets::Migration),
         ]
     }
 }

@@ -110,11 +110,14 @@ impl StreamsService {
                         .unwrap_or_default()
                 )));
             }
-            return hub.subscribe(DurableSubscription {
-                endpoint_id: EndpointId::from_stored(endpoint.id),
-                ack_timeout,
-                max_unacked,
-            });
+            return hub.subscribe(
+                &principal.key_id,
+                DurableSubscription {
+                    endpoint_id: EndpointId::from_stored(endpoint.id),
+                    ack_timeout,
+                    max_unacked,
+                },
+            );
         }
         if request.consumer_id.is_empty() {
             return Err(Error::invalid(
@@ -133,7 +136,7 @@ impl StreamsService {
             .await?
             .ok_or_else(|| Error::not_found("consumer", &request.consumer_id))?;
         principal.ensure_consumer(&consumer.id, "consumer", &request.consumer_id)?;
-        hub.tail(consumer.id, filter)
+        hub.tail(&principal.key_id, consumer.id, filter)
     }
 }
 
@@ -170,7 +173,11 @@ impl proto::streams_server::Streams for StreamsService {
         }
         let mut delivery_ids = Vec::with_capacity(request.ack_tokens.len());
         for (index, token) in request.ack_tokens.iter().enumerate() {
-            let delivery_id = parse_ack_token(&format!("ack_tokens[{index}]"), token)?;
+            let delivery_id = parse_ack_token(
+                self.state.streams.ack_key(),
+                &format!("ack_tokens[{index}]"),
+                token,
+            )?;
             if !delivery_ids.contains(&delivery_id) {
                 delivery_ids.push(delivery_id);
             }

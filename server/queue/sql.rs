@@ -65,13 +65,14 @@ pub(super) struct Statements {
     pub requeue: String,
     /// `$1` endpoint, `$2` created at or after, `$3` now.
     pub replay_failed: String,
-    /// `$1` owner, `$2` lease expiry, `$3` now, `$4` endpoint, `$5` limit.
+    /// `$1` owner, `$2` lease expiry, `$3` now, `$4` endpoint, `$5` limit,
+    /// `$6` payload bytes at most (beyond the first message).
     pub claim_for_subscription: String,
     /// `$1` ids (JSON list), `$2` endpoint, `$3` now.
     pub acknowledge: String,
     /// `$1` endpoint, `$2` owner.
     pub release_subscription: String,
-    /// `$1` ids (JSON list), `$2` owner.
+    /// `$1` ids (JSON list): those still pending, with their lease owner.
     pub still_leased: String,
 }
 
@@ -307,15 +308,24 @@ impl Statements {
                  {returning}"
             ),
 
+            // Oldest first, and no more than `$6` bytes of payload (the
+            // first one always): `before` is the payload bytes of the rows
+            // ahead of a row, so a subscriber's buffer exceeds its budget
+            // by one message at most.
             claim_for_subscription: match dialect {
                 Dialect::Postgres => format!(
                     "UPDATE deliveries AS d \
                      SET lease_owner = $1, lease_expires_at = $2, \
                          attempt_count = d.attempt_count + 1, last_attempt_at = $3, updated_at = $3 \
-                     FROM (SELECT id FROM deliveries \
-                           WHERE endpoint_id = $4 AND status = '{PENDING}' \
-                             AND (lease_owner IS NULL OR lease_expires_at < $3) \
-                           ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED) AS claimable \
+                     FROM (SELECT id FROM (\
+                             SELECT c.id, SUM(octet_length(e.payload)) OVER (ORDER BY c.id) \
+                                      - octet_length(e.payload) AS before \
+                             FROM (SELECT id, event_id FROM deliveries \
+                                   WHERE endpoint_id = $4 AND status = '{PENDING}' \
+                                     AND (lease_owner IS NULL OR lease_expires_at < $3) \
+                                   ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED) AS c \
+                             JOIN events e ON e.id = c.event_id) AS sized \
+                           WHERE sized.before < $6) AS claimable \
                      WHERE d.id = claimable.id \
                      RETURNING d.id, d.event_id, d.attempt_count"
                 ),
@@ -324,10 +334,15 @@ impl Statements {
                     "UPDATE deliveries \
                      SET lease_owner = $1, lease_expires_at = $2, \
                          attempt_count = attempt_count + 1, last_attempt_at = $3, updated_at = $3 \
-                     WHERE id IN (SELECT id FROM deliveries \
-                                  WHERE endpoint_id = $4 AND status = '{PENDING}' \
-                                    AND (lease_owner IS NULL OR lease_expires_at < $3) \
-                                  ORDER BY id LIMIT $5) \
+                     WHERE id IN (SELECT id FROM (\
+                             SELECT c.id, SUM(length(CAST(e.payload AS BLOB))) OVER (ORDER BY c.id) \
+                                      - length(CAST(e.payload AS BLOB)) AS before \
+                             FROM (SELECT id, event_id FROM deliveries \
+                                   WHERE endpoint_id = $4 AND status = '{PENDING}' \
+                                     AND (lease_owner IS NULL OR lease_expires_at < $3) \
+                                   ORDER BY id LIMIT $5) AS c \
+                             JOIN events e ON e.id = c.event_id) AS sized \
+                           WHERE sized.before < $6) \
                      RETURNING id, event_id, attempt_count"
                 ),
             },
@@ -346,8 +361,8 @@ impl Statements {
             ),
 
             still_leased: format!(
-                "SELECT id FROM deliveries \
-                 WHERE id IN ({}) AND status = '{PENDING}' AND lease_owner = $2",
+                "SELECT id, lease_owner FROM deliveries \
+                 WHERE id IN ({}) AND status = '{PENDING}' AND lease_owner IS NOT NULL",
                 ids(1)
             ),
         }
@@ -393,7 +408,7 @@ mod tests {
             (
                 &postgres.claim_for_subscription,
                 &sqlite.claim_for_subscription,
-                5,
+                6,
             ),
             (&postgres.acknowledge, &sqlite.acknowledge, 3),
             (
@@ -401,7 +416,7 @@ mod tests {
                 &sqlite.release_subscription,
                 2,
             ),
-            (&postgres.still_leased, &sqlite.still_leased, 2),
+            (&postgres.still_leased, &sqlite.still_leased, 1),
         ];
         for (postgres, sqlite, expected) in pairs {
             assert_eq!(highest(postgres), expected, "{postgres}");

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 
 use super::{Queue, events_by_id, id_list};
 use crate::domain::ids::{DeliveryId, EndpointId, EventId, LeaseOwner};
@@ -28,20 +28,22 @@ pub struct StreamClaim {
 }
 
 impl Queue {
-    /// Leases up to `limit` claimable deliveries of `endpoint_id` to
-    /// `subscription` for `ack_timeout`, oldest first. Claimable: pending,
-    /// and never leased or with a lapsed lease (which includes this
-    /// subscription's own: a message not acknowledged in time is sent again,
-    /// with the next attempt number).
+    /// Leases up to `limit` claimable deliveries of `endpoint_id`, whose
+    /// payloads add up to no more than `max_bytes` (the first one counts
+    /// whatever its size), to `subscription` for `ack_timeout`, oldest
+    /// first. Claimable: pending, and never leased or with a lapsed lease
+    /// (which includes this subscription's own: a message not acknowledged
+    /// in time is sent again, with the next attempt number).
     pub async fn claim_for_subscription(
         &self,
         endpoint_id: &EndpointId,
         subscription: &LeaseOwner,
         limit: usize,
+        max_bytes: usize,
         ack_timeout: Duration,
         now: i64,
     ) -> Result<Vec<StreamClaim>> {
-        if limit == 0 {
+        if limit == 0 || max_bytes == 0 {
             return Ok(Vec::new());
         }
         let expires = self.lease.subscription_expiry(ack_timeout, now);
@@ -51,6 +53,7 @@ impl Queue {
             now.into(),
             endpoint_id.as_str().into(),
             i64::try_from(limit).unwrap_or(i64::MAX).into(),
+            i64::try_from(max_bytes).unwrap_or(i64::MAX).into(),
         ];
         // The claim and the read of its events form one transaction, so that
         // a claimed row never points at an event deleted in between.
@@ -102,11 +105,17 @@ impl Queue {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.delivery_ids(
-            &self.sql().acknowledge,
-            vec![id_list(ids)?, endpoint_id.as_str().into(), now.into()],
-        )
-        .await
+        let rows = self
+            .db
+            .conn
+            .query_all_raw(self.statement(
+                &self.sql().acknowledge,
+                vec![id_list(ids)?, endpoint_id.as_str().into(), now.into()],
+            ))
+            .await?;
+        rows.into_iter()
+            .map(|row| Ok(DeliveryId::from_stored(row.try_get::<String>("", "id")?)))
+            .collect()
     }
 
     /// Gives back every lease `subscription` holds on `endpoint_id`'s
@@ -128,32 +137,25 @@ impl Queue {
         Ok(result.rows_affected())
     }
 
-    /// Which of `ids` are still pending under a lease of `subscription`:
-    /// the others were settled, possibly through another node.
-    pub async fn still_leased(
-        &self,
-        subscription: &LeaseOwner,
-        ids: &[DeliveryId],
-    ) -> Result<Vec<DeliveryId>> {
+    /// Which of `ids` are still pending under a lease, and whose: the
+    /// others were settled (possibly through another node), and a lease now
+    /// held by someone else lapsed and was taken over.
+    pub async fn lease_owners(&self, ids: &[DeliveryId]) -> Result<Vec<(DeliveryId, LeaseOwner)>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.delivery_ids(
-            &self.sql().still_leased,
-            vec![id_list(ids)?, subscription.as_str().into()],
-        )
-        .await
-    }
-
-    /// The `id` column of what a statement returns, as delivery ids.
-    async fn delivery_ids(&self, sql: &str, values: Vec<Value>) -> Result<Vec<DeliveryId>> {
         let rows = self
             .db
             .conn
-            .query_all_raw(self.statement(sql, values))
+            .query_all_raw(self.statement(&self.sql().still_leased, vec![id_list(ids)?]))
             .await?;
         rows.into_iter()
-            .map(|row| Ok(DeliveryId::from_stored(row.try_get::<String>("", "id")?)))
+            .map(|row| {
+                Ok((
+                    DeliveryId::from_stored(row.try_get::<String>("", "id")?),
+                    LeaseOwner::from_stored(row.try_get::<String>("", "lease_owner")?),
+                ))
+            })
             .collect()
     }
 }

@@ -5,29 +5,35 @@
 //! - [`StreamHub`]: the in-process meeting point of publishing and
 //!   subscriptions. After a commit (a publish, a Redeliver, a Replay) it is
 //!   told which STREAM endpoints have deliveries waiting and wakes their
-//!   subscriptions at once; it feeds live tails the new events; it settles
-//!   acknowledgements. It owns every subscription task and ends them at
-//!   shutdown.
-//! - `session`: one durable subscription of a STREAM endpoint: claims pending
-//!   deliveries (leases in the deliveries table, through `crate::queue`)
-//!   within its window of unacknowledged messages, sends them, and gives its
-//!   leases back when it ends.
+//!   feeds at once; it feeds live tails the new events; it settles
+//!   acknowledgements; it admits new streams within the limits. It owns
+//!   every feed and tail task and ends them at shutdown.
+//! - `feed`: one claimer per STREAM endpoint with subscribers on this node:
+//!   claims pending deliveries (leases in the deliveries table, through
+//!   `crate::queue`) for each subscription within its window of
+//!   unacknowledged messages and its outbox's room, sends them, and gives
+//!   the leases of a subscription that ended back.
+//! - `outbox`: a subscriber's queue of outgoing messages, bounded in count
+//!   and in bytes (its own budget and the node's total).
+//! - `limits`: how many streams may be open per key, per endpoint, per node.
 //! - `tail`: one live tail of a consumer's new events (nothing stored).
 //! - `message`: the items sent, their signed headers, and ack tokens.
 //!
 //! The database is the source of truth: the hub only makes things faster.
-//! Every subscription also wakes on a timer, which picks up lapsed leases and
+//! Every feed also wakes on a timer, which picks up lapsed leases and
 //! deliveries committed by other nodes sharing a PostgreSQL database.
 
+mod feed;
+mod limits;
 pub mod message;
-mod session;
+mod outbox;
 mod tail;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,21 +47,28 @@ use crate::queue::Queue;
 use crate::storage::Database;
 use crate::storage::entities::event;
 
-pub use message::{Outgoing, StreamItem, StreamMessage};
+pub use limits::StreamLimits;
+pub use message::{AckKey, Outgoing, StreamItem, StreamMessage};
 
-/// How a subscription stream behaves; the defaults are the product's.
+/// How subscription streams behave; the defaults are the product's.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     /// Interval of heartbeats on an idle stream (`--stream-heartbeat`).
     pub heartbeat: Duration,
-    /// How often a subscription looks for work nobody told it about: lapsed
-    /// leases and deliveries committed by another node.
+    /// How often a feed looks for work nobody told it about: lapsed leases
+    /// and deliveries committed by another node.
     pub poll_interval: Duration,
-    /// Messages buffered per subscriber between its session and its
+    /// Messages buffered per subscriber between its feed and its
     /// connection. Small: a message waiting here is already leased.
     pub buffer: usize,
+    /// Bytes buffered per subscriber at most (`--stream-buffer-bytes`).
+    pub buffer_bytes: usize,
+    /// Bytes buffered for all subscribers of this node at most
+    /// (`--stream-buffers-total-bytes`).
+    pub node_buffer_bytes: usize,
     /// Events a live tail may fall behind before it skips some.
     pub tail_backlog: usize,
+    pub limits: StreamLimits,
 }
 
 impl Default for StreamSettings {
@@ -64,7 +77,14 @@ impl Default for StreamSettings {
             heartbeat: Duration::from_secs(15),
             poll_interval: Duration::from_secs(1),
             buffer: 32,
+            buffer_bytes: 512 * 1024,
+            node_buffer_bytes: 64 * 1024 * 1024,
             tail_backlog: 256,
+            limits: StreamLimits {
+                total: 10_000,
+                per_key: 100,
+                per_endpoint: 10,
+            },
         }
     }
 }
@@ -85,25 +105,14 @@ pub struct StreamHub {
     queue: Queue,
     metrics: Arc<Metrics>,
     settings: StreamSettings,
-    /// The running durable subscriptions on this node, by endpoint.
-    sessions: Mutex<HashMap<EndpointId, Vec<Arc<SessionSignal>>>>,
+    ack_key: AckKey,
+    /// The running feeds on this node, by endpoint.
+    feeds: Mutex<HashMap<EndpointId, Arc<feed::Feed>>>,
+    streams: limits::Counter,
+    node_bytes: Arc<outbox::NodeBytes>,
     events: broadcast::Sender<Arc<event::Model>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-}
-
-/// How the hub reaches one running durable subscription.
-struct SessionSignal {
-    notify: Notify,
-    /// Deliveries of this endpoint settled by Ack on this node since the
-    /// session last looked; the session frees their window slots.
-    acked: Mutex<Vec<DeliveryId>>,
-}
-
-impl SessionSignal {
-    fn take_acked(&self) -> Vec<DeliveryId> {
-        std::mem::take(&mut *self.acked.lock().unwrap_or_else(PoisonError::into_inner))
-    }
 }
 
 impl StreamHub {
@@ -112,31 +121,40 @@ impl StreamHub {
         queue: Queue,
         metrics: Arc<Metrics>,
         settings: StreamSettings,
+        ack_key: AckKey,
     ) -> StreamHub {
         let (events, _) = broadcast::channel(settings.tail_backlog.max(1));
         StreamHub {
             db,
             queue,
             metrics,
+            ack_key,
+            feeds: Mutex::new(HashMap::new()),
+            streams: limits::Counter::new(settings.limits),
+            node_bytes: outbox::NodeBytes::new(settings.node_buffer_bytes),
             settings,
-            sessions: Mutex::new(HashMap::new()),
             events,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
     }
 
+    /// The key that makes ack tokens unforgeable.
+    pub fn ack_key(&self) -> &AckKey {
+        &self.ack_key
+    }
+
     /// Deliveries of these STREAM endpoints are waiting (just committed, put
-    /// back by Redeliver or Replay, or given back by a subscription): wake
-    /// their subscriptions on this node. Never blocks.
+    /// back by Redeliver or Replay): wake their feeds on this node. Never
+    /// blocks.
     pub fn wake<'a>(&self, endpoint_ids: impl IntoIterator<Item = &'a EndpointId>) {
-        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if sessions.is_empty() {
+        let feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        if feeds.is_empty() {
             return;
         }
         for endpoint_id in endpoint_ids {
-            for signal in sessions.get(endpoint_id).into_iter().flatten() {
-                signal.notify.notify_one();
+            if let Some(feed) = feeds.get(endpoint_id) {
+                feed.wake.notify_one();
             }
         }
     }
@@ -154,7 +172,7 @@ impl StreamHub {
 
     /// Ack: settles these deliveries of `endpoint_id` that are still
     /// pending, frees the window slots of the subscriptions on this node
-    /// that sent them, and counts them; returns how many it settled.
+    /// that were sent them, and counts them; returns how many it settled.
     pub async fn acknowledge(&self, endpoint_id: &EndpointId, ids: &[DeliveryId]) -> Result<u32> {
         let settled = self
             .queue
@@ -168,64 +186,104 @@ impl StreamHub {
             AttemptOutcome::Succeeded,
             settled.len() as u64,
         );
-        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        for signal in sessions.get(endpoint_id).into_iter().flatten() {
-            signal
-                .acked
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(&settled);
-            signal.notify.notify_one();
+        if let Some(feed) = self
+            .feeds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(endpoint_id)
+        {
+            feed.acknowledged(&settled);
         }
         Ok(u32::try_from(settled.len()).unwrap_or(u32::MAX))
     }
 
-    /// Starts a durable subscription and returns the receiving end of its
-    /// bounded stream. The caller has checked the endpoint and the caller.
-    pub fn subscribe(self: &Arc<Self>, subscription: DurableSubscription) -> Result<Receiver> {
+    /// Opens a durable subscription for API key `key_id`, within the
+    /// stream limits, and returns the receiving end of its stream. The
+    /// caller has checked the endpoint and the caller.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        key_id: &str,
+        subscription: DurableSubscription,
+    ) -> Result<Receiver> {
         self.ensure_running()?;
-        let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
-        let signal = Arc::new(SessionSignal {
-            notify: Notify::new(),
-            acked: Mutex::new(Vec::new()),
-        });
-        // Registered before the task starts, so that nothing committed from
-        // now on can be missed: a wake before the first claim is kept.
-        let registration = Registration {
-            hub: self.clone(),
-            endpoint_id: subscription.endpoint_id.clone(),
-            signal: signal.clone(),
+        let slot = self.streams.take(key_id, Some(&subscription.endpoint_id))?;
+        let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        let feed = match feeds.get(&subscription.endpoint_id) {
+            Some(feed) => feed.clone(),
+            None => {
+                let feed = Arc::new(feed::Feed::new(subscription.endpoint_id.clone()));
+                feeds.insert(subscription.endpoint_id.clone(), feed.clone());
+                self.tasks.spawn(feed::run(self.clone(), feed.clone()));
+                feed
+            }
         };
-        self.sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(subscription.endpoint_id.clone())
-            .or_default()
-            .push(signal);
-        let owner = LeaseOwner::subscription();
-        tracing::debug!(endpoint_id = %subscription.endpoint_id, subscription = %owner, "stream subscription opened");
-        self.tasks.spawn(session::run(
-            self.clone(),
-            registration,
-            owner,
-            subscription,
-            tx,
+        let (outbox, receiver) = outbox::outbox(
+            self.settings.buffer,
+            self.settings.buffer_bytes,
+            self.node_bytes.clone(),
+            feed.wake.clone(),
+        );
+        feed.join(feed::Subscriber::new(
+            LeaseOwner::subscription(),
+            outbox,
+            subscription.ack_timeout,
+            subscription.max_unacked,
         ));
-        Ok(Receiver { rx })
+        Ok(Receiver {
+            inner: receiver,
+            _slot: slot,
+        })
     }
 
-    /// Starts a live tail of `consumer_id`'s new events that pass `filter`.
+    /// Starts a live tail of `consumer_id`'s new events that pass `filter`,
+    /// for API key `key_id`, within the stream limits.
     pub fn tail(
         self: &Arc<Self>,
+        key_id: &str,
         consumer_id: String,
         filter: EventTypeFilter,
     ) -> Result<Receiver> {
         self.ensure_running()?;
-        let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
+        let slot = self.streams.take(key_id, None)?;
+        let (outbox, receiver) = outbox::outbox(
+            self.settings.buffer,
+            self.settings.buffer_bytes,
+            self.node_bytes.clone(),
+            Arc::new(Notify::new()),
+        );
         let events = self.events.subscribe();
         self.tasks
-            .spawn(tail::run(self.clone(), consumer_id, filter, events, tx));
-        Ok(Receiver { rx })
+            .spawn(tail::run(self.clone(), consumer_id, filter, events, outbox));
+        Ok(Receiver {
+            inner: receiver,
+            _slot: slot,
+        })
+    }
+
+    /// A feed with no subscribers asks to retire; it may only if none is
+    /// joining (joins happen under the same lock).
+    fn retire_feed(&self, feed: &Arc<feed::Feed>) -> bool {
+        let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        if feed.has_joining() {
+            return false;
+        }
+        if feeds
+            .get(&feed.endpoint_id)
+            .is_some_and(|current| Arc::ptr_eq(current, feed))
+        {
+            feeds.remove(&feed.endpoint_id);
+        }
+        true
+    }
+
+    /// Open streams (subscriptions and live tails) on this node.
+    pub fn open_streams(&self) -> usize {
+        self.streams.total()
+    }
+
+    /// Bytes waiting in subscribers' outboxes on this node.
+    pub fn buffered_bytes(&self) -> usize {
+        self.node_bytes.used()
     }
 
     /// Fires when the hub shuts down; streams end then, asking to reconnect.
@@ -238,8 +296,8 @@ impl StreamHub {
         self.shutdown.cancel();
     }
 
-    /// Shuts down and waits until every subscription task has finished
-    /// (including giving its leases back).
+    /// Shuts down and waits until every feed and tail has finished
+    /// (including giving leases back).
     pub async fn stopped(&self) {
         self.shutdown();
         self.tasks.close();
@@ -257,9 +315,11 @@ impl StreamHub {
     }
 }
 
-/// The receiving end of one subscription's bounded stream.
+/// The receiving end of one stream: bounded in count and bytes, and holding
+/// the stream's place within the limits until it is dropped.
 pub struct Receiver {
-    rx: mpsc::Receiver<Outgoing>,
+    inner: outbox::Receiver,
+    _slot: limits::Slot,
 }
 
 impl Receiver {
@@ -267,33 +327,10 @@ impl Receiver {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Outgoing>> {
-        self.rx.poll_recv(cx)
+        self.inner.poll_recv(cx)
     }
 
     pub async fn recv(&mut self) -> Option<Outgoing> {
-        self.rx.recv().await
-    }
-}
-
-/// Keeps a session reachable by the hub; unregisters it when dropped.
-struct Registration {
-    hub: Arc<StreamHub>,
-    endpoint_id: EndpointId,
-    signal: Arc<SessionSignal>,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut sessions = self
-            .hub
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(signals) = sessions.get_mut(&self.endpoint_id) {
-            signals.retain(|other| !Arc::ptr_eq(other, &self.signal));
-            if signals.is_empty() {
-                sessions.remove(&self.endpoint_id);
-            }
-        }
+        self.inner.recv().await
     }
 }

@@ -1,15 +1,17 @@
 //! A live tail: a consumer's new events as they are published, filtered by
 //! type, from the hub's broadcast channel. Nothing is stored or acknowledged;
-//! a tail that falls behind skips events (it is for development), and it
-//! never slows publishing, which only ever `send`s on the broadcast channel.
+//! a tail that falls behind skips events (it is for development): when its
+//! outbox is full (in count or bytes) the event is skipped, and publishing
+//! only ever `send`s on the broadcast channel.
 
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::StreamHub;
-use super::message::{Outgoing, StreamItem, StreamMessage};
+use super::message::{StreamItem, StreamMessage};
+use super::outbox::Outbox;
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::time::now_millis;
 use crate::storage::entities::event;
@@ -19,7 +21,7 @@ pub(super) async fn run(
     consumer_id: String,
     filter: EventTypeFilter,
     mut events: broadcast::Receiver<Arc<event::Model>>,
-    tx: mpsc::Sender<Outgoing>,
+    outbox: Outbox,
 ) {
     let shutdown = hub.shutdown.clone();
     let heartbeat = hub.settings.heartbeat;
@@ -28,7 +30,7 @@ pub(super) async fn run(
         let item = tokio::select! {
             biased;
             () = shutdown.cancelled() => return,
-            () = tx.closed() => return,
+            () = outbox.closed() => return,
             received = events.recv() => match received {
                 Ok(event) if event.consumer_id == consumer_id && filter.matches(&event.event_type) => {
                     StreamItem::Event(StreamMessage::tail(&event))
@@ -44,11 +46,16 @@ pub(super) async fn run(
                 StreamItem::Heartbeat { at: now_millis() }
             }
         };
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return,
-            sent = tx.send(Ok(item)) => if sent.is_err() { return },
+        if matches!(item, StreamItem::Event(_)) && outbox.free_bytes() == 0 {
+            tracing::debug!(%consumer_id, "live tail's reader is behind; skipped an event");
+            continue;
         }
-        last_sent = Instant::now();
+        match outbox.try_send(Ok(item)) {
+            Ok(()) => last_sent = Instant::now(),
+            Err(_) if outbox.is_closed() => return,
+            Err(_) => {
+                tracing::debug!(%consumer_id, "live tail's reader is behind; skipped an event")
+            }
+        }
     }
 }
