@@ -7,8 +7,8 @@
 //! on a handle with no lookup by name.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
@@ -26,6 +26,7 @@ pub const DELIVERY_LATENCY: &str = "herald_delivery_latency_seconds";
 pub const QUEUE_DEPTH: &str = "herald_queue_depth";
 pub const OPEN_STREAMS: &str = "herald_open_streams";
 pub const DISABLED_ENDPOINTS: &str = "herald_endpoints_disabled_total";
+pub const STREAM_BUFFERED_BYTES: &str = "herald_stream_buffered_bytes";
 
 const LATENCY_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0,
@@ -45,7 +46,12 @@ pub struct Metrics {
     open_streams: Gauge,
     open_stream_count: AtomicU64,
     disabled_endpoints: Counter,
+    /// Gauges read from elsewhere when the metrics are rendered.
+    probes: Mutex<Vec<(Gauge, Probe)>>,
 }
+
+/// A value read when the metrics are rendered.
+type Probe = Box<dyn Fn() -> f64 + Send + Sync>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,6 +96,10 @@ impl Metrics {
             open_streams: recorder.register_gauge(&Key::from_static_name(OPEN_STREAMS), &METADATA),
             open_stream_count: AtomicU64::new(0),
             disabled_endpoints: counter(DISABLED_ENDPOINTS, Vec::new()),
+            probes: Mutex::new(vec![(
+                recorder.register_gauge(&Key::from_static_name(STREAM_BUFFERED_BYTES), &METADATA),
+                Box::new(|| 0.0) as Probe,
+            )]),
             handle,
         })
     }
@@ -131,8 +141,28 @@ impl Metrics {
         self.open_stream_count.load(Ordering::Relaxed)
     }
 
+    /// Reads `herald_stream_buffered_bytes` from `probe` from now on.
+    pub fn probe_stream_buffered_bytes(&self, probe: impl Fn() -> f64 + Send + Sync + 'static) {
+        if let Some((_, current)) = self
+            .probes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first_mut()
+        {
+            *current = Box::new(probe);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        for (gauge, probe) in self
+            .probes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            gauge.set(probe());
+        }
         self.handle.render()
     }
 
@@ -168,6 +198,11 @@ fn describe(recorder: &PrometheusRecorder) {
         KeyName::from_const_str(OPEN_STREAMS),
         None,
         "Open subscription streams.".into(),
+    );
+    recorder.describe_gauge(
+        KeyName::from_const_str(STREAM_BUFFERED_BYTES),
+        Some(Unit::Bytes),
+        "Bytes of messages waiting in this node's stream outboxes for their readers.".into(),
     );
     recorder.describe_counter(
         KeyName::from_const_str(DISABLED_ENDPOINTS),

@@ -154,6 +154,14 @@ impl Herald {
             },
             AckKey::new(ack_key),
         ));
+        {
+            let streams = Arc::downgrade(&streams);
+            metrics.probe_stream_buffered_bytes(move || {
+                streams
+                    .upgrade()
+                    .map_or(0.0, |streams| streams.buffered_bytes() as f64)
+            });
+        }
         let handoff = Handoff::new(queue.clone(), dispatcher, streams.clone());
         let publish_stop = CancellationToken::new();
         let (publisher, publish_task) = crate::publish::Publisher::start(
@@ -198,6 +206,11 @@ impl Herald {
     /// This server's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// This server's subscription streams (their counts and buffers).
+    pub fn streams(&self) -> Arc<StreamHub> {
+        self.state.streams.clone()
     }
 
     pub fn grpc_addr(&self) -> Result<SocketAddr, StartError> {

@@ -307,7 +307,9 @@ impl State {
             };
             subscriber.expire(now);
             let room = subscriber.room();
-            let bytes = subscriber.outbox.free_bytes();
+            // Held until the claimed messages are queued (end of this turn).
+            let reservation = subscriber.outbox.reserve();
+            let bytes = reservation.bytes();
             if room == 0 || bytes == 0 {
                 if subscriber.outbox.free_count() == 0 || bytes == 0 {
                     subscriber.outbox.want_room();
@@ -374,6 +376,7 @@ impl State {
                     break;
                 }
             }
+            drop(reservation);
             subscriber.last_sent = Instant::now();
             self.cursor = Some(owner);
         }

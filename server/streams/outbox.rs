@@ -34,6 +34,26 @@ impl NodeBytes {
     }
 }
 
+/// Bytes of the node's total held for a claim in progress; given back when
+/// dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    node: Arc<NodeBytes>,
+    bytes: usize,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.node.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// What the two ends share.
 #[derive(Debug)]
 struct Shared {
@@ -122,6 +142,36 @@ impl Outbox {
             .limit
             .saturating_sub(self.shared.node.used());
         own.min(node)
+    }
+
+    /// Holds this subscriber's room, within the node's, for a claim: other
+    /// claimers (other endpoints' feeds) see it as used until the claimed
+    /// messages are queued and the reservation is dropped, so that claims
+    /// running at once cannot together overrun the node's total.
+    pub fn reserve(&self) -> Reservation {
+        let own = self
+            .shared
+            .limit
+            .saturating_sub(self.shared.used.load(Ordering::Relaxed));
+        let node = &self.shared.node;
+        let mut used = node.used();
+        loop {
+            let granted = own.min(node.limit.saturating_sub(used));
+            match node.used.compare_exchange_weak(
+                used,
+                used + granted,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Reservation {
+                        node: node.clone(),
+                        bytes: granted,
+                    };
+                }
+                Err(now) => used = now,
+            }
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -246,6 +296,20 @@ mod tests {
         drop(receiver);
         assert_eq!(node.used(), 0, "what was never read is released");
         assert!(outbox.try_send(event(1)).is_err(), "the reader is gone");
+        assert_eq!(node.used(), 0);
+    }
+
+    #[test]
+    fn a_reservation_holds_the_node_s_room_until_dropped() {
+        let node = NodeBytes::new(3_000);
+        let room = Arc::new(Notify::new());
+        let (one, _r1) = outbox(8, 2_000, node.clone(), room.clone());
+        let (two, _r2) = outbox(8, 2_000, node.clone(), room);
+        let held = one.reserve();
+        assert_eq!(held.bytes(), 2_000, "its own budget");
+        assert_eq!(two.reserve().bytes(), 1_000, "what the node has left");
+        drop(held);
+        assert_eq!(two.reserve().bytes(), 2_000);
         assert_eq!(node.used(), 0);
     }
 

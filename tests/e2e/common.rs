@@ -135,6 +135,8 @@ pub struct TestServer {
     pub dispatcher: herald::delivery::Dispatcher,
     /// This server's own metrics (no other test's counts).
     pub metrics: std::sync::Arc<herald::metrics::Metrics>,
+    /// This server's subscription streams.
+    pub streams: std::sync::Arc<herald::streams::StreamHub>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), herald::serve::StartError>>>,
 }
@@ -197,6 +199,7 @@ impl TestServer {
         let metrics_addr = herald.metrics_addr().expect("metrics addr");
         let dispatcher = herald.dispatcher();
         let metrics = herald.metrics();
+        let streams = herald.streams();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(herald.serve(shutdown.clone()));
         TestServer {
@@ -205,6 +208,7 @@ impl TestServer {
             database,
             dispatcher,
             metrics,
+            streams,
             shutdown,
             task: Some(task),
         }

@@ -287,7 +287,10 @@ async fn shutdown_is_bounded_by_the_grace_despite_a_stuck_subscriber(backend: Ba
         (sent >= 3).then_some(sent)
     })
     .await;
-    assert!(sent < 100, "a reader that does not read is not sent everything");
+    assert!(
+        sent < 100,
+        "a reader that does not read is not sent everything"
+    );
     let started = Instant::now();
     let database = tokio::time::timeout(grace + 10 * SECOND, server.stop())
         .await

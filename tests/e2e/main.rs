@@ -12,6 +12,7 @@ mod crash;
 mod deletion;
 mod delivery;
 mod events_api;
+mod fairness;
 mod grpcurl;
 mod lifecycle;
 mod listen;

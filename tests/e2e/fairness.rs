@@ -1,0 +1,408 @@
+//! One tenant cannot hurt another: each limit that protects a shared server
+//! holds, and a tenant pushing against it leaves another tenant's publish
+//! and delivery latency within a stated bound.
+//!
+//! The bound, for every scenario here: under attack, the victim's p99
+//! publish latency is at most twice its quiet p99 plus 50 ms, and its p99
+//! publish-to-delivery latency at most twice its quiet p99 plus 100 ms,
+//! both measured in the same test, on the same server, just before.
+
+use std::time::Duration;
+
+use herald_client::proto::{self, ApiKeyScope, EndpointKind};
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::both_backends;
+use crate::common::{ADMIN_TOKEN, Backend, TestServer, assert_status, wait_for};
+use crate::receiver::{Receiver, Reply};
+use crate::streams::{consumer, delivery_attempts, delivery_statuses, endpoint, publish};
+
+both_backends!(
+    stream_limits_hold_and_slots_come_back,
+    a_token_made_from_a_listed_delivery_id_settles_nothing,
+    idle_streams_of_one_tenant_do_not_slow_another,
+    readers_that_do_not_read_hold_a_bounded_number_of_bytes,
+);
+
+const SECOND: Duration = Duration::from_secs(1);
+
+async fn consumer_key(server: &TestServer, consumer_id: &str) -> String {
+    server
+        .admin(ADMIN_TOKEN)
+        .await
+        .create_api_key(proto::CreateApiKeyRequest {
+            name: "tenant".into(),
+            scope: ApiKeyScope::Consumer as i32,
+            consumer_id: consumer_id.into(),
+        })
+        .await
+        .expect("create api key")
+        .into_inner()
+        .token
+}
+
+fn durable(endpoint_id: &str) -> proto::SubscribeRequest {
+    proto::SubscribeRequest {
+        endpoint_id: endpoint_id.into(),
+        max_unacked: 1000,
+        ..Default::default()
+    }
+}
+
+async fn try_subscribe(
+    server: &TestServer,
+    token: &str,
+    request: proto::SubscribeRequest,
+) -> Result<tonic::Streaming<proto::SubscribeResponse>, tonic::Status> {
+    server
+        .streams(token)
+        .await
+        .subscribe(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Each limit refuses with RESOURCE_EXHAUSTED naming its flag, and a stream
+/// that ends gives its place back.
+async fn stream_limits_hold_and_slots_come_back(backend: Backend) {
+    let server = TestServer::start_with(backend, |config| {
+        config.max_streams = 5;
+        config.max_streams_per_key = 3;
+        config.max_streams_per_endpoint = 2;
+    })
+    .await;
+    let tenant = consumer(&server, "limits").await;
+    let key = consumer_key(&server, &tenant).await;
+    let (first, _) = endpoint(&server, &tenant, EndpointKind::Stream).await;
+    let (second, _) = endpoint(&server, &tenant, EndpointKind::Stream).await;
+
+    let one = try_subscribe(&server, &key, durable(&first))
+        .await
+        .expect("1");
+    let _two = try_subscribe(&server, &key, durable(&first))
+        .await
+        .expect("2");
+    assert_status(
+        try_subscribe(&server, &key, durable(&first)).await,
+        Code::ResourceExhausted,
+        "--max-streams-per-endpoint",
+    );
+    let _three = try_subscribe(&server, &key, durable(&second))
+        .await
+        .expect("3");
+    assert_status(
+        try_subscribe(&server, &key, durable(&second)).await,
+        Code::ResourceExhausted,
+        "--max-streams-per-key",
+    );
+    // A live tail counts too.
+    assert_status(
+        try_subscribe(
+            &server,
+            &key,
+            proto::SubscribeRequest {
+                consumer_id: tenant.clone(),
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::ResourceExhausted,
+        "--max-streams-per-key",
+    );
+    let _four = try_subscribe(&server, ADMIN_TOKEN, durable(&second))
+        .await
+        .expect("another key");
+    let _five = try_subscribe(
+        &server,
+        ADMIN_TOKEN,
+        proto::SubscribeRequest {
+            consumer_id: tenant.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a tail of another key");
+    assert_status(
+        try_subscribe(
+            &server,
+            ADMIN_TOKEN,
+            proto::SubscribeRequest {
+                consumer_id: tenant.clone(),
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::ResourceExhausted,
+        "--max-streams)",
+    );
+    assert_eq!(server.streams.open_streams(), 5);
+    // Closing a stream gives its place back.
+    drop(one);
+    wait_for("the closed stream's place", 10 * SECOND, || async {
+        try_subscribe(&server, &key, durable(&first)).await.ok()
+    })
+    .await;
+    server.finish().await;
+}
+
+/// ListDeliveries shows delivery ids to any key that may see them; a token
+/// built from one (the old `<delivery_id>:<attempt>` shape, or with a made-up
+/// MAC) is refused, and the delivery stays pending and unsent.
+async fn a_token_made_from_a_listed_delivery_id_settles_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = consumer(&server, "forger").await;
+    let (stream_endpoint, _) = endpoint(&server, &tenant, EndpointKind::Stream).await;
+    let event_id = publish(&server, &tenant, "order.created", "{}").await;
+    let listed = server
+        .events(ADMIN_TOKEN)
+        .await
+        .list_deliveries(proto::ListDeliveriesRequest {
+            event_id: event_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("list deliveries")
+        .into_inner()
+        .deliveries;
+    let delivery_id = listed[0].id.clone();
+    for forged in [
+        format!("{delivery_id}:1"),
+        format!("{delivery_id}:1:AAAAAAAAAAAAAAAAAAAAAA"),
+    ] {
+        assert_status(
+            server
+                .streams(ADMIN_TOKEN)
+                .await
+                .ack(proto::AckRequest {
+                    endpoint_id: stream_endpoint.clone(),
+                    ack_tokens: vec![forged],
+                })
+                .await,
+            Code::InvalidArgument,
+            "is not an ack token from Subscribe",
+        );
+    }
+    assert_eq!(
+        delivery_statuses(&server, &stream_endpoint).await,
+        ["pending"]
+    );
+    assert_eq!(delivery_attempts(&server, &stream_endpoint).await, [0]);
+    // The genuine token, from the stream, settles it.
+    let mut stream = try_subscribe(&server, ADMIN_TOKEN, durable(&stream_endpoint))
+        .await
+        .expect("subscribe");
+    let event = crate::streams::next_event(&mut stream, 5 * SECOND).await;
+    let acked = server
+        .streams(ADMIN_TOKEN)
+        .await
+        .ack(proto::AckRequest {
+            endpoint_id: stream_endpoint.clone(),
+            ack_tokens: vec![event.ack_token],
+        })
+        .await
+        .expect("ack")
+        .into_inner()
+        .acknowledged;
+    assert_eq!(acked, 1);
+    drop(stream);
+    server.finish().await;
+}
+
+/// Percentile `p` (0..=100) of `samples`.
+fn percentile(samples: &mut [Duration], p: usize) -> Duration {
+    samples.sort();
+    let index = (samples.len() * p / 100).min(samples.len().saturating_sub(1));
+    samples[index]
+}
+
+/// What the victim measures: p99 of publish calls and of publish-to-POST.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub publish_p99: Duration,
+    pub delivery_p99: Duration,
+}
+
+/// A victim tenant: a consumer with a webhook endpoint on a local receiver.
+pub struct Victim {
+    consumer_id: String,
+    receiver: Receiver,
+}
+
+impl Victim {
+    pub async fn new(server: &TestServer, uid: &str) -> Victim {
+        let consumer_id = consumer(server, uid).await;
+        let receiver = Receiver::start(Reply::Status(200)).await;
+        crate::common::webhook_endpoint(server, &consumer_id, receiver.url("/victim")).await;
+        Victim {
+            consumer_id,
+            receiver,
+        }
+    }
+
+    /// Publishes `count` events one after another and waits for each POST.
+    pub async fn measure(&self, server: &TestServer, count: usize) -> Latency {
+        let mut events = server.events(ADMIN_TOKEN).await;
+        let mut publishes = Vec::with_capacity(count);
+        let mut deliveries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let already = self.receiver.received().len();
+            let started = Instant::now();
+            events
+                .publish(proto::PublishRequest {
+                    consumer_id: self.consumer_id.clone(),
+                    event_type: "victim.event".into(),
+                    payload: "{}".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("the victim's publish");
+            publishes.push(started.elapsed());
+            let received = self.receiver.wait_for_count(already + 1, 30 * SECOND).await;
+            deliveries.push(received[already].at.duration_since(started));
+        }
+        Latency {
+            publish_p99: percentile(&mut publishes, 99),
+            delivery_p99: percentile(&mut deliveries, 99),
+        }
+    }
+}
+
+/// The stated bound (see the module documentation).
+pub fn assert_within_bound(quiet: Latency, attacked: Latency) {
+    eprintln!("victim quiet {quiet:?}, under attack {attacked:?}");
+    assert!(
+        attacked.publish_p99 <= quiet.publish_p99 * 2 + Duration::from_millis(50),
+        "publish p99 {:?} under attack, {:?} quiet",
+        attacked.publish_p99,
+        quiet.publish_p99
+    );
+    assert!(
+        attacked.delivery_p99 <= quiet.delivery_p99 * 2 + Duration::from_millis(100),
+        "delivery p99 {:?} under attack, {:?} quiet",
+        attacked.delivery_p99,
+        quiet.delivery_p99
+    );
+}
+
+/// The probe opened 10,000 idle streams with one key (another tenant's
+/// Publish then took seconds). Now a key gets at most its limit (default
+/// 100; 10 per endpoint), the rest are refused, and the admitted ones cost
+/// one query per endpoint per second, not one per stream.
+async fn idle_streams_of_one_tenant_do_not_slow_another(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let victim = Victim::new(&server, "victim").await;
+    victim.measure(&server, 20).await;
+    let quiet = victim.measure(&server, 100).await;
+
+    let attacker = consumer(&server, "attacker").await;
+    let key = consumer_key(&server, &attacker).await;
+    let mut endpoints = Vec::new();
+    for _ in 0..12 {
+        endpoints.push(endpoint(&server, &attacker, EndpointKind::Stream).await.0);
+    }
+    let mut open = Vec::new();
+    let mut refused = 0;
+    let client = server.streams(&key).await;
+    for n in 0..300 {
+        let mut client = client.clone();
+        match client
+            .subscribe(durable(&endpoints[n % endpoints.len()]))
+            .await
+        {
+            Ok(stream) => open.push(stream.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(open.len(), 100, "the per-key limit admits 100 streams");
+    assert_eq!(refused, 200);
+    let attacked = victim.measure(&server, 100).await;
+    assert_within_bound(quiet, attacked);
+    drop(open);
+    server.finish().await;
+}
+
+/// The probe's non-reading subscribers took the server from 58 MB to 740 MB.
+/// Now each outbox holds at most its byte budget (plus one message) and all
+/// of them together at most the node's: with 20 subscribers that never read
+/// and 8 MB of pending events, the bytes held stay under the node's budget
+/// (plus one message per endpoint), and another tenant is not slowed.
+async fn readers_that_do_not_read_hold_a_bounded_number_of_bytes(backend: Backend) {
+    const NODE_BUDGET: usize = 2 * 1024 * 1024;
+    const PAYLOAD: usize = 100 * 1024;
+    let server = TestServer::start_with(backend, |config| {
+        config.stream_buffer_bytes = 256 * 1024;
+        config.stream_buffers_total_bytes = NODE_BUDGET;
+    })
+    .await;
+    let victim = Victim::new(&server, "victim").await;
+    victim.measure(&server, 20).await;
+    let quiet = victim.measure(&server, 50).await;
+
+    let tenant = consumer(&server, "hoarder").await;
+    let mut endpoints = Vec::new();
+    for _ in 0..4 {
+        endpoints.push(endpoint(&server, &tenant, EndpointKind::Stream).await.0);
+    }
+    let padding = "x".repeat(PAYLOAD);
+    for n in 0..80 {
+        publish(
+            &server,
+            &tenant,
+            "big.event",
+            &format!("{{\"n\":{n},\"padding\":\"{padding}\"}}"),
+        )
+        .await;
+    }
+    // Subscribers that never read, with the smallest flow-control windows
+    // HTTP/2 allows (a default client would take megabytes off the server
+    // into its own buffers before it stopped reading).
+    let mut stuck = Vec::new();
+    for endpoint_id in &endpoints {
+        for _ in 0..5 {
+            let channel = tonic::transport::Channel::from_shared(server.url())
+                .expect("url")
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .connect()
+                .await
+                .expect("connect");
+            let mut request = tonic::Request::new(durable(endpoint_id));
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii"),
+            );
+            stuck.push(
+                proto::streams_client::StreamsClient::new(channel)
+                    .subscribe(request)
+                    .await
+                    .expect("subscribe")
+                    .into_inner(),
+            );
+        }
+    }
+    // The feeds send what fits, then wait for readers that never come.
+    wait_for("the outboxes to fill", 15 * SECOND, || async {
+        (server.streams.buffered_bytes() > NODE_BUDGET / 2).then_some(())
+    })
+    .await;
+    let bound = NODE_BUDGET + endpoints.len() * (PAYLOAD + 1024);
+    let attacked = victim.measure(&server, 50).await;
+    let held = server.streams.buffered_bytes();
+    assert!(held <= bound, "{held} bytes held, bound {bound}");
+    let metrics = server.metrics.render();
+    assert!(
+        metrics.contains("herald_stream_buffered_bytes"),
+        "the gauge is exposed: {metrics}"
+    );
+    assert_within_bound(quiet, attacked);
+    drop(stuck);
+    wait_for("the outboxes to be released", 10 * SECOND, || async {
+        (server.streams.buffered_bytes() == 0).then_some(())
+    })
+    .await;
+    server.finish().await;
+}
