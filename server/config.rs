@@ -191,6 +191,15 @@ pub struct ServeConfig {
     /// Interval of heartbeats on idle subscription streams.
     #[arg(long, env = "HERALD_STREAM_HEARTBEAT", value_parser = humantime::parse_duration, default_value = "15s")]
     pub stream_heartbeat: Duration,
+    /// Endpoints one consumer may have.
+    #[arg(long, env = "HERALD_MAX_ENDPOINTS_PER_CONSUMER", default_value_t = 1_000)]
+    pub max_endpoints_per_consumer: usize,
+    /// Secrets that sign for one endpoint at once: the current one and the
+    /// previous ones still in their rotation grace period. A rotation ends
+    /// the oldest beyond this at once; each live secret adds a signature to
+    /// every delivery.
+    #[arg(long, env = "HERALD_MAX_LIVE_SECRETS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub max_live_secrets: u64,
     /// Streams (subscriptions and live tails) open at once on this node.
     #[arg(long, env = "HERALD_MAX_STREAMS", default_value_t = 10_000)]
     pub max_streams: usize,

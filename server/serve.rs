@@ -179,6 +179,8 @@ impl Herald {
             authenticator: Arc::new(Authenticator::new(db.clone())),
             db,
             target_policy: config.target_policy(),
+            max_endpoints_per_consumer: config.max_endpoints_per_consumer,
+            max_live_secrets: usize::try_from(config.max_live_secrets).unwrap_or(2),
             publisher,
             handoff,
             streams,

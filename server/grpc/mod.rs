@@ -27,6 +27,10 @@ pub struct AppState {
     pub authenticator: Arc<Authenticator>,
     /// Where endpoint URLs may point.
     pub target_policy: TargetPolicy,
+    /// Endpoints one consumer may have (`--max-endpoints-per-consumer`).
+    pub max_endpoints_per_consumer: usize,
+    /// Secrets that sign for an endpoint at once (`--max-live-secrets`).
+    pub max_live_secrets: usize,
     /// Validates published events and commits them in groups.
     pub publisher: crate::publish::Publisher,
     /// Redeliver and Replay: put deliveries back and wake their workers.

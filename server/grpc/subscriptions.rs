@@ -358,7 +358,13 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
             .await?;
         let new_endpoint = self.new_endpoint(&owner, &request)?;
         let secret = supplied_or_generated_secret("secret", &request.secret)?;
-        let row = endpoints::insert(&self.state.db.conn, new_endpoint, &secret).await?;
+        let row = endpoints::insert(
+            &self.state.db.conn,
+            new_endpoint,
+            &secret,
+            self.state.max_endpoints_per_consumer,
+        )
+        .await?;
         tracing::info!(endpoint_id = %row.id, consumer_id = %row.consumer_id, kind = %row.kind, "endpoint created");
         Ok(Response::new(proto::CreateEndpointResponse {
             endpoint: Some(endpoint_message(row)?),
@@ -441,6 +447,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
             &row.id,
             &secret,
             duration_millis(grace),
+            self.state.max_live_secrets,
         )
         .await?;
         tracing::info!(endpoint_id = %row.id, grace_ms = duration_millis(grace), "endpoint secret rotated");

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionSession, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionSession, TransactionTrait,
 };
 
+use super::entities::consumer::Entity as Consumers;
 use super::entities::endpoint::{self, Entity as Endpoints};
 use super::entities::endpoint_secret::{self, Entity as EndpointSecrets};
 use super::sql::json_text;
@@ -61,13 +62,18 @@ pub struct SecretRotation {
 }
 
 /// Inserts an endpoint together with its first (current) secret, so that no
-/// endpoint ever exists without a key to sign with.
+/// endpoint ever exists without a key to sign with, unless its consumer has
+/// `max_per_consumer` endpoints already (RESOURCE_EXHAUSTED). The consumer
+/// row is locked for the count and the insert, so that concurrent creates
+/// cannot together pass the limit.
 pub async fn insert(
     db: &impl TransactionTrait,
     new_endpoint: NewEndpoint,
     secret: &SigningSecret,
+    max_per_consumer: usize,
 ) -> Result<endpoint::Model> {
     let now = now_millis();
+    let consumer_id = new_endpoint.consumer_id.clone();
     let row = endpoint::ActiveModel {
         id: Set(ids::new_id(ids::ENDPOINT)),
         consumer_id: Set(new_endpoint.consumer_id),
@@ -86,6 +92,22 @@ pub async fn insert(
         updated_at: Set(now),
     };
     let txn = db.begin().await?;
+    let consumer = Consumers::find_by_id(consumer_id.clone())
+        .lock_exclusive()
+        .one(&txn)
+        .await?;
+    if consumer.is_none() {
+        return Err(Error::not_found("consumer", &consumer_id));
+    }
+    let existing = Endpoints::find()
+        .filter(endpoint::Column::ConsumerId.eq(consumer_id.as_str()))
+        .count(&txn)
+        .await?;
+    if existing >= u64::try_from(max_per_consumer).unwrap_or(u64::MAX) {
+        return Err(Error::ResourceExhausted(format!(
+            "consumer_id: the consumer has {existing} endpoints, the limit (--max-endpoints-per-consumer); delete one first"
+        )));
+    }
     let inserted = row.insert(&txn).await?;
     insert_current_secret(&txn, &inserted.id, secret, now).await?;
     txn.commit().await?;
@@ -254,19 +276,23 @@ async fn live_secret_rows(
     Ok(rows)
 }
 
-/// Makes `new_secret` the current secret of an endpoint. The previous current
-/// secret keeps signing until `now + grace_millis`; an older one still in its
-/// grace period is cut to the same end (a rotation is often a response to a
-/// leak, so it must never leave an older key alive longer than asked), and
-/// secrets already expired are deleted.
+/// Makes `new_secret` the current secret of an endpoint. The previous
+/// current secret keeps signing until `now + grace_millis`, and the newest
+/// `max_live - 2` secrets already in their grace period keep theirs (cut to
+/// the same end if it was later); older ones stop at once. With the
+/// default of two live secrets, a rotation during a grace period ends the
+/// older secret's grace, so a delivery carries at most two signatures (a
+/// rotation is often a response to a leak, and signing costs an HMAC per
+/// live secret). A grace of zero ends every old secret at once.
 ///
 /// The endpoint row is locked first, so that two concurrent rotations of one
-/// endpoint run one after the other and never leave two current secrets.
+/// endpoint take turns.
 pub async fn rotate_secret(
     db: &impl TransactionTrait,
     endpoint_id: &str,
     new_secret: &SigningSecret,
     grace_millis: i64,
+    max_live: usize,
 ) -> Result<SecretRotation> {
     let txn = db.begin().await?;
     let locked = Endpoints::find_by_id(endpoint_id.to_owned())
@@ -278,24 +304,47 @@ pub async fn rotate_secret(
     }
     let now = now_millis();
     let previous_expires_at = now.saturating_add(grace_millis);
-    EndpointSecrets::update_many()
-        .col_expr(
-            endpoint_secret::Column::ExpiresAt,
-            Expr::value(previous_expires_at),
-        )
+    let mut secrets = EndpointSecrets::find()
         .filter(endpoint_secret::Column::EndpointId.eq(endpoint_id))
-        .filter(
-            Condition::any()
-                .add(endpoint_secret::Column::ExpiresAt.is_null())
-                .add(endpoint_secret::Column::ExpiresAt.gt(previous_expires_at)),
-        )
-        .exec(&txn)
+        .all(&txn)
         .await?;
-    EndpointSecrets::delete_many()
-        .filter(endpoint_secret::Column::EndpointId.eq(endpoint_id))
-        .filter(endpoint_secret::Column::ExpiresAt.lte(now))
-        .exec(&txn)
-        .await?;
+    // Newest first: the current one (no expiry), then by id.
+    secrets.sort_by(|a, b| (a.expires_at.is_some(), &b.id).cmp(&(b.expires_at.is_some(), &a.id)));
+    // The new secret takes one place; the previous current one and the
+    // newest in grace keep theirs while the grace allows.
+    let keep = if grace_millis > 0 {
+        max_live.saturating_sub(1)
+    } else {
+        0
+    };
+    let (kept, ended): (Vec<_>, Vec<_>) = secrets
+        .into_iter()
+        .enumerate()
+        .partition(|(index, secret)| {
+            *index < keep && secret.expires_at.is_none_or(|expires| expires > now)
+        });
+    let ended: Vec<String> = ended.into_iter().map(|(_, secret)| secret.id).collect();
+    if !ended.is_empty() {
+        EndpointSecrets::delete_many()
+            .filter(endpoint_secret::Column::Id.is_in(ended))
+            .exec(&txn)
+            .await?;
+    }
+    let kept: Vec<String> = kept
+        .into_iter()
+        .filter(|(_, secret)| secret.expires_at.is_none_or(|expires| expires > previous_expires_at))
+        .map(|(_, secret)| secret.id)
+        .collect();
+    if !kept.is_empty() {
+        EndpointSecrets::update_many()
+            .col_expr(
+                endpoint_secret::Column::ExpiresAt,
+                Expr::value(previous_expires_at),
+            )
+            .filter(endpoint_secret::Column::Id.is_in(kept))
+            .exec(&txn)
+            .await?;
+    }
     insert_current_secret(&txn, endpoint_id, new_secret, now).await?;
     Endpoints::update_many()
         .col_expr(endpoint::Column::UpdatedAt, Expr::value(now))
