@@ -191,8 +191,24 @@ pub struct ServeConfig {
     /// Interval of heartbeats on idle subscription streams.
     #[arg(long, env = "HERALD_STREAM_HEARTBEAT", value_parser = humantime::parse_duration, default_value = "15s")]
     pub stream_heartbeat: Duration,
+    /// gRPC connections accepted at once; more wait in the listen backlog.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 1_024)]
+    pub max_connections: usize,
+    /// Delivery requests in flight at once on this node (each holds a
+    /// connection). 0: what the open-files limit leaves after gRPC
+    /// connections, the database pools and a margin.
+    #[arg(long, env = "HERALD_MAX_OUTBOUND_CONNECTIONS", default_value_t = 0)]
+    pub max_outbound_connections: usize,
+    /// Delivery requests in flight at once for one consumer's endpoints
+    /// together. 0: a quarter of the node's.
+    #[arg(long, env = "HERALD_MAX_OUTBOUND_PER_CONSUMER", default_value_t = 0)]
+    pub max_outbound_per_consumer: usize,
     /// Endpoints one consumer may have.
-    #[arg(long, env = "HERALD_MAX_ENDPOINTS_PER_CONSUMER", default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "HERALD_MAX_ENDPOINTS_PER_CONSUMER",
+        default_value_t = 1_000
+    )]
     pub max_endpoints_per_consumer: usize,
     /// Secrets that sign for one endpoint at once: the current one and the
     /// previous ones still in their rotation grace period. A rotation ends

@@ -23,11 +23,14 @@
 //! - `listen`: the `herald listen` client, forwarding a stream to a local URL.
 //! - `metrics`: Prometheus metric names and the `/metrics` endpoint.
 //! - `cli`: the offline subcommands (`migrate`, `key create`).
+//! - `descriptors`: the open-files limit, raised at start, from which the
+//!   connection budgets are set.
 //! - `error`: the one error type and its mapping to gRPC statuses.
 
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod descriptors;
 pub mod domain;
 pub mod error;
 pub mod grpc;

@@ -27,6 +27,7 @@ pub const QUEUE_DEPTH: &str = "herald_queue_depth";
 pub const OPEN_STREAMS: &str = "herald_open_streams";
 pub const DISABLED_ENDPOINTS: &str = "herald_endpoints_disabled_total";
 pub const STREAM_BUFFERED_BYTES: &str = "herald_stream_buffered_bytes";
+pub const OUTBOUND_REQUESTS: &str = "herald_outbound_requests";
 
 const LATENCY_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0,
@@ -37,6 +38,8 @@ static METADATA: Metadata<'static> = Metadata::new("herald", Level::INFO, Some(m
 
 /// One server's metrics. Cheap to share (`Arc`).
 pub struct Metrics {
+    /// Kept to register gauges read at render time ([`Metrics::probe`]).
+    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     events_published: Counter,
     /// By [`DeliveryVia`] then [`AttemptOutcome`], in their `ALL` order.
@@ -96,10 +99,8 @@ impl Metrics {
             open_streams: recorder.register_gauge(&Key::from_static_name(OPEN_STREAMS), &METADATA),
             open_stream_count: AtomicU64::new(0),
             disabled_endpoints: counter(DISABLED_ENDPOINTS, Vec::new()),
-            probes: Mutex::new(vec![(
-                recorder.register_gauge(&Key::from_static_name(STREAM_BUFFERED_BYTES), &METADATA),
-                Box::new(|| 0.0) as Probe,
-            )]),
+            probes: Mutex::new(Vec::new()),
+            recorder,
             handle,
         })
     }
@@ -141,16 +142,25 @@ impl Metrics {
         self.open_stream_count.load(Ordering::Relaxed)
     }
 
-    /// Reads `herald_stream_buffered_bytes` from `probe` from now on.
-    pub fn probe_stream_buffered_bytes(&self, probe: impl Fn() -> f64 + Send + Sync + 'static) {
-        if let Some((_, current)) = self
-            .probes
+    /// A gauge whose value is read from `probe` whenever the metrics are
+    /// rendered: for values another part keeps anyway (bytes buffered,
+    /// requests in flight), at no cost on their hot path.
+    pub fn probe(
+        &self,
+        name: &'static str,
+        unit: Option<Unit>,
+        help: &'static str,
+        probe: impl Fn() -> f64 + Send + Sync + 'static,
+    ) {
+        self.recorder
+            .describe_gauge(KeyName::from_const_str(name), unit, help.into());
+        let gauge = self
+            .recorder
+            .register_gauge(&Key::from_static_name(name), &METADATA);
+        self.probes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .first_mut()
-        {
-            *current = Box::new(probe);
-        }
+            .push((gauge, Box::new(probe)));
     }
 
     /// The Prometheus text exposition.
@@ -198,11 +208,6 @@ fn describe(recorder: &PrometheusRecorder) {
         KeyName::from_const_str(OPEN_STREAMS),
         None,
         "Open subscription streams.".into(),
-    );
-    recorder.describe_gauge(
-        KeyName::from_const_str(STREAM_BUFFERED_BYTES),
-        Some(Unit::Bytes),
-        "Bytes of messages waiting in this node's stream outboxes for their readers.".into(),
     );
     recorder.describe_counter(
         KeyName::from_const_str(DISABLED_ENDPOINTS),

@@ -14,8 +14,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -116,6 +114,7 @@ impl Herald {
         metrics_listener: TcpListener,
     ) -> Result<Herald, StartError> {
         crate::install_crypto_provider();
+        let descriptors = crate::descriptors::raise_open_files_limit();
         let lease = LeasePolicy::new(config.lease, config.request_timeout)
             .map_err(|err| StartError::Config(err.to_string()))?;
         let db = Database::open(&config.database.database_url).await?;
@@ -130,7 +129,7 @@ impl Herald {
         let (dispatcher, engine) = crate::delivery::Engine::new(
             db.clone(),
             queue.clone(),
-            EngineSettings::from_config(&config),
+            EngineSettings::from_config(&config, descriptors),
             metrics.clone(),
         )
         .map_err(StartError::internal)?;
@@ -156,11 +155,16 @@ impl Herald {
         ));
         {
             let streams = Arc::downgrade(&streams);
-            metrics.probe_stream_buffered_bytes(move || {
-                streams
-                    .upgrade()
-                    .map_or(0.0, |streams| streams.buffered_bytes() as f64)
-            });
+            metrics.probe(
+                crate::metrics::STREAM_BUFFERED_BYTES,
+                Some(metrics::Unit::Bytes),
+                "Bytes of messages waiting in this node's stream outboxes for their readers.",
+                move || {
+                    streams
+                        .upgrade()
+                        .map_or(0.0, |streams| streams.buffered_bytes() as f64)
+                },
+            );
         }
         let handoff = Handoff::new(queue.clone(), dispatcher, streams.clone());
         let publish_stop = CancellationToken::new();
@@ -291,10 +295,32 @@ impl Herald {
         // last messages, and so its end, in flow control). At the deadline
         // the connections are cut under the server instead.
         let force_close = CancellationToken::new();
+        // At most --max-connections connections at once: the next is
+        // accepted only once one has closed (others wait in the listen
+        // backlog), so that clients cannot take every descriptor.
+        let connections = Arc::new(tokio::sync::Semaphore::new(
+            self.config.max_connections.max(1),
+        ));
         let incoming = {
             let force_close = force_close.clone();
-            TcpListenerStream::new(self.grpc_listener)
-                .map(move |accepted| accepted.map(|io| ClosableIo::new(io, &force_close)))
+            futures::stream::unfold(
+                (self.grpc_listener, connections),
+                move |(listener, connections)| {
+                    let force_close = force_close.clone();
+                    async move {
+                        let permit = connections.clone().acquire_owned().await.ok()?;
+                        let accepted = listener
+                            .accept()
+                            .await
+                            .map(|(io, _)| ClosableIo::new(io, &force_close, permit));
+                        if accepted.is_err() {
+                            // Out of descriptors, say: do not spin on it.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Some((accepted, (listener, connections)))
+                    }
+                },
+            )
         };
         let server = builder
             .layer(auth_layer)
@@ -383,10 +409,16 @@ pub async fn bootstrap_admin(
 struct ClosableIo {
     io: TcpStream,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// This connection's place within --max-connections.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl ClosableIo {
-    fn new(io: TcpStream, force_close: &CancellationToken) -> Self {
+    fn new(
+        io: TcpStream,
+        force_close: &CancellationToken,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
         // Accepted sockets come without TCP_NODELAY (tonic sets it only on
         // listeners it binds itself); with Nagle's algorithm a small gRPC
         // answer waits for the peer's delayed ACK, ~40 ms a call.
@@ -396,6 +428,7 @@ impl ClosableIo {
         ClosableIo {
             io,
             closed: Box::pin(force_close.clone().cancelled_owned()),
+            _permit: permit,
         }
     }
 

@@ -45,9 +45,20 @@ impl Engine {
             settings,
             EndpointCache::new(db.clone()),
             client,
-            metrics,
+            metrics.clone(),
             writer,
         ));
+        let outbound = Arc::downgrade(&shared.outbound);
+        metrics.probe(
+            crate::metrics::OUTBOUND_REQUESTS,
+            None,
+            "Delivery requests in flight on this node (each holds a connection).",
+            move || {
+                outbound
+                    .upgrade()
+                    .map_or(0.0, |outbound| outbound.in_use() as f64)
+            },
+        );
         Ok((
             Dispatcher {
                 shared: shared.clone(),
@@ -90,7 +101,13 @@ impl Engine {
             shared.stopping.clone(),
         ));
         background.close();
-        tracing::info!(node = %shared.queue.node(), "delivery engine started");
+        let outbound = shared.outbound.limits();
+        tracing::info!(
+            node = %shared.queue.node(),
+            outbound_requests = outbound.total,
+            outbound_per_consumer = outbound.per_consumer,
+            "delivery engine started"
+        );
 
         shutdown.cancelled().await;
         let deadline = deadline

@@ -15,6 +15,8 @@
 //!   unit-tested (what an attempt means, when to retry, how fast to send,
 //!   how to sign).
 //! - `http_client`: the shared reqwest client with the SSRF-checking resolver.
+//! - `outbound`: the node's budget of requests in flight, and each
+//!   consumer's share of it.
 //! - `endpoint_cache`: endpoint configuration in memory.
 //! - `retention`: the background purge of old events.
 //!
@@ -29,6 +31,7 @@ mod endpoint_cache;
 mod engine;
 mod http_client;
 mod messages;
+mod outbound;
 mod outcome;
 mod rate_limit;
 mod retention;
@@ -42,5 +45,6 @@ mod writer;
 
 pub use dispatcher::{Dispatcher, Submitted};
 pub use engine::Engine;
+pub use outbound::OutboundLimits;
 pub use settings::EngineSettings;
 pub use signing::{sign, signature_header};

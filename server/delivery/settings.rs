@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::outbound::OutboundLimits;
 use crate::config::ServeConfig;
 use crate::domain::target::TargetPolicy;
 
@@ -26,10 +27,14 @@ pub struct EngineSettings {
     pub worker_queue: usize,
     /// At most this many deliveries are held in memory at once.
     pub max_in_memory: usize,
+    /// Requests in flight at once, on the node and per consumer.
+    pub outbound: OutboundLimits,
 }
 
 impl EngineSettings {
-    pub fn from_config(config: &ServeConfig) -> Self {
+    /// `descriptors`: the process's (raised) limit of open files, from
+    /// which the outbound budget is set when the flags leave it open.
+    pub fn from_config(config: &ServeConfig, descriptors: u64) -> Self {
         EngineSettings {
             target_policy: config.target_policy(),
             request_timeout: config.request_timeout,
@@ -43,6 +48,13 @@ impl EngineSettings {
             in_memory_retry_limit: Duration::from_secs(60),
             worker_queue: config.worker_queue.max(1),
             max_in_memory: 100_000,
+            outbound: OutboundLimits::from_descriptors(
+                descriptors,
+                config.max_connections,
+                crate::storage::MAX_DATABASE_CONNECTIONS,
+                config.max_outbound_connections,
+                config.max_outbound_per_consumer,
+            ),
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::endpoint_cache::EndpointCache;
 use super::http_client::WebhookClient;
 use super::messages::{Job, WorkerKey, WriterMessage};
+use super::outbound::Outbound;
 use super::schedule::RetrySchedule;
 use super::settings::EngineSettings;
 use crate::domain::ids::{DeliveryId, EndpointId};
@@ -25,6 +26,8 @@ pub(super) struct Shared {
     pub client: WebhookClient,
     pub schedule: RetrySchedule,
     pub metrics: Arc<Metrics>,
+    /// Permits for requests in flight (`outbound.rs`).
+    pub outbound: Arc<Outbound>,
     /// Ids of deliveries held in memory (queued, in flight or waiting for an
     /// in-memory retry), so that the same delivery is never held twice.
     pub known: Mutex<HashSet<DeliveryId>>,
@@ -62,6 +65,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             schedule: RetrySchedule::new(settings.retry_schedule.clone()),
+            outbound: Outbound::new(settings.outbound),
             queue,
             settings,
             cache,

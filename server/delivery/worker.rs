@@ -16,6 +16,7 @@ use tokio_util::time::DelayQueue;
 use super::endpoint_cache::{DEFAULT_MAX_IN_FLIGHT, EndpointConfig, FRESH_FOR};
 use super::http_client::{AttemptReport, Outgoing};
 use super::messages::{Job, WorkerKey, WriterMessage};
+use super::outbound::{Outbound, Permit};
 use super::outcome::{self, Attempt, Circumstances, Decision};
 use super::rate_limit::RateLimiter;
 use super::shared::{Hold, Shared};
@@ -50,6 +51,20 @@ pub struct Worker {
     in_flight: JoinSet<(Job, AttemptReport)>,
     limiter: RateLimiter,
     ordered_backlog_loaded: bool,
+    /// A permit of the outbound budget taken while the rate limit held the
+    /// request back: used for the next request.
+    spare_permit: Option<Permit>,
+}
+
+/// What holds the next request back, if anything.
+enum HeldBack {
+    Nothing,
+    /// The rate limit, for this long.
+    Rate(Duration),
+    /// The outbound budget: the consumer's share or the node's is spent.
+    Outbound {
+        consumer_id: String,
+    },
 }
 
 impl Worker {
@@ -64,6 +79,7 @@ impl Worker {
             in_flight: JoinSet::new(),
             limiter: RateLimiter::new(0, Instant::now()),
             ordered_backlog_loaded: false,
+            spare_permit: None,
         }
     }
 
@@ -88,7 +104,17 @@ impl Worker {
             if ordered && !self.ordered_backlog_loaded {
                 self.load_ordered_backlog().await;
             }
-            let rate_wait = self.start_attempts(&target, max_in_flight, ordered).await;
+            let held_back = self.start_attempts(&target, max_in_flight, ordered).await;
+            let rate_wait = match &held_back {
+                HeldBack::Rate(wait) => Some(*wait),
+                _ => None,
+            };
+            let (outbound, blocked_consumer) = match held_back {
+                HeldBack::Outbound { consumer_id } => {
+                    (Some(self.shared.outbound.clone()), consumer_id)
+                }
+                _ => (None, String::new()),
+            };
             let idle =
                 self.ready.is_empty() && self.waiting_ids.is_empty() && self.in_flight.is_empty();
             tokio::select! {
@@ -115,6 +141,9 @@ impl Worker {
                     None => break,
                 },
                 () = tokio::time::sleep(rate_wait.unwrap_or_default()), if rate_wait.is_some() => {}
+                permit = acquire_some(outbound.as_deref(), &blocked_consumer), if outbound.is_some() => {
+                    self.spare_permit = permit;
+                }
                 // Re-read the configuration now and then while work waits.
                 () = tokio::time::sleep(FRESH_FOR), if !idle => {}
                 () = tokio::time::sleep(IDLE_RETIREMENT), if idle => {
@@ -146,17 +175,17 @@ impl Worker {
         }
     }
 
-    /// Starts what the limits allow; returns how long until the rate limit
-    /// allows the next one, if that is what holds work back.
+    /// Starts what the limits allow (`max_in_flight`, ordering, the
+    /// outbound budget, the rate limit); says what holds the rest back.
     async fn start_attempts(
         &mut self,
         target: &Target,
         max_in_flight: usize,
         ordered: bool,
-    ) -> Option<Duration> {
-        while let Some(first) = self.ready.keys().next() {
+    ) -> HeldBack {
+        while let Some((first, job)) = self.ready.first_key_value() {
             if self.in_flight.len() >= max_in_flight {
-                return None;
+                return HeldBack::Nothing;
             }
             if ordered
                 && (!self.in_flight.is_empty()
@@ -165,13 +194,25 @@ impl Worker {
                         .first()
                         .is_some_and(|waiting| waiting < first))
             {
-                return None;
+                return HeldBack::Nothing;
             }
-            let now = Instant::now();
-            if let Err(wait) = self.limiter.try_acquire(now) {
-                return Some(wait);
+            let consumer_id = &job.event.consumer_id;
+            let Some(permit) = self
+                .spare_permit
+                .take()
+                .or_else(|| self.shared.outbound.try_acquire(consumer_id))
+            else {
+                return HeldBack::Outbound {
+                    consumer_id: consumer_id.clone(),
+                };
+            };
+            if let Err(wait) = self.limiter.try_acquire(Instant::now()) {
+                self.spare_permit = Some(permit);
+                return HeldBack::Rate(wait);
             }
-            let (_, job) = self.ready.pop_first()?;
+            let Some((_, job)) = self.ready.pop_first() else {
+                return HeldBack::Nothing;
+            };
             let Some((url, headers, secrets)) = self.request_parts(target, &job).await else {
                 // The consumer or its URL is gone: nothing to deliver to.
                 self.shared.release_later(job.delivery_id);
@@ -179,6 +220,8 @@ impl Worker {
             };
             let client = self.shared.client.clone();
             self.in_flight.spawn(async move {
+                // Held for as long as the request (and its connection) is.
+                let _permit = permit;
                 let report = client
                     .post(&Outgoing {
                         url: &url,
@@ -191,7 +234,7 @@ impl Worker {
                 (job, report)
             });
         }
-        None
+        HeldBack::Nothing
     }
 
     async fn request_parts(
@@ -420,5 +463,13 @@ impl Worker {
             }
         }
         self.drop_held();
+    }
+}
+
+/// Waits for a permit of the outbound budget, when held back by it.
+async fn acquire_some(outbound: Option<&Outbound>, consumer_id: &str) -> Option<Permit> {
+    match outbound {
+        Some(outbound) => Some(outbound.acquire(consumer_id).await),
+        None => std::future::pending().await,
     }
 }

@@ -317,12 +317,13 @@ pub async fn rotate_secret(
     } else {
         0
     };
-    let (kept, ended): (Vec<_>, Vec<_>) = secrets
-        .into_iter()
-        .enumerate()
-        .partition(|(index, secret)| {
-            *index < keep && secret.expires_at.is_none_or(|expires| expires > now)
-        });
+    let (kept, ended): (Vec<_>, Vec<_>) =
+        secrets
+            .into_iter()
+            .enumerate()
+            .partition(|(index, secret)| {
+                *index < keep && secret.expires_at.is_none_or(|expires| expires > now)
+            });
     let ended: Vec<String> = ended.into_iter().map(|(_, secret)| secret.id).collect();
     if !ended.is_empty() {
         EndpointSecrets::delete_many()
@@ -332,7 +333,11 @@ pub async fn rotate_secret(
     }
     let kept: Vec<String> = kept
         .into_iter()
-        .filter(|(_, secret)| secret.expires_at.is_none_or(|expires| expires > previous_expires_at))
+        .filter(|(_, secret)| {
+            secret
+                .expires_at
+                .is_none_or(|expires| expires > previous_expires_at)
+        })
         .map(|(_, secret)| secret.id)
         .collect();
     if !kept.is_empty() {

@@ -55,6 +55,12 @@ pub(crate) fn vanished_or(err: sea_orm::DbErr, what: &str, id: &str) -> Error {
     }
 }
 
+/// PostgreSQL connections of the main pool and of the queue's pool.
+const MAIN_POOL: u32 = 16;
+const QUEUE_POOL: u32 = 4;
+/// The most database connections (so descriptors) a node opens.
+pub const MAX_DATABASE_CONNECTIONS: usize = (MAIN_POOL + QUEUE_POOL) as usize;
+
 /// A migrated connection pool, plus (on SQLite) the lock that keeps a second
 /// Herald process away from the same file.
 #[derive(Clone)]
@@ -160,8 +166,8 @@ impl Database {
 
     async fn connect_postgres(url: &str) -> OpenResult<Self> {
         let peers = nodelay::DatabasePeers::resolve(url).await;
-        let conn = Self::postgres_pool(url, 16, &[], peers.clone()).await?;
-        let queue = Self::postgres_pool(url, 4, &QUEUE_PLANNER_SETTINGS, peers).await?;
+        let conn = Self::postgres_pool(url, MAIN_POOL, &[], peers.clone()).await?;
+        let queue = Self::postgres_pool(url, QUEUE_POOL, &QUEUE_PLANNER_SETTINGS, peers).await?;
         Ok(Database {
             conn,
             queue,

@@ -23,6 +23,7 @@ both_backends!(
     a_token_made_from_a_listed_delivery_id_settles_nothing,
     idle_streams_of_one_tenant_do_not_slow_another,
     readers_that_do_not_read_hold_a_bounded_number_of_bytes,
+    a_tarpit_holds_at_most_its_consumer_s_share_of_connections,
 );
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -404,5 +405,129 @@ async fn readers_that_do_not_read_hold_a_bounded_number_of_bytes(backend: Backen
         (server.streams.buffered_bytes() == 0).then_some(())
     })
     .await;
+    server.finish().await;
+}
+
+/// A server that accepts connections and never answers: every request to
+/// it holds a connection until the request timeout.
+struct Tarpit {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Tarpit {
+    async fn start() -> Tarpit {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind tarpit");
+        let addr = listener.local_addr().expect("tarpit addr");
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (task_open, task_most) = (open.clone(), most.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let now = task_open.fetch_add(1, Ordering::SeqCst) + 1;
+                task_most.fetch_max(now, Ordering::SeqCst);
+                let open = task_open.clone();
+                tokio::spawn(async move {
+                    // Read whatever comes, answer nothing, until the client
+                    // gives up and closes.
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(read) =
+                        tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await
+                    {
+                        if read == 0 {
+                            break;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Tarpit {
+            addr,
+            open,
+            most,
+            task,
+        }
+    }
+
+    fn most(&self) -> usize {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Tarpit {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The probe pointed five endpoints with `max_in_flight` 1000 at a tarpit:
+/// every descriptor was used, gRPC accepted nothing for 10 s and SQLite
+/// failed. Now requests in flight hold permits of the node's outbound
+/// budget, and one consumer's endpoints together at most its share: the
+/// tarpit never sees more connections than the share, and another
+/// tenant's deliveries go on within the bound.
+async fn a_tarpit_holds_at_most_its_consumer_s_share_of_connections(backend: Backend) {
+    const BUDGET: usize = 40;
+    const SHARE: usize = 10;
+    let server = TestServer::start_with(backend, |config| {
+        config.max_outbound_connections = BUDGET;
+        config.max_outbound_per_consumer = SHARE;
+        config.request_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let victim = Victim::new(&server, "victim").await;
+    victim.measure(&server, 20).await;
+    let quiet = victim.measure(&server, 60).await;
+
+    let tarpit = Tarpit::start().await;
+    let attacker = consumer(&server, "tarpitter").await;
+    let mut subscriptions = server.subscriptions(ADMIN_TOKEN).await;
+    for n in 0..5 {
+        subscriptions
+            .create_endpoint(proto::CreateEndpointRequest {
+                consumer_id: attacker.clone(),
+                kind: EndpointKind::Webhook as i32,
+                url: format!("http://{}/hook{n}", tarpit.addr),
+                max_in_flight: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("create a tarpit endpoint");
+    }
+    let mut events = server.events(ADMIN_TOKEN).await;
+    for _ in 0..20 {
+        events
+            .publish_batch(proto::PublishBatchRequest {
+                events: (0..50)
+                    .map(|n| proto::PublishRequest {
+                        consumer_id: attacker.clone(),
+                        event_type: "tarpit.event".into(),
+                        payload: format!("{{\"n\":{n}}}"),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+            .await
+            .expect("publish to the tarpit");
+    }
+    wait_for("the tarpit to hold its share", 15 * SECOND, || async {
+        (tarpit.open.load(std::sync::atomic::Ordering::SeqCst) >= SHARE).then_some(())
+    })
+    .await;
+    let attacked = victim.measure(&server, 60).await;
+    assert!(
+        tarpit.most() <= SHARE,
+        "the tarpit held {} connections at once, the share is {SHARE}",
+        tarpit.most()
+    );
+    let metrics = server.metrics.render();
+    assert!(metrics.contains("herald_outbound_requests"), "{metrics}");
+    assert_within_bound(quiet, attacked);
     server.finish().await;
 }
