@@ -22,7 +22,8 @@
 //! HERALD_CHAOS_ROUNDS=20 cargo test --test e2e chaos -- --ignored --nocapture
 //! ```
 //!
-//! `HERALD_CHAOS_ROUNDS` (default 20) is the number of kills per scenario,
+//! `HERALD_CHAOS_ROUNDS` (default 20) is the number of kills per scenario
+//! (0: a control run, publishing for 10 s without a kill),
 //! `HERALD_CHAOS_SEED` seeds every random choice the test makes (printed at
 //! the start; the timing of threads and processes still varies between runs).
 
@@ -73,6 +74,8 @@ const MAX_SENDS: u32 = 50;
 /// everything and leave nothing pending.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 const PUBLISHERS: usize = 3;
+/// How long a run of no rounds publishes.
+const CONTROL_RUN: Duration = Duration::from_secs(10);
 
 /// The event types published, in equal shares.
 const EVENT_TYPES: [&str; 5] = [
@@ -247,6 +250,12 @@ async fn run(backend: Backend, node_count: usize) {
             down.as_millis(),
             restarting.elapsed().as_millis(),
         );
+    }
+    if rounds == 0 {
+        // A control run: the same traffic, no kill, to tell what the kills
+        // cause from what happens anyway.
+        println!("chaos {name}: no rounds: publishing for {CONTROL_RUN:?} without a kill");
+        tokio::time::sleep(CONTROL_RUN).await;
     }
     let rounds_took = started.elapsed();
 
