@@ -147,6 +147,15 @@ pub type Authed = InterceptedService<Channel, BearerToken>;
 #[derive(Clone)]
 pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
+impl BearerToken {
+    /// Sends `authorization: Bearer <token>`.
+    pub fn bearer(token: &str) -> BearerToken {
+        BearerToken(Some(
+            format!("Bearer {token}").parse().expect("ascii token"),
+        ))
+    }
+}
+
 impl tonic::service::Interceptor for BearerToken {
     fn call(
         &mut self,
@@ -292,6 +301,25 @@ where
         }
         if start.elapsed() > deadline {
             panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `condition` like [`wait_for`], but answers `None` after `deadline`
+/// instead of failing, for a caller that reports what it saw before failing.
+pub async fn try_wait_for<T, F, Fut>(deadline: Duration, mut condition: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = condition().await {
+            return Some(value);
+        }
+        if start.elapsed() > deadline {
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

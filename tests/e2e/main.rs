@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod architecture;
 mod authorization;
+mod chaos;
 mod client;
 mod crash;
 mod deletion;
