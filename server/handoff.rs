@@ -1,15 +1,18 @@
 //! After a commit, the work it created reaches whoever does it, from one
 //! place: webhook and callback deliveries leased to this node go to the
-//! delivery engine's hot path, deliveries left unleased wake the sweep, and
-//! STREAM endpoints' deliveries wake their subscriptions on this node; new
-//! events go to the live tails. Publishing, Redeliver and Replay all end
-//! here, so a redelivered stream message wakes its subscribers as a
+//! delivery engine's hot path, deliveries left unleased wake the sweep,
+//! STREAM endpoints' deliveries wake their subscriptions on this node, and
+//! fan-outs written apart wake their writer; new events go to the live
+//! tails. Publishing, Redeliver, Replay and the slices of large fan-outs all
+//! end here, so a redelivered stream message wakes its subscribers as a
 //! published one does.
 //!
 //! Other nodes sharing the database learn of the work from their own sweep
 //! and subscription polls.
 
 use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use crate::delivery::{Dispatcher, Submitted};
 use crate::domain::ids::{EndpointId, EventId};
@@ -34,14 +37,22 @@ pub struct Handoff {
     queue: Queue,
     dispatcher: Dispatcher,
     streams: Arc<StreamHub>,
+    /// Wakes the writer of large fan-outs (`crate::fanout`).
+    fan_outs: Arc<Notify>,
 }
 
 impl Handoff {
-    pub fn new(queue: Queue, dispatcher: Dispatcher, streams: Arc<StreamHub>) -> Handoff {
+    pub fn new(
+        queue: Queue,
+        dispatcher: Dispatcher,
+        streams: Arc<StreamHub>,
+        fan_outs: Arc<Notify>,
+    ) -> Handoff {
         Handoff {
             queue,
             dispatcher,
             streams,
+            fan_outs,
         }
     }
 
@@ -50,8 +61,37 @@ impl Handoff {
         &self.dispatcher
     }
 
-    /// A group commit stored these deliveries and these new events.
-    pub fn published(&self, deliveries: Vec<Committed>, new_events: Vec<Arc<event::Model>>) {
+    /// A group commit stored these deliveries and these new events, and
+    /// `fanned_out`: fan-outs whose deliveries are written apart.
+    pub fn published(
+        &self,
+        deliveries: Vec<Committed>,
+        new_events: Vec<Arc<event::Model>>,
+        fanned_out: bool,
+    ) {
+        if fanned_out {
+            self.fan_outs.notify_one();
+        }
+        self.committed(deliveries);
+        self.streams.tail_events(new_events);
+    }
+
+    /// A slice of a large fan-out was written: these deliveries of `event`,
+    /// each with whether it is a stream's.
+    pub fn fanned_out(&self, slice: Vec<(Delivery, bool)>, event: &Arc<event::Model>) {
+        self.committed(
+            slice
+                .into_iter()
+                .map(|(delivery, stream)| Committed {
+                    delivery,
+                    event: event.clone(),
+                    stream,
+                })
+                .collect(),
+        );
+    }
+
+    fn committed(&self, deliveries: Vec<Committed>) {
         let mut hot = Vec::with_capacity(deliveries.len());
         let mut left_for_sweep: Vec<EndpointId> = Vec::new();
         let mut streams: Vec<EndpointId> = Vec::new();
@@ -78,7 +118,6 @@ impl Handoff {
         streams.sort();
         streams.dedup();
         self.streams.wake(&streams);
-        self.streams.tail_events(new_events);
     }
 
     /// Redeliver: the delivery of `event_id` to `endpoint_id` is pending
@@ -91,7 +130,7 @@ impl Handoff {
     ) -> Result<Delivery> {
         let delivery = self
             .queue
-            .redeliver(event_id, endpoint_id, now_millis())
+            .redeliver(event_id, endpoint_id, stream, now_millis())
             .await?;
         self.requeued(endpoint_id, stream);
         Ok(delivery)

@@ -16,6 +16,7 @@
 //!   deliveries in groups (one write for many calls).
 //! - `handoff`: after a commit, the new work goes to the engine or the
 //!   streams (publishing, Redeliver and Replay alike).
+//! - `fanout`: the writer of large fan-outs, a slice at a time.
 //! - `delivery`: the engine that POSTs committed deliveries, retries them and
 //!   records attempts; never calls the gRPC layer.
 //! - `streams`: subscription streams of STREAM endpoints and live tails (the
@@ -33,6 +34,7 @@ pub mod delivery;
 pub mod descriptors;
 pub mod domain;
 pub mod error;
+pub mod fanout;
 pub mod grpc;
 pub mod handoff;
 pub mod listen;

@@ -84,6 +84,10 @@ pub struct Herald {
     /// stopped, so that every accepted publish call is committed and answered.
     publish_stop: CancellationToken,
     publish_task: tokio::task::JoinHandle<()>,
+    /// The writer of large fan-outs, started by [`Herald::serve`], and what
+    /// wakes it.
+    fan_out_queue: Queue,
+    fan_outs: Arc<tokio::sync::Notify>,
 }
 
 impl Herald {
@@ -166,16 +170,18 @@ impl Herald {
                 },
             );
         }
-        let handoff = Handoff::new(queue.clone(), dispatcher, streams.clone());
+        let fan_outs = Arc::new(tokio::sync::Notify::new());
+        let handoff = Handoff::new(queue.clone(), dispatcher, streams.clone(), fan_outs.clone());
         let publish_stop = CancellationToken::new();
         let (publisher, publish_task) = crate::publish::Publisher::start(
             db.clone(),
-            queue,
+            queue.clone(),
             handoff.clone(),
             metrics.clone(),
             crate::publish::PublisherConfig {
                 max_payload_bytes: config.max_payload_bytes,
                 target_policy: config.target_policy(),
+                max_pending_fan_outs: config.max_pending_fan_outs,
             },
             publish_stop.clone(),
         );
@@ -200,6 +206,8 @@ impl Herald {
             generated_admin_token,
             publish_stop,
             publish_task,
+            fan_out_queue: queue,
+            fan_outs,
         })
     }
 
@@ -268,6 +276,13 @@ impl Herald {
         // The end of the shutdown grace, set when shutdown begins.
         let deadline: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
         let engine_task = tokio::spawn(self.engine.run(engine_stop.clone(), deadline.clone()));
+        let fan_out_stop = CancellationToken::new();
+        let fan_out_task = tokio::spawn(crate::fanout::run(
+            self.fan_out_queue,
+            self.state.handoff.clone(),
+            self.fan_outs,
+            fan_out_stop.clone(),
+        ));
         // The bound addresses (the flags may say port 0): operators and the
         // process tests read them from this line.
         tracing::info!(
@@ -349,6 +364,12 @@ impl Herald {
         self.publish_stop.cancel();
         if let Err(err) = self.publish_task.await {
             tracing::error!(error = %err, "the publish committer failed");
+        }
+        // Then the fan-outs: a slice in progress is finished, the rest is
+        // given back for the next start (or another node).
+        fan_out_stop.cancel();
+        if let Err(err) = fan_out_task.await {
+            tracing::error!(error = %err, "the fan-out writer failed");
         }
         engine_stop.cancel();
         if let Err(err) = engine_task.await {

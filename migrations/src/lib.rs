@@ -19,6 +19,8 @@ mod m20261129_000001_initial;
 mod m20261130_000002_hot_tables_lean;
 mod m20261201_000003_same_foreign_keys;
 mod m20261201_000004_server_secrets;
+mod m20261201_000005_fan_outs;
+mod m20261201_000006_stream_deliveries_not_due;
 
 pub struct Migrator;
 
@@ -30,6 +32,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000002_hot_tables_lean::Migration),
             Box::new(m20261201_000003_same_foreign_keys::Migration),
             Box::new(m20261201_000004_server_secrets::Migration),
+            Box::new(m20261201_000005_fan_outs::Migration),
+            Box::new(m20261201_000006_stream_deliveries_not_due::Migration),
         ]
     }
 }

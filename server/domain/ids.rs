@@ -48,7 +48,9 @@ pub fn has_prefix(id: &str, prefix: &str) -> bool {
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[derive(
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+        )]
         #[serde(transparent)]
         pub struct $name(String);
 

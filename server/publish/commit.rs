@@ -43,13 +43,19 @@ use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
 use crate::handoff::{Committed, Handoff};
 use crate::metrics::Metrics;
-use crate::queue::{Delivery, Queue, Target as DeliveryTarget};
+use crate::queue::fanout::{FanOutRow, FanOutTarget};
+use crate::queue::{Delivery, Queue, Target as DeliveryTarget, Waiting};
 use crate::storage::Database;
 use crate::storage::entities::{event, idempotency_key};
 
 /// Roughly how many events one write takes (a job is never split, so a
 /// group may exceed this by one job).
 pub const GROUP_EVENTS: usize = 1000;
+/// A publish call whose events together match more endpoints than this has
+/// their deliveries written apart from the group (and from the event), a
+/// slice at a time: with 1,000 endpoints a consumer may have, one event
+/// would otherwise make every other caller of its group wait for 1,000 rows.
+pub const FAN_OUT_APART: usize = 500;
 /// How often a job is retried alone when its idempotency key was claimed by a
 /// concurrent transaction (each retry sees the winner once it has committed).
 const SOLO_TRIES: usize = 3;
@@ -72,6 +78,7 @@ struct Committer {
     handoff: Handoff,
     validator: Arc<Validator>,
     metrics: Arc<Metrics>,
+    max_pending_fan_outs: u64,
     jobs: Mutex<mpsc::Receiver<Job>>,
 }
 
@@ -82,6 +89,8 @@ pub struct Parts {
     pub handoff: Handoff,
     pub validator: Arc<Validator>,
     pub metrics: Arc<Metrics>,
+    /// `--max-pending-fan-outs`.
+    pub max_pending_fan_outs: u64,
 }
 
 /// Spawns the committers and a task that owns them; the returned handle
@@ -98,6 +107,7 @@ pub fn spawn(parts: Parts, jobs: mpsc::Receiver<Job>, stop: CancellationToken) -
         handoff: parts.handoff,
         validator: parts.validator,
         metrics: parts.metrics,
+        max_pending_fan_outs: parts.max_pending_fan_outs,
         jobs: Mutex::new(jobs),
     });
     tokio::spawn(async move {
@@ -187,7 +197,7 @@ impl Committer {
                         .events_published(outcome.new_events.len() as u64);
                 }
                 self.handoff
-                    .published(outcome.deliveries, outcome.new_events);
+                    .published(outcome.deliveries, outcome.new_events, outcome.fanned_out);
                 Ok(outcome.results)
             }
             Err(err) => {
@@ -270,7 +280,18 @@ impl Committer {
             earlier_counts,
             claims: HashMap::new(),
             expired: Vec::new(),
+            pending_fan_outs: HashMap::new(),
+            max_pending_fan_outs: self.max_pending_fan_outs,
         };
+        // Consumers with fan-outs to write apart: how many they have pending.
+        let apart: Vec<&str> = jobs
+            .iter()
+            .filter(|job| planner.goes_apart(job))
+            .flat_map(|job| job.iter().map(|p| p.consumer_id.as_str()))
+            .collect();
+        if !apart.is_empty() {
+            planner.pending_fan_outs = self.queue.pending_fan_outs(conn, &apart).await?;
+        }
         let mut write = Write::default();
         let outcomes: Vec<Result<Outcome>> = jobs
             .iter()
@@ -282,7 +303,14 @@ impl Committer {
         for (consumer_id, key) in &planner.expired {
             store::delete_idempotency_key(conn, consumer_id, key).await?;
         }
-        store::insert_group(conn, &write.events, &write.keys, &write.deliveries).await?;
+        store::insert_group(
+            conn,
+            &write.events,
+            &write.keys,
+            &write.deliveries,
+            &write.fan_outs,
+        )
+        .await?;
         Ok(outcomes)
     }
 }
@@ -370,6 +398,8 @@ pub struct Outcome {
     results: Vec<Published>,
     new_events: Vec<Arc<event::Model>>,
     deliveries: Vec<Committed>,
+    /// Some events' deliveries are written apart (see `FAN_OUT_APART`).
+    fanned_out: bool,
 }
 
 /// One job's rows, before they join the group's write.
@@ -377,6 +407,7 @@ struct Planned {
     results: Vec<Published>,
     events: Vec<Arc<event::Model>>,
     keys: Vec<idempotency_key::Model>,
+    fan_outs: Vec<FanOutRow>,
     deliveries: Vec<Committed>,
     claims: Vec<((String, String), Claim)>,
 }
@@ -387,6 +418,7 @@ struct Write {
     events: Vec<event::Model>,
     keys: Vec<idempotency_key::Model>,
     deliveries: Vec<Delivery>,
+    fan_outs: Vec<FanOutRow>,
 }
 
 impl Write {
@@ -394,12 +426,15 @@ impl Write {
         self.events
             .extend(planned.events.iter().map(|event| (**event).clone()));
         self.keys.extend(planned.keys);
+        let fanned_out = !planned.fan_outs.is_empty();
+        self.fan_outs.extend(planned.fan_outs);
         self.deliveries
             .extend(planned.deliveries.iter().map(|c| c.delivery.clone()));
         Outcome {
             results: planned.results,
             new_events: planned.events,
             deliveries: planned.deliveries,
+            fanned_out,
         }
     }
 }
@@ -421,6 +456,9 @@ struct Planner<'a> {
     claims: HashMap<(String, String), Claim>,
     /// Stored keys whose window has passed, to delete before the write.
     expired: Vec<(String, String)>,
+    /// Fan-outs being written apart, per consumer (counting this group's).
+    pending_fan_outs: HashMap<String, u64>,
+    max_pending_fan_outs: u64,
 }
 
 impl Planner<'_> {
@@ -431,8 +469,25 @@ impl Planner<'_> {
             events: Vec::new(),
             keys: Vec::new(),
             deliveries: Vec::new(),
+            fan_outs: Vec::new(),
             claims: Vec::new(),
         };
+        // A job that would write more deliveries than one write should take
+        // has them written apart, a slice at a time (`crate::fanout`), so
+        // that the group does not wait for them.
+        let apart = self.goes_apart(job);
+        if apart {
+            // Back-pressure: a consumer's fan-outs are written at the
+            // writer's pace, not faster than the database can take them.
+            for consumer_id in job.iter().map(|p| p.consumer_id.as_str()) {
+                let pending = self.pending_fan_outs.get(consumer_id).copied().unwrap_or(0);
+                if pending >= self.max_pending_fan_outs {
+                    return Err(Error::ResourceExhausted(format!(
+                        "consumer_id: {pending} large fan-outs of this consumer are still being written, the limit (--max-pending-fan-outs); retry shortly"
+                    )));
+                }
+            }
+        }
         let mut expired = Vec::new();
         for prepared in job {
             if !self.existing.contains(&prepared.consumer_id) {
@@ -473,7 +528,7 @@ impl Planner<'_> {
                 callback_url: prepared.callback_url.clone(),
                 created_at: self.now,
             });
-            let count = self.fan_out(prepared, &event, &mut planned.deliveries);
+            let count = self.fan_out(prepared, &event, apart, &mut planned)?;
             if let Some(pair) = pair {
                 planned.keys.push(idempotency_key::Model {
                     consumer_id: pair.0.clone(),
@@ -498,8 +553,15 @@ impl Planner<'_> {
                 deliveries: count,
             });
         }
-        // Only a job that succeeds claims its keys for the rest of the group.
+        // Only a job that succeeds claims its keys for the rest of the group,
+        // and counts its fan-outs against its consumer.
         self.claims.extend(planned.claims.iter().cloned());
+        for prepared in job.iter().filter(|_| apart) {
+            *self
+                .pending_fan_outs
+                .entry(prepared.consumer_id.clone())
+                .or_default() += 1;
+        }
         for pair in expired {
             if !self.expired.contains(&pair) {
                 self.expired.push(pair);
@@ -574,46 +636,79 @@ impl Planner<'_> {
         &self,
         prepared: &Prepared,
         event: &Arc<event::Model>,
-        deliveries: &mut Vec<Committed>,
-    ) -> u32 {
+        apart: bool,
+        planned: &mut Planned,
+    ) -> Result<u32> {
         let event_id = EventId::from_stored(event.id.clone());
         let mut count = 0;
-        for target in self
-            .targets
-            .get(&prepared.consumer_id)
-            .into_iter()
-            .flatten()
-        {
-            if !target.filter.matches(&prepared.event_type) {
+        let mut targets = Vec::new();
+        for target in self.matching(prepared) {
+            let stream = target.kind == EndpointKind::Stream;
+            count += 1;
+            if apart {
+                targets.push(FanOutTarget {
+                    endpoint_id: target.id.clone(),
+                    stream,
+                });
                 continue;
             }
-            let stream = target.kind == EndpointKind::Stream;
-            let leased = !stream && !self.congested.contains(&target.id);
-            deliveries.push(Committed {
+            let waiting = if stream {
+                Waiting::Subscription
+            } else if self.congested.contains(&target.id) {
+                Waiting::Sweep
+            } else {
+                Waiting::ThisNode
+            };
+            planned.deliveries.push(Committed {
                 delivery: self.queue.new_delivery(
                     event_id.clone(),
                     DeliveryTarget::Endpoint(target.id.clone()),
                     self.now,
-                    leased,
+                    waiting,
                 ),
                 event: event.clone(),
                 stream,
             });
-            count += 1;
+        }
+        if !targets.is_empty() {
+            planned.fan_outs.push(self.queue.new_fan_out(
+                &event_id,
+                &prepared.consumer_id,
+                &targets,
+                self.now,
+            )?);
         }
         if let Some(url) = &prepared.callback_url {
-            deliveries.push(Committed {
+            planned.deliveries.push(Committed {
                 delivery: self.queue.new_delivery(
                     event_id,
                     DeliveryTarget::Callback(url.clone()),
                     self.now,
-                    true,
+                    Waiting::ThisNode,
                 ),
                 event: event.clone(),
                 stream: false,
             });
             count += 1;
         }
-        count
+        Ok(count)
+    }
+
+    /// Whether a job's deliveries are written apart: its events together
+    /// match more than [`FAN_OUT_APART`] endpoints.
+    fn goes_apart(&self, job: &[Prepared]) -> bool {
+        job.iter()
+            .map(|prepared| self.matching(prepared).count())
+            .sum::<usize>()
+            > FAN_OUT_APART
+    }
+
+    /// The consumer's enabled endpoints whose filter matches the event.
+    fn matching<'p>(&'p self, prepared: &'p Prepared) -> impl Iterator<Item = &'p Target> + 'p {
+        self.targets
+            .get(&prepared.consumer_id)
+            .into_iter()
+            .flatten()
+            .filter(|target| target.filter.matches(&prepared.event_type))
     }
 }

@@ -75,6 +75,9 @@ pub struct Published {
 pub struct PublisherConfig {
     pub max_payload_bytes: usize,
     pub target_policy: TargetPolicy,
+    /// Large fan-outs of one consumer still being written before its next
+    /// one is refused (`--max-pending-fan-outs`).
+    pub max_pending_fan_outs: u64,
 }
 
 /// The handle handlers publish through. Cheap to clone.
@@ -98,6 +101,7 @@ impl Publisher {
         stop: CancellationToken,
     ) -> (Publisher, JoinHandle<()>) {
         let (jobs, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let max_pending_fan_outs = config.max_pending_fan_outs;
         let validator = Arc::new(validate::Validator::new(db.clone(), config));
         let parts = commit::Parts {
             db,
@@ -105,6 +109,7 @@ impl Publisher {
             handoff,
             validator: validator.clone(),
             metrics,
+            max_pending_fan_outs,
         };
         let handle = commit::spawn(parts, receiver, stop);
         (Publisher { jobs, validator }, handle)

@@ -14,6 +14,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelec
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::queue::fanout::FanOutRow;
 use crate::queue::{self, Delivery};
 use crate::storage::entities::{delivery, event, idempotency_key};
 use crate::storage::sql::{Column, Dialect, json_text, names, statement};
@@ -134,17 +135,18 @@ pub async fn delivery_counts(
 
 /// Writes a group's rows. Each table's rows travel as one JSON parameter, so
 /// each statement has one fixed text whatever the group's size. On
-/// PostgreSQL one statement writes all three tables (data-modifying CTEs,
-/// the deliveries last with the queue's own insert): one round trip,
-/// atomic by itself. On SQLite three statements, in the caller's
-/// transaction.
+/// PostgreSQL one statement writes all four tables (data-modifying CTEs,
+/// with the queue's own inserts for deliveries and fan-outs): one round
+/// trip, atomic by itself. On SQLite one statement per table, in the
+/// caller's transaction.
 pub async fn insert_group(
     db: &impl ConnectionTrait,
     events: &[event::Model],
     keys: &[idempotency_key::Model],
     deliveries: &[Delivery],
+    fan_outs: &[FanOutRow],
 ) -> Result<()> {
-    if events.is_empty() && keys.is_empty() && deliveries.is_empty() {
+    if events.is_empty() && keys.is_empty() && deliveries.is_empty() && fan_outs.is_empty() {
         return Ok(());
     }
     let backend = db.get_database_backend();
@@ -152,17 +154,24 @@ pub async fn insert_group(
     let events = json_text(&events.iter().map(EventRow::from).collect::<Vec<_>>())?;
     let keys_json = json_text(&keys.iter().map(KeyRow::from).collect::<Vec<_>>())?;
     let deliveries_json = queue::deliveries_json(deliveries)?;
+    let fan_outs_json = queue::fanout::fan_outs_json(fan_outs)?;
     match dialect {
         Dialect::Postgres => {
             db.execute_raw(statement(
                 backend,
                 &format!(
-                    "WITH new_events AS ({}), new_keys AS ({}) {}",
+                    "WITH new_events AS ({}), new_keys AS ({}), new_fan_outs AS ({}) {}",
                     insert_from_json(dialect, "events", &EVENT_COLUMNS, 1),
                     insert_from_json(dialect, "idempotency_keys", &KEY_COLUMNS, 2),
+                    queue::enqueue_fan_outs_statement(dialect, 4),
                     queue::enqueue_statement(dialect, 3)
                 ),
-                vec![events.into(), keys_json.into(), deliveries_json.into()],
+                vec![
+                    events.into(),
+                    keys_json.into(),
+                    deliveries_json.into(),
+                    fan_outs_json.into(),
+                ],
             ))
             .await?;
         }
@@ -177,6 +186,7 @@ pub async fn insert_group(
                     keys_json,
                 ),
                 (queue::enqueue_statement(dialect, 1), deliveries_json),
+                (queue::enqueue_fan_outs_statement(dialect, 1), fan_outs_json),
             ];
             for (sql, rows) in inserts {
                 if rows != "[]" {

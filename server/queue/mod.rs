@@ -10,15 +10,17 @@
 //!   only place that knows how the two differ for the queue.
 //! - `lease`: the lease rule (how long claims last, when they are renewed).
 //! - `health`: the endpoint health rule the outcome writer applies.
-//! - `webhook`, `outcomes`, `stream`, `requeue`: the verbs, by who calls them
-//!   (the delivery engine's sweep and workers, its outcome writer, stream
-//!   subscriptions and Ack, Redeliver and Replay).
+//! - `webhook`, `outcomes`, `stream`, `requeue`, `fanout`: the verbs, by who
+//!   calls them (the delivery engine's sweep and workers, its outcome
+//!   writer, stream subscriptions and Ack, Redeliver and Replay, the writer
+//!   of large fan-outs).
 //!
 //! A claim is a lease on the row: `lease_owner` (a node, or one stream
 //! subscription) and `lease_expires_at`. A lapsed lease makes the row
 //! claimable again, by anyone; on PostgreSQL `FOR UPDATE SKIP LOCKED` keeps
 //! competing claims of several nodes from ever taking the same row at once.
 
+pub mod fanout;
 pub mod health;
 pub mod lease;
 mod outcomes;
@@ -99,18 +101,15 @@ impl Queue {
         statement(self.dialect.backend(), sql, values)
     }
 
-    /// A new pending delivery of `event_id` to `target`, due `now`. `leased`:
-    /// claimed by this node at once, for its hot path to attempt without a
-    /// sweep (webhooks and callbacks); otherwise left for whoever claims it
-    /// first (stream subscriptions, or a sweep when this node's worker for
-    /// the endpoint is full). Written by [`enqueue_statement`] in the
-    /// publisher's group commit.
+    /// A new pending delivery of `event_id` to `target`, waiting for `who`
+    /// (see [`Waiting`]). Written by [`enqueue_statement`] in the
+    /// publisher's group commit, or by the queue's own verbs.
     pub fn new_delivery(
         &self,
         event_id: EventId,
         target: Target,
         now: i64,
-        leased: bool,
+        who: Waiting,
     ) -> Delivery {
         Delivery {
             id: DeliveryId::generate(),
@@ -118,8 +117,8 @@ impl Queue {
             target,
             status: DeliveryStatus::Pending,
             attempt_count: 0,
-            next_attempt_at: Some(now),
-            lease: leased.then(|| Lease {
+            next_attempt_at: (who != Waiting::Subscription).then_some(now),
+            lease: (who == Waiting::ThisNode).then(|| Lease {
                 owner: self.node.clone(),
                 expires_at: self.lease.webhook_expiry(now),
             }),
@@ -130,11 +129,32 @@ impl Queue {
     }
 }
 
+/// Who takes a new (or requeued) delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// This node's delivery engine, at once: leased to this node, due now
+    /// (the hot path of webhooks and callbacks).
+    ThisNode,
+    /// A sweep of any node: unleased, due now (a webhook whose worker here
+    /// is full, a Redeliver).
+    Sweep,
+    /// A subscription of its STREAM endpoint: unleased and never "due" — a
+    /// stream delivery is not in the webhook queue's due index, so that
+    /// messages waiting for a subscriber cost the sweep nothing.
+    Subscription,
+}
+
 /// The statement that inserts the deliveries of JSON parameter `$n` (made by
 /// [`deliveries_json`]); the publisher's group commit embeds it in its own
 /// write, so that events and their deliveries are stored at once.
 pub fn enqueue_statement(dialect: Dialect, n: u8) -> String {
     sql::enqueue_from_json(dialect, n)
+}
+
+/// The statement that inserts the fan-outs of JSON parameter `$n` (made by
+/// [`fanout::fan_outs_json`]), embedded like [`enqueue_statement`].
+pub fn enqueue_fan_outs_statement(dialect: Dialect, n: u8) -> String {
+    sql::enqueue_fan_outs_from_json(dialect, n)
 }
 
 /// New deliveries as the JSON parameter of [`enqueue_statement`].

@@ -1,7 +1,7 @@
 //! Redeliver and Replay: putting settled deliveries back in the queue.
 //!
-//! A delivery put back is pending, due now, with a fresh retry schedule
-//! (attempt count 0) and no lease: the first sweep or subscription to look
+//! A delivery put back is pending with a fresh retry schedule (attempt
+//! count 0) and no lease: the first sweep (due now) or subscription to look
 //! claims it, on whichever node. Its id and its event's id, hence the
 //! `webhook-id` the receiver deduplicates by, stay the same; the attempts of
 //! earlier tries stay as history.
@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use super::rows::{self, Delivery, Target};
-use super::{Queue, deliveries_json};
+use super::{Queue, Waiting, deliveries_json};
 use crate::domain::ids::{EndpointId, EventId};
 use crate::error::Result;
 use crate::storage::entities::delivery;
@@ -24,8 +24,15 @@ impl Queue {
         &self,
         event_id: &EventId,
         endpoint_id: &EndpointId,
+        stream: bool,
         now: i64,
     ) -> Result<Delivery> {
+        let waiting = if stream {
+            Waiting::Subscription
+        } else {
+            Waiting::Sweep
+        };
+        let due: Option<i64> = (waiting == Waiting::Sweep).then_some(now);
         let txn = self.db.conn.begin().await?;
         let existing = delivery::Entity::find()
             .filter(delivery::Column::EventId.eq(event_id.as_str()))
@@ -38,7 +45,7 @@ impl Queue {
                 let rows = delivery::Entity::find()
                     .from_raw_sql(self.statement(
                         &self.sql().requeue,
-                        vec![row.id.as_str().into(), now.into()],
+                        vec![row.id.as_str().into(), now.into(), due.into()],
                     ))
                     .all(&txn)
                     .await?;
@@ -52,7 +59,7 @@ impl Queue {
                     event_id.clone(),
                     Target::Endpoint(endpoint_id.clone()),
                     now,
-                    false,
+                    waiting,
                 );
                 txn.execute_raw(self.statement(
                     &self.sql().enqueue,

@@ -15,6 +15,7 @@
 
 use std::sync::LazyLock;
 
+use super::fanout::FAN_OUT_COLUMNS;
 use super::rows::{
     ATTEMPT_COLUMNS, DELIVERY_COLUMNS, OUTCOME_COLUMNS, OUTCOME_WITH_ATTEMPT_COLUMNS,
 };
@@ -61,7 +62,7 @@ pub(super) struct Statements {
     pub write_failing_since: String,
     /// `$1` endpoint, `$2` reason, `$3` now. Changes a row only if enabled.
     pub disable_endpoint: String,
-    /// `$1` delivery, `$2` now.
+    /// `$1` delivery, `$2` now, `$3` due at (none for a stream's).
     pub requeue: String,
     /// `$1` endpoint, `$2` created at or after, `$3` now.
     pub replay_failed: String,
@@ -74,6 +75,19 @@ pub(super) struct Statements {
     pub release_subscription: String,
     /// `$1` ids (JSON list): those still pending, with their lease owner.
     pub still_leased: String,
+    /// `$1` owner, `$2` lease expiry, `$3` now: the oldest fan-out nobody
+    /// else holds.
+    pub claim_fan_out: String,
+    /// `$1` event, `$2` done, `$3` lease expiry, `$4` owner.
+    pub advance_fan_out: String,
+    /// `$1` event, `$2` owner.
+    pub finish_fan_out: String,
+    /// `$1` owner: gives back this node's fan-outs.
+    pub release_fan_outs: String,
+    /// `$1` endpoint ids (JSON list): those that exist.
+    pub existing_endpoints: String,
+    /// `$1` consumer ids (JSON list): their pending fan-outs, counted.
+    pub pending_fan_outs: String,
 }
 
 pub(super) fn statements(dialect: Dialect) -> &'static Statements {
@@ -93,6 +107,15 @@ const OUTCOME_SET: &str = "status = v.status, attempt_count = d.attempt_count + 
 /// The delivery `d` is still as the attempt of outcome row `v` found it.
 const AS_ATTEMPTED: &str = "d.attempt_count = v.attempted_count \
      AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at";
+
+/// Inserts the fan-outs of the JSON rows `$n` (see `fanout::FanOutRow`).
+pub fn enqueue_fan_outs_from_json(dialect: Dialect, n: u8) -> String {
+    let columns = names(&FAN_OUT_COLUMNS);
+    format!(
+        "INSERT INTO fan_outs ({columns}) SELECT {columns} FROM {}",
+        dialect.json_rows(n, "r", &FAN_OUT_COLUMNS)
+    )
+}
 
 /// Inserts the deliveries of the JSON rows `$n`, every column.
 pub fn enqueue_from_json(dialect: Dialect, n: u8) -> String {
@@ -295,7 +318,7 @@ impl Statements {
 
             requeue: format!(
                 "UPDATE deliveries SET status = '{PENDING}', attempt_count = 0, \
-                   next_attempt_at = $2, lease_owner = NULL, lease_expires_at = NULL, \
+                   next_attempt_at = $3, lease_owner = NULL, lease_expires_at = NULL, \
                    updated_at = $2 \
                  WHERE id = $1 {returning}"
             ),
@@ -360,6 +383,40 @@ impl Statements {
                  WHERE endpoint_id = $1 AND status = '{PENDING}' AND lease_owner = $2"
             ),
 
+            claim_fan_out: match dialect {
+                Dialect::Postgres => "UPDATE fan_outs SET lease_owner = $1, lease_expires_at = $2 \
+                     WHERE event_id = (SELECT event_id FROM fan_outs \
+                       WHERE lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3 \
+                       ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING event_id, targets, done"
+                    .into(),
+                // One process per file: every lease is this run's or a dead
+                // one's.
+                Dialect::Sqlite => "UPDATE fan_outs SET lease_owner = $1, lease_expires_at = $2 \
+                     WHERE event_id = (SELECT event_id FROM fan_outs \
+                       ORDER BY created_at LIMIT 1) \
+                     RETURNING event_id, targets, done"
+                    .into(),
+            },
+
+            advance_fan_out: "UPDATE fan_outs SET done = $2, lease_expires_at = $3 \
+                 WHERE event_id = $1 AND lease_owner = $4"
+                .into(),
+
+            finish_fan_out: "DELETE FROM fan_outs WHERE event_id = $1 AND lease_owner = $2".into(),
+
+            release_fan_outs: "UPDATE fan_outs SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE lease_owner = $1"
+                .into(),
+
+            existing_endpoints: format!("SELECT id FROM endpoints WHERE id IN ({})", ids(1)),
+
+            pending_fan_outs: format!(
+                "SELECT consumer_id, COUNT(*) AS pending FROM fan_outs \
+                 WHERE consumer_id IN ({}) GROUP BY consumer_id",
+                ids(1)
+            ),
+
             still_leased: format!(
                 "SELECT id, lease_owner FROM deliveries \
                  WHERE id IN ({}) AND status = '{PENDING}' AND lease_owner IS NOT NULL",
@@ -403,7 +460,7 @@ mod tests {
             (&postgres.insert_attempts, &sqlite.insert_attempts, 1),
             (&postgres.read_health, &sqlite.read_health, 1),
             (&postgres.recover_endpoints, &sqlite.recover_endpoints, 1),
-            (&postgres.requeue, &sqlite.requeue, 2),
+            (&postgres.requeue, &sqlite.requeue, 3),
             (&postgres.replay_failed, &sqlite.replay_failed, 3),
             (
                 &postgres.claim_for_subscription,

@@ -74,7 +74,9 @@ async fn ids_of(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Res
 /// its endpoints and keys are the caller's).
 pub async fn delete_of_consumer(db: &impl ConnectionTrait, consumer_id: &str) -> Result<()> {
     let of_events = "SELECT id FROM events WHERE consumer_id = $1";
-    for table in ["deliveries", "attempts"] {
+    // Fan-outs first: a fan-out writing a slice meanwhile holds its row, so
+    // its deliveries are committed before the delete below reads them.
+    for table in ["fan_outs", "deliveries", "attempts"] {
         run(
             db,
             &format!("DELETE FROM {table} WHERE event_id IN ({of_events})"),
@@ -120,7 +122,7 @@ pub async fn delete_events(db: &impl ConnectionTrait, event_ids: &[String]) -> R
     let ids = json_ids(backend, 1);
     let list = json_text(event_ids)?;
     let mut deleted = 0;
-    for table in ["deliveries", "attempts"] {
+    for table in ["fan_outs", "deliveries", "attempts"] {
         deleted += run(
             db,
             &format!("DELETE FROM {table} WHERE event_id IN ({ids})"),

@@ -1,0 +1,75 @@
+//! The writer of large fan-outs: one task per node creates the deliveries of
+//! events whose publish matched more endpoints than one write should take
+//! (`publish::commit`'s `FAN_OUT_APART`), a slice per transaction
+//! (`Queue::fan_out_slice`), oldest fan-out first, handing each slice on
+//! like a publish's deliveries. Between slices other writes pass, so one
+//! tenant's huge fan-out delays only itself. It is woken when a publish
+//! commits a fan-out, and looks every second for fan-outs another node left
+//! behind (its lease lapsed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::time::now_millis;
+use crate::handoff::Handoff;
+use crate::queue::Queue;
+
+/// Deliveries created per transaction.
+pub const SLICE: usize = 100;
+/// How often the writer looks for fan-outs nobody told it about.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Runs until `stop` is cancelled; then gives back the fan-outs it holds.
+pub async fn run(queue: Queue, handoff: Handoff, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        match queue.claim_fan_out(now_millis()).await {
+            Ok(Some(mut fan_out)) => {
+                while fan_out.done < fan_out.targets.len() && !stop.is_cancelled() {
+                    let started = tokio::time::Instant::now();
+                    match queue.fan_out_slice(&mut fan_out, SLICE, now_millis()).await {
+                        Ok(Some(slice)) => {
+                            handoff.fanned_out(slice, &fan_out.event);
+                            // At most half of the database's time: the
+                            // writes of other tenants always find a turn.
+                            tokio::time::sleep(started.elapsed()).await;
+                        }
+                        // Another node took it over.
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::warn!(event_id = %fan_out.event.id, %error, "writing a fan-out failed; retrying");
+                            pause(&stop).await;
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "claiming a fan-out failed");
+                pause(&stop).await;
+            }
+        }
+    }
+    if let Err(error) = queue.release_fan_outs().await {
+        tracing::warn!(%error, "giving back fan-outs at shutdown failed; their leases lapse instead");
+    }
+}
+
+async fn pause(stop: &CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(POLL) => {}
+    }
+}
