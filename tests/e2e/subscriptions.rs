@@ -686,6 +686,12 @@ async fn endpoint_urls_follow_the_ssrf_policy(backend: Backend) {
         "https://169.254.169.254/latest/meta-data",
         "https://[::ffff:10.0.0.1]/hook",
         "https://localhost:8443/hook",
+        // Documentation ranges and the local-use NAT64 prefix.
+        "https://192.0.2.10/hook",
+        "https://198.51.100.10/hook",
+        "https://203.0.113.10/hook",
+        "https://[2001:db8::1]/hook",
+        "https://[64:ff9b:1::a00:1]/hook",
     ] {
         let result = client
             .create_endpoint(proto::CreateEndpointRequest {
