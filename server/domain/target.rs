@@ -43,6 +43,16 @@ impl TargetPolicy {
         }
         let url = Url::parse(raw)
             .map_err(|err| Error::invalid(field, format!("is not a valid URL ({err})")))?;
+        self.check_url(field, &url)?;
+        Ok(url)
+    }
+
+    /// Checks a parsed URL against this policy: the scheme, and the host when
+    /// it is a literal address or a `localhost` name. The delivery client
+    /// calls it again before every POST, because a URL accepted under an
+    /// earlier policy (`--allow-http`, a wider `--allow-target-cidr`) must not
+    /// keep being served after the operator narrowed it.
+    pub fn check_url(&self, field: &str, url: &Url) -> Result<()> {
         match url.scheme() {
             "https" => {}
             "http" if self.allow_http => {}
@@ -88,7 +98,7 @@ impl TargetPolicy {
             }
             Some(_) => {}
         }
-        Ok(url)
+        Ok(())
     }
 }
 
