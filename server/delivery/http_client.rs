@@ -586,7 +586,11 @@ mod tests {
 
         let report = client.post(&outgoing(&url)).await;
         assert_eq!(report.status, Some(204), "{report:?}");
-        assert_eq!(lookup.calls(), 1, "one lookup serves the check and the connect");
+        assert_eq!(
+            lookup.calls(),
+            1,
+            "one lookup serves the check and the connect"
+        );
 
         let report = client.post(&outgoing(&url)).await;
         assert_eq!(
@@ -610,7 +614,12 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_after_resolution_do_not_show_the_addresses() {
-        for internal in ["169.254.169.254", "10.20.30.40", "192.0.2.7", "64:ff9b:1::a00:1"] {
+        for internal in [
+            "169.254.169.254",
+            "10.20.30.40",
+            "192.0.2.7",
+            "64:ff9b:1::a00:1",
+        ] {
             let client = client_with(allowing(true, &[]), Scripted::new(&[&[internal]]));
             let report = client
                 .post(&outgoing("https://metadata.internal.example/hook"))

@@ -19,6 +19,7 @@ both_backends!(
     idempotency_keys_return_the_first_event,
     concurrent_publishes_with_one_key_make_one_event,
     only_producers_may_publish,
+    huge_values_are_echoed_briefly,
 );
 
 /// Rows written straight into the test database, so that publishing can be
@@ -338,6 +339,92 @@ async fn invalid_publishes_are_refused_precisely(backend: Backend) {
         .expect("list")
         .into_inner();
     assert_eq!(listed.events.len(), 2, "refused publishes store nothing");
+    server.finish().await;
+}
+
+/// A 1 MB value in a request is quoted briefly in the error: the status
+/// keeps its precise code (a whole echo made a 1 MB `grpc-message` trailer,
+/// which clients refuse as RESOURCE_EXHAUSTED) and still names the field.
+async fn huge_values_are_echoed_briefly(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let fixtures = Fixtures::open(&server).await;
+    fixtures.consumer("acme").await;
+    let mut events = server.events(ADMIN_TOKEN).await;
+    let mut subscriptions = server.subscriptions(ADMIN_TOKEN).await;
+    let huge = "c".repeat(1 << 20);
+    let short = |status: &tonic::Status| {
+        assert!(
+            status.message().len() <= 1024,
+            "{} bytes: {}…",
+            status.message().len(),
+            &status.message()[..200]
+        );
+    };
+
+    let status = events
+        .publish(publish_request(&huge, "user.created", "{}"))
+        .await
+        .expect_err("no such consumer");
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    assert!(
+        status.message().starts_with("consumer \"ccc"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("(1048576 characters)"),
+        "{}",
+        status.message()
+    );
+    short(&status);
+
+    let status = events
+        .publish(publish_request("acme", &huge, "{}"))
+        .await
+        .expect_err("not an event type name");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().starts_with("event_type: "),
+        "{}",
+        status.message()
+    );
+    short(&status);
+
+    let status = subscriptions
+        .get_event_type(proto::GetEventTypeRequest { name: huge.clone() })
+        .await
+        .expect_err("no such event type");
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    assert!(
+        status.message().starts_with("event type \"ccc"),
+        "{}",
+        status.message()
+    );
+    short(&status);
+
+    let status = subscriptions
+        .get_consumer(proto::GetConsumerRequest { id: huge.clone() })
+        .await
+        .expect_err("no such consumer");
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    short(&status);
+
+    let status = subscriptions
+        .create_endpoint(proto::CreateEndpointRequest {
+            consumer_id: "acme".into(),
+            url: "https://example.com/hook".into(),
+            headers: [(format!("x-{huge}"), "v".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a header name too long to quote");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().starts_with("headers"),
+        "{}",
+        status.message()
+    );
+    short(&status);
     server.finish().await;
 }
 
