@@ -26,6 +26,7 @@ use url::Url;
 
 use super::schedule::parse_retry_after;
 use super::signing::signature_header;
+use crate::domain::endpoint::header_rule;
 use crate::domain::secret::SigningSecret;
 use crate::domain::target::TargetPolicy;
 
@@ -199,6 +200,11 @@ impl WebhookClient {
 
         let mut headers = HeaderMap::new();
         for (name, value) in outgoing.extra_headers {
+            // Endpoints stored before a header name was refused may still
+            // carry it; a hop-by-hop header would break every POST.
+            if header_rule(name.as_str()).is_some() {
+                continue;
+            }
             headers.insert(name.clone(), value.clone());
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -524,12 +530,29 @@ mod tests {
         }
     }
 
+    /// What a test receiver got: each request's head and body, as text.
+    #[derive(Clone, Default)]
+    struct Received(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Received {
+        fn count(&self) -> usize {
+            self.requests().len()
+        }
+
+        fn requests(&self) -> Vec<String> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+    }
+
     /// A plain HTTP/1.1 receiver that answers 204 and closes each
-    /// connection (so the next POST connects, and resolves, anew); counts
+    /// connection (so the next POST connects, and resolves, anew); keeps
     /// the requests it got.
-    async fn receiver(listener: tokio::net::TcpListener) -> Arc<AtomicUsize> {
+    async fn receiver(listener: tokio::net::TcpListener) -> Received {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let hits = Arc::new(AtomicUsize::new(0));
+        let hits = Received::default();
         let counted = hits.clone();
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
@@ -546,7 +569,11 @@ mod tests {
                             Ok(read) => request.extend_from_slice(&buffer[..read]),
                         }
                     }
-                    counted.fetch_add(1, Ordering::SeqCst);
+                    counted
+                        .0
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(String::from_utf8_lossy(&request).into_owned());
                     let _ = socket
                         .write_all(
                             b"HTTP/1.1 204 No Content\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
@@ -604,9 +631,9 @@ mod tests {
         assert_eq!(report.status, Some(204), "{report:?}");
         assert_eq!(lookup.calls(), 3);
 
-        assert_eq!(permitted_hits.load(Ordering::SeqCst), 2);
+        assert_eq!(permitted_hits.count(), 2);
         assert_eq!(
-            refused_hits.load(Ordering::SeqCst),
+            refused_hits.count(),
             0,
             "the refused address is never connected to"
         );
@@ -656,11 +683,47 @@ mod tests {
         let report = client.post(&outgoing(&url)).await;
         assert_eq!(report.error_class, Some(ErrorClass::BlockedAddress));
         assert!(report.excerpt.contains("127.0.0.1"), "the URL's own host");
-        assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing was sent");
+        assert_eq!(hits.count(), 0, "nothing was sent");
         // The same URL under a policy that allows it is delivered.
         let client = client_with(allowing(true, &["127.0.0.0/8"]), Arc::new(SystemLookup));
         assert_eq!(client.post(&outgoing(&url)).await.status, Some(204));
-        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(hits.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn stored_transport_headers_are_not_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("local address").port();
+        let hits = receiver(listener).await;
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let client = client_with(allowing(true, &["127.0.0.0/8"]), Arc::new(SystemLookup));
+        // As an endpoint stored before these names were refused holds them.
+        let extra_headers = [
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("x-team", "payments"),
+        ]
+        .map(|(name, value)| {
+            (
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        });
+        let report = client
+            .post(&Outgoing {
+                extra_headers: &extra_headers,
+                ..outgoing(&url)
+            })
+            .await;
+        assert_eq!(report.status, Some(204), "{report:?}");
+        let request = hits.requests().join("").to_ascii_lowercase();
+        assert!(request.contains("x-team: payments"), "{request}");
+        for refused in ["upgrade:", "websocket", "sec-websocket-key"] {
+            assert!(!request.contains(refused), "{refused} in {request}");
+        }
     }
 
     #[test]
