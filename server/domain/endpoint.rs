@@ -139,6 +139,13 @@ fn check_headers(
         if let Some(rule) = header_rule(&lower) {
             return Err(Error::invalid(&entry, rule));
         }
+        if checked.contains_key(&lower) {
+            // Which of the two would win depends on the map's order.
+            return Err(Error::invalid(
+                &entry,
+                "is given twice (header names are case-insensitive)",
+            ));
+        }
         if value == REDACTED_HEADER_VALUE {
             let Some(kept) = stored.and_then(|stored| stored.get(&lower)) else {
                 return Err(Error::invalid(
@@ -248,6 +255,17 @@ mod tests {
             let err = parse_headers("headers", &headers).expect_err(name);
             assert!(err.to_string().starts_with(message), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn names_differing_only_in_case_are_refused() {
+        let headers: HashMap<String, String> = [
+            ("X-Team".to_string(), "a".to_string()),
+            ("x-team".to_string(), "b".to_string()),
+        ]
+        .into();
+        let err = parse_headers("headers", &headers).expect_err("twice");
+        assert!(err.to_string().contains("is given twice"), "{err}");
     }
 
     #[test]
