@@ -20,6 +20,7 @@ both_backends!(
     concurrent_publishes_with_one_key_make_one_event,
     only_producers_may_publish,
     huge_values_are_echoed_briefly,
+    deeply_nested_payloads_are_refused,
 );
 
 /// Rows written straight into the test database, so that publishing can be
@@ -425,6 +426,55 @@ async fn huge_values_are_echoed_briefly(backend: Backend) {
         status.message()
     );
     short(&status);
+    server.finish().await;
+}
+
+/// Nesting deeper than 64 levels is refused before any parser sees it (a
+/// recursive parser, Herald's schema check or a receiver's, would fail or
+/// overflow its stack), in single publishes and batches alike.
+async fn deeply_nested_payloads_are_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let fixtures = Fixtures::open(&server).await;
+    fixtures.consumer("acme").await;
+    fixtures
+        .event_type("typed.event", Some(r#"{"type":"array"}"#), false)
+        .await;
+    let mut events = server.events(ADMIN_TOKEN).await;
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+
+    for event_type in ["untyped.event", "typed.event"] {
+        for depth in [65, 100_000] {
+            assert_status(
+                events
+                    .publish(publish_request("acme", event_type, &nested(depth)))
+                    .await,
+                Code::InvalidArgument,
+                "payload: nests arrays and objects more than 64 levels deep",
+            );
+        }
+        events
+            .publish(publish_request("acme", event_type, &nested(64)))
+            .await
+            .expect("64 levels are allowed");
+    }
+    assert_status(
+        events
+            .publish_batch(proto::PublishBatchRequest {
+                events: vec![
+                    publish_request("acme", "untyped.event", "{}"),
+                    publish_request("acme", "untyped.event", &nested(1000)),
+                ],
+            })
+            .await,
+        Code::InvalidArgument,
+        "events[1].payload: nests arrays and objects more than 64 levels deep",
+    );
+    let listed = events
+        .list_events(proto::ListEventsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.events.len(), 2, "only the two 64-level events");
     server.finish().await;
 }
 
