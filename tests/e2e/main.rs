@@ -15,6 +15,7 @@ mod events_api;
 mod grpcurl;
 mod lifecycle;
 mod listen;
+mod malformed;
 mod process;
 mod publish;
 mod queue;
