@@ -167,9 +167,13 @@ fn is_non_public_v6(address: Ipv6Addr) -> bool {
     if segments[0] == 0x2002 {
         return is_non_public_v4(embedded(segments[1], segments[2]));
     }
-    (segments[0] == 0x2001 && segments[1] < 0x0200) // IETF protocol assignments 2001::/23
-        || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation 2001:db8::/32
-        || (segments[0] == 0x3fff && segments[1] < 0x1000) // documentation 3fff::/20
+    match segments[0] {
+        // IETF protocol assignments 2001::/23, documentation 2001:db8::/32
+        0x2001 => segments[1] < 0x0200 || segments[1] == 0x0db8,
+        // documentation 3fff::/20
+        0x3fff => segments[1] < 0x1000,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

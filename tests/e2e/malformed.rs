@@ -96,7 +96,11 @@ async fn undecodable_requests_are_invalid_arguments(backend: Backend) {
         // Compressed without a grpc-encoding.
         ("/herald.v1.Events/ListEvents", frame(1, 0, &[]), "compress"),
         // No message at all.
-        ("/herald.v1.Subscriptions/ListConsumers", Vec::new(), "Missing"),
+        (
+            "/herald.v1.Subscriptions/ListConsumers",
+            Vec::new(),
+            "Missing",
+        ),
     ];
     for (method, body, needle) in cases {
         let status = send(&server, method, body).await;
