@@ -190,6 +190,8 @@ impl WebhookClient {
             // refuses it. The rule names only what the URL itself says.
             let rule = refusal.to_string();
             let rule = rule.strip_prefix("url: ").unwrap_or(&rule);
+            // The attempt records all there is to say; the log only counts.
+            tracing::debug!(host = url.host_str().unwrap_or_default(), %rule, "delivery refused: the target policy refuses the URL");
             return report(
                 None,
                 Some(ErrorClass::BlockedAddress),
