@@ -2,7 +2,13 @@
 //! conversion to a gRPC status.
 //!
 //! Client faults carry a precise code and a message naming the field and the
-//! rule. Everything else (`Database`, `Internal`) keeps its cause and the
+//! rule. What a message echoes of the request is bounded: values are quoted
+//! through [`quote`] (at most [`MAX_QUOTED_CHARS`] characters and their
+//! length), and the conversion to a status caps every message at
+//! [`MAX_STATUS_MESSAGE_BYTES`] (keeping its start, which names the field,
+//! and its end, which usually states the rule), because the message travels
+//! in the `grpc-message` trailer and clients refuse large header blocks (a
+//! 1 MB echo reached them as RESOURCE_EXHAUSTED instead of the real code). Everything else (`Database`, `Internal`) keeps its cause and the
 //! place where it entered Herald, is logged here with both, and leaves the
 //! server as an opaque `INTERNAL`, so that no database detail reaches a
 //! caller. Failures to start are not requests and have their own plain error
@@ -62,13 +68,57 @@ impl From<sea_orm::DbErr> for Error {
     }
 }
 
+/// At most this many characters of a caller's value are quoted in an error.
+pub const MAX_QUOTED_CHARS: usize = 100;
+/// At most this many bytes of message leave in a status.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+/// Of a longer message, this many bytes of its start and of its end are kept.
+const KEPT_HEAD_BYTES: usize = 640;
+const KEPT_TAIL_BYTES: usize = 320;
+
+/// A caller's value as an error message quotes it: in double quotes with
+/// escapes, cut after [`MAX_QUOTED_CHARS`] characters with a note of its
+/// whole length.
+pub fn quote(value: &str) -> String {
+    // Fast path: a value of few bytes has few characters.
+    if value.len() <= MAX_QUOTED_CHARS || value.chars().count() <= MAX_QUOTED_CHARS {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(MAX_QUOTED_CHARS).collect();
+    format!("{head:?}… ({} characters)", value.chars().count())
+}
+
+/// `message` within [`MAX_STATUS_MESSAGE_BYTES`]: a longer one keeps its
+/// start and its end, cut at character boundaries, and says how much of
+/// the middle was left out.
+pub fn bounded(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE_BYTES {
+        return message;
+    }
+    let mut head_end = KEPT_HEAD_BYTES;
+    while !message.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let mut tail_start = message.len() - KEPT_TAIL_BYTES;
+    while !message.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    format!(
+        "{}…[{} bytes left out]…{}",
+        &message[..head_end],
+        tail_start - head_end,
+        &message[tail_start..]
+    )
+}
+
 impl Error {
     pub fn invalid(field: &str, rule: impl std::fmt::Display) -> Self {
         Error::InvalidArgument(format!("{field}: {rule}"))
     }
 
+    /// `what` `id` does not exist; the id is [`quote`]d.
     pub fn not_found(what: &str, id: &str) -> Self {
-        Error::NotFound(format!("{what} {id:?} not found"))
+        Error::NotFound(format!("{what} {} not found", quote(id)))
     }
 
     /// An internal error with no underlying cause, located at the caller.
@@ -117,22 +167,28 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The message of every INTERNAL status Herald itself answers: no detail
+/// leaves (the grpc layer tells these apart from tonic's own INTERNAL
+/// answers to requests it could not decode).
+pub const INTERNAL_MESSAGE: &str = "internal error";
+
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
-        match error {
-            Error::InvalidArgument(message) => Status::invalid_argument(message),
-            Error::NotFound(message) => Status::not_found(message),
-            Error::AlreadyExists(message) => Status::already_exists(message),
-            Error::FailedPrecondition(message) => Status::failed_precondition(message),
-            Error::Unauthenticated(message) => Status::unauthenticated(message),
-            Error::PermissionDenied(message) => Status::permission_denied(message),
-            Error::ResourceExhausted(message) => Status::resource_exhausted(message),
-            Error::Unavailable(message) => Status::new(Code::Unavailable, message),
+        let (code, message) = match error {
+            Error::InvalidArgument(message) => (Code::InvalidArgument, message),
+            Error::NotFound(message) => (Code::NotFound, message),
+            Error::AlreadyExists(message) => (Code::AlreadyExists, message),
+            Error::FailedPrecondition(message) => (Code::FailedPrecondition, message),
+            Error::Unauthenticated(message) => (Code::Unauthenticated, message),
+            Error::PermissionDenied(message) => (Code::PermissionDenied, message),
+            Error::ResourceExhausted(message) => (Code::ResourceExhausted, message),
+            Error::Unavailable(message) => (Code::Unavailable, message),
             Error::Database { .. } | Error::Internal { .. } => {
                 tracing::error!(error = %chain(&error), "internal error answered as INTERNAL");
-                Status::internal("internal error")
+                return Status::internal(INTERNAL_MESSAGE);
             }
-        }
+        };
+        Status::new(code, bounded(message))
     }
 }
 
@@ -166,5 +222,47 @@ mod tests {
         let status = Status::from(error);
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error", "no detail leaves");
+    }
+
+    #[test]
+    fn quoted_values_are_cut_with_their_length() {
+        assert_eq!(quote("acme"), "\"acme\"");
+        assert_eq!(quote(&"x".repeat(100)), format!("{:?}", "x".repeat(100)));
+        let long = "é".repeat(1_000_000);
+        let quoted = quote(&long);
+        assert_eq!(
+            quoted,
+            format!("{:?}… (1000000 characters)", "é".repeat(100))
+        );
+        let status = Status::from(Error::not_found("consumer", &long));
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().starts_with("consumer \"éé"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().ends_with("(1000000 characters) not found"));
+    }
+
+    #[test]
+    fn status_messages_are_bounded_keeping_field_and_rule() {
+        let echo = "ü".repeat(600_000);
+        let status = Status::from(Error::invalid(
+            "event_type",
+            format!("{echo:?} is not a valid event type: use lowercase segments"),
+        ));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let message = status.message();
+        assert!(
+            message.len() <= MAX_STATUS_MESSAGE_BYTES,
+            "{}",
+            message.len()
+        );
+        assert!(message.starts_with("event_type: \"üü"), "{message}");
+        assert!(message.ends_with("is not a valid event type: use lowercase segments"));
+        assert!(message.contains("bytes left out]"), "{message}");
+        // Short messages are left alone.
+        let short = Status::from(Error::invalid("url", "is required"));
+        assert_eq!(short.message(), "url: is required");
     }
 }

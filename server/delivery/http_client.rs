@@ -2,20 +2,31 @@
 //!
 //! SSRF is checked at connect time: the client's resolver returns only the
 //! addresses that [`TargetPolicy::permits`], so the connection goes to a
-//! checked address and nothing resolves the name a second time. Literal-IP
-//! URLs never reach a resolver, so they are checked before sending.
+//! checked address and nothing resolves the name a second time (a name that
+//! answers a public address to a check and a private one to the connect,
+//! DNS rebinding, gains nothing). The URL itself (scheme, literal-IP host,
+//! which never reaches a resolver) is checked against the current policy
+//! before every POST, not only when it was accepted: a URL stored under an
+//! earlier, wider policy is refused once the operator narrows it.
+//!
+//! What a refusal tells the caller is generic (`blocked_address`, no
+//! addresses): the resolved addresses would show any key holder the
+//! operator's internal DNS. The detail goes to the server's log.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
-use url::{Host, Url};
+use url::Url;
 
 use super::schedule::parse_retry_after;
 use super::signing::signature_header;
+use crate::domain::endpoint::header_rule;
 use crate::domain::secret::SigningSecret;
 use crate::domain::target::TargetPolicy;
 
@@ -26,6 +37,10 @@ pub const MAX_RESPONSE_EXCERPT: usize = 4 * 1024;
 
 const USER_AGENT_VALUE: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
 
+/// What an attempt refused by the SSRF policy at connect time records: the
+/// resolved addresses stay in the server's log.
+pub const BLOCKED_ADDRESS_TEXT: &str = "the host resolves only to addresses this server's target policy refuses (see --allow-target-cidr)";
+
 /// Why an attempt got no usable HTTP answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -33,6 +48,8 @@ pub enum ErrorClass {
     Connect,
     Dns,
     Tls,
+    /// The target policy refused the URL (its scheme or literal address,
+    /// checked before each POST) or every address its host resolves to.
     BlockedAddress,
     ResponseTooLarge,
     Redirect,
@@ -73,6 +90,29 @@ pub struct Outgoing<'a> {
     pub payload: &'a str,
 }
 
+/// Where host names are looked up: the system resolver, or in tests one
+/// that answers what the test says (to show that only checked addresses are
+/// connected to when a name's answers change).
+pub trait Lookup: Send + Sync + 'static {
+    /// Every address `host` resolves to, or why it does not resolve.
+    fn lookup(&self, host: &str) -> LookupFuture;
+}
+
+pub type LookupFuture = Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
+
+/// The operating system's resolver (`getaddrinfo`, through tokio).
+pub struct SystemLookup;
+
+impl Lookup for SystemLookup {
+    fn lookup(&self, host: &str) -> LookupFuture {
+        let host = host.to_owned();
+        Box::pin(async move {
+            let addresses = tokio::net::lookup_host((host, 0)).await?;
+            Ok(addresses.map(|address| address.ip()).collect())
+        })
+    }
+}
+
 /// The shared client: keep-alive pools, HTTP/1.1 and h2, no redirects, the
 /// SSRF-checking resolver.
 #[derive(Clone)]
@@ -85,12 +125,23 @@ pub struct WebhookClient {
 impl WebhookClient {
     /// Needs a process-wide rustls provider (`crate::install_crypto_provider`).
     pub fn new(policy: TargetPolicy, request_timeout: Duration) -> Result<Self, reqwest::Error> {
+        Self::with_lookup(policy, request_timeout, Arc::new(SystemLookup))
+    }
+
+    /// A client whose host names are looked up by `lookup` (and then checked
+    /// against `policy`, as always).
+    pub fn with_lookup(
+        policy: TargetPolicy,
+        request_timeout: Duration,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .dns_resolver(Arc::new(PolicyResolver {
                 policy: policy.clone(),
+                lookup,
             }))
             .connect_timeout(request_timeout)
             .timeout(request_timeout)
@@ -134,19 +185,28 @@ impl WebhookClient {
                 );
             }
         };
-        if let Some(address) = literal_address(&url)
-            && !self.policy.permits(address)
-        {
+        if let Err(refusal) = self.policy.check_url("url", &url) {
+            // The URL was accepted under the policy of its time; this one
+            // refuses it. The rule names only what the URL itself says.
+            let rule = refusal.to_string();
+            let rule = rule.strip_prefix("url: ").unwrap_or(&rule);
+            // The attempt records all there is to say; the log only counts.
+            tracing::debug!(host = url.host_str().unwrap_or_default(), %rule, "delivery refused: the target policy refuses the URL");
             return report(
                 None,
                 Some(ErrorClass::BlockedAddress),
-                format!("{address} is not a permitted target"),
+                format!("this server's target policy refuses the URL: it {rule}"),
                 None,
             );
         }
 
         let mut headers = HeaderMap::new();
         for (name, value) in outgoing.extra_headers {
+            // Endpoints stored before a header name was refused may still
+            // carry it; a hop-by-hop header would break every POST.
+            if header_rule(name.as_str()).is_some() {
+                continue;
+            }
             headers.insert(name.clone(), value.clone());
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -210,7 +270,18 @@ impl WebhookClient {
             ),
             Ok(Err((status, err))) => {
                 let class = classify(&err);
-                report(status, Some(class), error_text(&err), None)
+                let text = if class == ErrorClass::BlockedAddress {
+                    // The addresses are the operator's business, not the caller's.
+                    tracing::info!(
+                        host = outgoing_host(&err),
+                        detail = %error_text(&err),
+                        "delivery refused: the target resolves only to non-permitted addresses"
+                    );
+                    BLOCKED_ADDRESS_TEXT.to_owned()
+                } else {
+                    error_text(&err)
+                };
+                report(status, Some(class), text, None)
             }
             Ok(Ok((status, retry_after, body, too_large))) => {
                 let excerpt = excerpt(&body);
@@ -227,12 +298,12 @@ impl WebhookClient {
     }
 }
 
-fn literal_address(url: &Url) -> Option<IpAddr> {
-    match url.host()? {
-        Host::Ipv4(address) => Some(IpAddr::V4(address)),
-        Host::Ipv6(address) => Some(IpAddr::V6(address)),
-        Host::Domain(_) => None,
-    }
+/// The host a failed request was for, for the log.
+fn outgoing_host(err: &reqwest::Error) -> String {
+    err.url()
+        .and_then(Url::host_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The first [`MAX_RESPONSE_EXCERPT`] bytes, cut at a character boundary.
@@ -296,19 +367,25 @@ struct DnsFailure {
     reason: String,
 }
 
-/// Resolves with the system resolver and keeps only permitted addresses.
+/// Looks a name up once and keeps only permitted addresses: what it returns
+/// is all the connection may use.
 struct PolicyResolver {
     policy: Arc<TargetPolicy>,
+    lookup: Arc<dyn Lookup>,
 }
 
 impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
         let host = name.as_str().to_owned();
+        let lookup = self.lookup.lookup(&host);
         Box::pin(async move {
-            let lookup = tokio::net::lookup_host((host.clone(), 0)).await;
-            let resolved: Vec<SocketAddr> = match lookup {
-                Ok(addresses) => addresses.collect(),
+            let resolved: Vec<SocketAddr> = match lookup.await {
+                // The connector sets the URL's port.
+                Ok(addresses) => addresses
+                    .into_iter()
+                    .map(|address| SocketAddr::new(address, 0))
+                    .collect(),
                 Err(err) => {
                     return Err(Box::new(DnsFailure {
                         host,
@@ -316,6 +393,12 @@ impl Resolve for PolicyResolver {
                     }) as Box<dyn StdError + Send + Sync>);
                 }
             };
+            if resolved.is_empty() {
+                return Err(Box::new(DnsFailure {
+                    host,
+                    reason: "no addresses".to_owned(),
+                }) as Box<dyn StdError + Send + Sync>);
+            }
             let permitted: Vec<SocketAddr> = resolved
                 .iter()
                 .copied()
@@ -338,6 +421,8 @@ impl Resolve for PolicyResolver {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     fn client(allowed: &[&str]) -> WebhookClient {
@@ -395,6 +480,252 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}/hook");
         let report = client.post(&outgoing(&url)).await;
         assert_eq!(report.error_class, Some(ErrorClass::Connect), "{report:?}");
+    }
+
+    /// Answers `answers[n]` to the n-th lookup (the last one from then on).
+    struct Scripted {
+        answers: Vec<Vec<IpAddr>>,
+        calls: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn new(answers: &[&[&str]]) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                answers: answers
+                    .iter()
+                    .map(|answer| {
+                        answer
+                            .iter()
+                            .map(|address| address.parse().expect("test address"))
+                            .collect()
+                    })
+                    .collect(),
+                calls: AtomicUsize::new(0),
+            })
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Lookup for Scripted {
+        fn lookup(&self, _host: &str) -> LookupFuture {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            let answer = self.answers[call.min(self.answers.len() - 1)].clone();
+            Box::pin(async move { Ok(answer) })
+        }
+    }
+
+    fn client_with(policy: TargetPolicy, lookup: Arc<dyn Lookup>) -> WebhookClient {
+        crate::install_crypto_provider();
+        WebhookClient::with_lookup(policy, Duration::from_secs(2), lookup).expect("client builds")
+    }
+
+    fn allowing(allow_http: bool, ranges: &[&str]) -> TargetPolicy {
+        TargetPolicy {
+            allow_http,
+            allowed: ranges
+                .iter()
+                .map(|range| range.parse().expect("range"))
+                .collect(),
+        }
+    }
+
+    /// What a test receiver got: each request's head and body, as text.
+    #[derive(Clone, Default)]
+    struct Received(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Received {
+        fn count(&self) -> usize {
+            self.requests().len()
+        }
+
+        fn requests(&self) -> Vec<String> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    /// A plain HTTP/1.1 receiver that answers 204 and closes each
+    /// connection (so the next POST connects, and resolves, anew); keeps
+    /// the requests it got.
+    async fn receiver(listener: tokio::net::TcpListener) -> Received {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let hits = Received::default();
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    // Headers, then the two-byte `{}` body.
+                    while !request.windows(4).any(|window| window == b"\r\n\r\n")
+                        || !request.ends_with(b"{}")
+                    {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => request.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    counted
+                        .0
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(String::from_utf8_lossy(&request).into_owned());
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 204 No Content\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                        )
+                        .await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        hits
+    }
+
+    /// A listener on 127.0.0.1 and one on 127.0.0.2, on one port.
+    async fn two_loopback_listeners() -> (u16, tokio::net::TcpListener, tokio::net::TcpListener) {
+        for _ in 0..50 {
+            let first = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind 127.0.0.1");
+            let port = first.local_addr().expect("local address").port();
+            if let Ok(second) = tokio::net::TcpListener::bind(("127.0.0.2", port)).await {
+                return (port, first, second);
+            }
+        }
+        panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+    }
+
+    #[tokio::test]
+    async fn only_the_checked_answer_is_ever_connected_to() {
+        let (port, permitted, refused) = two_loopback_listeners().await;
+        let permitted_hits = receiver(permitted).await;
+        let refused_hits = receiver(refused).await;
+        // Rebinding: a permitted answer first, a refused one on the next
+        // lookup, then both mixed.
+        let lookup = Scripted::new(&[&["127.0.0.1"], &["127.0.0.2"], &["127.0.0.2", "127.0.0.1"]]);
+        let client = client_with(allowing(true, &["127.0.0.1/32"]), lookup.clone());
+        let url = format!("http://rebind.test:{port}/hook");
+
+        let report = client.post(&outgoing(&url)).await;
+        assert_eq!(report.status, Some(204), "{report:?}");
+        assert_eq!(
+            lookup.calls(),
+            1,
+            "one lookup serves the check and the connect"
+        );
+
+        let report = client.post(&outgoing(&url)).await;
+        assert_eq!(
+            report.error_class,
+            Some(ErrorClass::BlockedAddress),
+            "{report:?}"
+        );
+        assert_eq!(lookup.calls(), 2);
+
+        let report = client.post(&outgoing(&url)).await;
+        assert_eq!(report.status, Some(204), "{report:?}");
+        assert_eq!(lookup.calls(), 3);
+
+        assert_eq!(permitted_hits.count(), 2);
+        assert_eq!(
+            refused_hits.count(),
+            0,
+            "the refused address is never connected to"
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_after_resolution_do_not_show_the_addresses() {
+        for internal in [
+            "169.254.169.254",
+            "10.20.30.40",
+            "192.0.2.7",
+            "64:ff9b:1::a00:1",
+        ] {
+            let client = client_with(allowing(true, &[]), Scripted::new(&[&[internal]]));
+            let report = client
+                .post(&outgoing("https://metadata.internal.example/hook"))
+                .await;
+            assert_eq!(
+                report.error_class,
+                Some(ErrorClass::BlockedAddress),
+                "{report:?}"
+            );
+            assert_eq!(report.excerpt, BLOCKED_ADDRESS_TEXT);
+            assert!(!report.excerpt.contains(internal), "{report:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked_against_the_current_policy_before_each_post() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("local address").port();
+        let hits = receiver(listener).await;
+        let url = format!("http://127.0.0.1:{port}/hook");
+        // Accepted while http:// was allowed; this policy no longer allows it.
+        let client = client_with(allowing(false, &["127.0.0.0/8"]), Arc::new(SystemLookup));
+        let report = client.post(&outgoing(&url)).await;
+        assert_eq!(
+            report.error_class,
+            Some(ErrorClass::BlockedAddress),
+            "{report:?}"
+        );
+        assert!(report.excerpt.contains("https://"), "{report:?}");
+        // Nor a literal address outside the allowed ranges.
+        let client = client_with(allowing(true, &[]), Arc::new(SystemLookup));
+        let report = client.post(&outgoing(&url)).await;
+        assert_eq!(report.error_class, Some(ErrorClass::BlockedAddress));
+        assert!(report.excerpt.contains("127.0.0.1"), "the URL's own host");
+        assert_eq!(hits.count(), 0, "nothing was sent");
+        // The same URL under a policy that allows it is delivered.
+        let client = client_with(allowing(true, &["127.0.0.0/8"]), Arc::new(SystemLookup));
+        assert_eq!(client.post(&outgoing(&url)).await.status, Some(204));
+        assert_eq!(hits.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn stored_transport_headers_are_not_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("local address").port();
+        let hits = receiver(listener).await;
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let client = client_with(allowing(true, &["127.0.0.0/8"]), Arc::new(SystemLookup));
+        // As an endpoint stored before these names were refused holds them.
+        let extra_headers = [
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("x-team", "payments"),
+        ]
+        .map(|(name, value)| {
+            (
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        });
+        let report = client
+            .post(&Outgoing {
+                extra_headers: &extra_headers,
+                ..outgoing(&url)
+            })
+            .await;
+        assert_eq!(report.status, Some(204), "{report:?}");
+        let request = hits.requests().join("").to_ascii_lowercase();
+        assert!(request.contains("x-team: payments"), "{request}");
+        for refused in ["upgrade:", "websocket", "sec-websocket-key"] {
+            assert!(!request.contains(refused), "{refused} in {request}");
+        }
     }
 
     #[test]

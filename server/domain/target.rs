@@ -43,6 +43,16 @@ impl TargetPolicy {
         }
         let url = Url::parse(raw)
             .map_err(|err| Error::invalid(field, format!("is not a valid URL ({err})")))?;
+        self.check_url(field, &url)?;
+        Ok(url)
+    }
+
+    /// Checks a parsed URL against this policy: the scheme, and the host when
+    /// it is a literal address or a `localhost` name. The delivery client
+    /// calls it again before every POST, because a URL accepted under an
+    /// earlier policy (`--allow-http`, a wider `--allow-target-cidr`) must not
+    /// keep being served after the operator narrowed it.
+    pub fn check_url(&self, field: &str, url: &Url) -> Result<()> {
         match url.scheme() {
             "https" => {}
             "http" if self.allow_http => {}
@@ -88,14 +98,31 @@ impl TargetPolicy {
             }
             Some(_) => {}
         }
-        Ok(url)
+        Ok(())
     }
 }
 
-/// Whether an address lies outside the public unicast internet: loopback,
-/// private, link-local (including cloud metadata at 169.254.169.254), CGNAT,
-/// multicast, unspecified, broadcast, reserved and benchmarking ranges, and
-/// IPv6 forms that embed such an IPv4 address.
+/// Whether an address lies outside the public unicast internet.
+///
+/// Checked against the IANA IPv4 and IPv6 special-purpose address registries
+/// (as of 2025). IPv4 is listed range by range; every range that is not
+/// globally reachable is refused, and so are the documentation ranges (no
+/// real receiver lives there, and both families must agree: `2001:db8::/32`
+/// was refused while `192.0.2.0/24` was not) and the deprecated 6to4 relay
+/// anycast. The few globally reachable special-purpose IPv4 ranges (AS112,
+/// AMT, PCP and TURN anycast outside 192.0.0.0/24) stay allowed: they are
+/// ordinary public addresses. IPv6 is checked the other way round: only the
+/// global unicast space `2000::/3` holds public hosts (IANA allocates nothing
+/// else), so anything outside it is refused (loopback, unspecified, ULA,
+/// link-local, site-local, multicast, discard `100::/64`, the dummy prefix
+/// `100:0:0:1::/64`, Segment Routing `5f00::/16`, IPv4-compatible and
+/// IPv4-translated forms, the local-use NAT64 prefix `64:ff9b:1::/48`)
+/// except the well-known NAT64 prefix `64:ff9b::/96`, which is judged by the
+/// IPv4 address it embeds, as are IPv4-mapped `::ffff:0:0/96` and 6to4
+/// `2002::/16`. Inside `2000::/3`, the IETF protocol assignments
+/// `2001::/23` (Teredo, benchmarking, ORCHID, anycast service addresses;
+/// none is a webhook receiver, and Teredo tunnels to embedded IPv4 hosts)
+/// and both documentation prefixes (`2001:db8::/32`, `3fff::/20`) are refused.
 pub fn is_non_public(address: IpAddr) -> bool {
     match address {
         IpAddr::V4(v4) => is_non_public_v4(v4),
@@ -104,18 +131,22 @@ pub fn is_non_public(address: IpAddr) -> bool {
 }
 
 fn is_non_public_v4(address: Ipv4Addr) -> bool {
-    let [a, b, _, _] = address.octets();
+    let [a, b, c, _] = address.octets();
     address.is_loopback()
         || address.is_private()
-        || address.is_link_local()
+        || address.is_link_local() // 169.254.0.0/16, cloud metadata included
         || address.is_multicast()
         || address.is_unspecified()
         || address.is_broadcast()
-        || a == 0 // "this network"
+        || a == 0 // "this network" 0.0.0.0/8
         || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64.0.0/10
-        || (a == 192 && b == 0 && address.octets()[2] == 0) // IETF protocol assignments
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking
-        || a >= 240 // reserved
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments 192.0.0.0/24
+        || (a == 192 && b == 0 && c == 2) // documentation TEST-NET-1 192.0.2.0/24
+        || (a == 192 && b == 88 && c == 99) // deprecated 6to4 relay anycast 192.88.99.0/24
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18.0.0/15
+        || (a == 198 && b == 51 && c == 100) // documentation TEST-NET-2 198.51.100.0/24
+        || (a == 203 && b == 0 && c == 113) // documentation TEST-NET-3 203.0.113.0/24
+        || a >= 240 // reserved 240.0.0.0/4
 }
 
 fn is_non_public_v6(address: Ipv6Addr) -> bool {
@@ -123,26 +154,26 @@ fn is_non_public_v6(address: Ipv6Addr) -> bool {
         return is_non_public_v4(v4);
     }
     let segments = address.segments();
-    // IPv4-compatible (::a.b.c.d, deprecated but still routed by some stacks).
-    if segments[..6].iter().all(|&segment| segment == 0) {
-        let v4 = Ipv4Addr::from(((segments[6] as u32) << 16) | segments[7] as u32);
-        return address.is_loopback() || address.is_unspecified() || is_non_public_v4(v4);
-    }
-    // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) carry an IPv4 address inside.
+    let embedded = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    // Well-known NAT64 (64:ff9b::/96) carries the IPv4 address it reaches.
     if segments[0] == 0x64 && segments[1] == 0xff9b && segments[2..6].iter().all(|&s| s == 0) {
-        let v4 = Ipv4Addr::from(((segments[6] as u32) << 16) | segments[7] as u32);
-        return is_non_public_v4(v4);
+        return is_non_public_v4(embedded(segments[6], segments[7]));
     }
+    // Global unicast is 2000::/3; nothing public lies outside it.
+    if segments[0] & 0xe000 != 0x2000 {
+        return true;
+    }
+    // 6to4 (2002::/16) carries an IPv4 address too.
     if segments[0] == 0x2002 {
-        let v4 = Ipv4Addr::from(((segments[1] as u32) << 16) | segments[2] as u32);
-        return is_non_public_v4(v4);
+        return is_non_public_v4(embedded(segments[1], segments[2]));
     }
-    address.is_multicast()
-        || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-        || (segments[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-        || (segments[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
-        || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
-        || segments[0] == 0x0100 && segments[1..4].iter().all(|&s| s == 0) // discard 100::/64
+    match segments[0] {
+        // IETF protocol assignments 2001::/23, documentation 2001:db8::/32
+        0x2001 => segments[1] < 0x0200 || segments[1] == 0x0db8,
+        // documentation 3fff::/20
+        0x3fff => segments[1] < 0x1000,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +209,31 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
             "::ffff:169.254.169.254",
+            // Documentation, in both families.
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.255",
+            "2001:db8::1",
+            "3fff::1",
+            "3fff:fff:ffff::1",
+            "::ffff:192.0.2.1",
+            "64:ff9b::c000:201",
+            // Other special-purpose ranges.
+            "192.0.0.9",
+            "192.88.99.1",
+            "198.19.255.255",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::1",
+            "100::1",
+            "100:0:0:1::1",
+            "5f00::1",
+            "2001::1",
+            "2001:2::1",
+            "2001:1ff:ffff::1",
+            "::8.8.8.8",
+            "::ffff:0:808:808",
+            "fec0::1",
+            "4000::1",
         ] {
             let address: IpAddr = blocked.parse().expect("test address parses");
             assert!(is_non_public(address), "{blocked} must be blocked");
@@ -188,6 +244,17 @@ mod tests {
             "2606:4700:4700::1111",
             "::ffff:8.8.8.8",
             "100.128.0.1",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "192.0.3.1",
+            "192.0.1.255",
+            "198.51.101.1",
+            "203.0.112.1",
+            "2001:200::1",
+            "2001:db9::1",
+            "3ffe:ffff::1",
+            "3fff:1000::1",
+            "2a00:1450:4001::1",
         ] {
             let address: IpAddr = public.parse().expect("test address parses");
             assert!(!is_non_public(address), "{public} must be allowed");
@@ -211,6 +278,11 @@ mod tests {
             "https://localhost:8080/",
             "https://api.localhost/",
             "https://example.com/#frag",
+            "https://192.0.2.10/hook",
+            "https://198.51.100.1/hook",
+            "https://203.0.113.5/hook",
+            "https://[64:ff9b:1::a00:1]/hook",
+            "https://[3fff::1]/hook",
         ] {
             let err = policy.parse_url("url", bad).expect_err(bad);
             assert!(err.to_string().starts_with("url: "), "{bad}: {err}");
@@ -234,5 +306,20 @@ mod tests {
                 .is_ok()
         );
         assert!(policy.parse_url("url", "http://10.0.0.1/").is_err());
+    }
+
+    #[test]
+    fn allowed_ranges_exempt_documentation_and_nat64_ranges() {
+        let policy = TargetPolicy {
+            allow_http: false,
+            allowed: vec![
+                "192.0.2.0/24".parse().expect("range parses"),
+                "64:ff9b:1::/48".parse().expect("range parses"),
+            ],
+        };
+        assert!(policy.parse_url("url", "https://192.0.2.10/hook").is_ok());
+        assert!(policy.parse_url("url", "https://[64:ff9b:1::1]/").is_ok());
+        assert!(policy.permits("192.0.2.200".parse().expect("address")));
+        assert!(!policy.permits("198.51.100.1".parse().expect("address")));
     }
 }

@@ -1,22 +1,31 @@
-//! The gRPC surface: one module per service, the auth layer, and the
-//! conversions between protobuf messages and storage rows. This is the only
-//! part of Herald that knows tonic and prost types.
+//! The gRPC surface: one module per service, the layers in front of them
+//! (authentication, and INVALID_ARGUMENT for requests that do not decode),
+//! and the conversions between protobuf messages and storage rows. This is
+//! the only part of Herald that knows tonic and prost types.
 
 pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod events;
+pub mod malformed;
 pub mod streams;
 pub mod subscriptions;
 
 use std::sync::Arc;
 
 use tonic::service::Routes;
+use tower::layer::util::Stack;
 
 use crate::domain::target::TargetPolicy;
 use crate::proto;
 use crate::storage::Database;
 use auth::{AuthLayer, Authenticator};
+use malformed::MalformedRequestLayer;
+
+/// The layers every service sits behind: authentication outermost, then the
+/// rewrite of tonic's INTERNAL for undecodable requests (innermost, so that
+/// it sees exactly what the services answered).
+pub type Layers = Stack<MalformedRequestLayer, AuthLayer>;
 
 /// The encoded descriptors of `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("herald_descriptor");
@@ -40,10 +49,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Every service Herald serves, behind the auth layer.
-pub fn routes(
-    state: Arc<AppState>,
-) -> Result<(Routes, AuthLayer), tonic_reflection::server::Error> {
+/// Every service Herald serves, and the [`Layers`] to put in front of them.
+pub fn routes(state: Arc<AppState>) -> Result<(Routes, Layers), tonic_reflection::server::Error> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -71,5 +78,9 @@ pub fn routes(
         .add_service(proto::admin_server::AdminServer::new(
             admin::AdminService::new(state.clone()),
         ));
-    Ok((routes, AuthLayer::new(state.authenticator.clone())))
+    let layers = Stack::new(
+        MalformedRequestLayer,
+        AuthLayer::new(state.authenticator.clone()),
+    );
+    Ok((routes, layers))
 }

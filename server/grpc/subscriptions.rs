@@ -20,8 +20,8 @@ use super::auth::Principal;
 use super::convert::{duration, required, string_list, string_map, timestamp};
 use crate::domain::consumer::{parse_metadata, parse_name, parse_uid};
 use crate::domain::endpoint::{
-    EndpointKind, parse_description, parse_disabled_reason, parse_headers, parse_max_in_flight,
-    parse_rate_limit,
+    EndpointKind, parse_description, parse_disabled_reason, parse_header_update, parse_headers,
+    parse_max_in_flight, parse_rate_limit, redact_headers,
 };
 use crate::domain::event_type::{self, EventTypeFilter};
 use crate::domain::page::PageRequest;
@@ -105,7 +105,9 @@ fn consumer_message(row: consumer::Model) -> Result<proto::Consumer> {
 }
 
 /// An endpoint as the API shows it: never with a secret, which lives in
-/// another table and is read only by the calls that exist to return it.
+/// another table and is read only by the calls that exist to return it, and
+/// with its custom headers' names only (values redacted: they often carry
+/// the receiver's credentials).
 fn endpoint_message(row: endpoint::Model) -> Result<proto::Endpoint> {
     let kind = match EndpointKind::from_stored(&row.kind) {
         EndpointKind::Webhook => proto::EndpointKind::Webhook,
@@ -113,7 +115,7 @@ fn endpoint_message(row: endpoint::Model) -> Result<proto::Endpoint> {
     };
     Ok(proto::Endpoint {
         event_types: string_list(&row.event_types)?,
-        headers: string_map(&row.headers)?,
+        headers: redact_headers(string_map(&row.headers)?),
         id: row.id,
         consumer_id: row.consumer_id,
         kind: kind as i32,
@@ -227,7 +229,9 @@ impl SubscriptionsService {
                 .transpose()?,
             headers: request
                 .headers
-                .map(|map| parse_headers("headers", &map.entries))
+                .map(|map| {
+                    parse_header_update("headers", &map.entries, &string_map(&current.headers)?)
+                })
                 .transpose()?,
             rate_limit: request
                 .rate_limit

@@ -24,6 +24,12 @@ use crate::error::{Error, Result};
 use crate::storage::{Database, consumers, event_types};
 
 pub const IDEMPOTENCY_KEY_MAX_CHARS: usize = 256;
+/// How deep a payload may nest arrays and objects. JSON parsers that
+/// recurse (serde_json's `Value`, which schema checks use, stops at 128;
+/// Ruby's at 100) would fail or overflow their stack on deeper input, at
+/// Herald or at a receiver; 64 leaves room below all of them and above any
+/// real event.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
 
 /// How long a resolved consumer reference is trusted.
 const CONSUMER_TTL: Duration = Duration::from_secs(10);
@@ -117,6 +123,7 @@ impl Validator {
             &input.payload,
             self.config.max_payload_bytes,
         )?;
+        check_payload_depth(&field("payload"), &input.payload)?;
         let idempotency_key = match input.idempotency_key.as_str() {
             "" => None,
             key if key.chars().count() > IDEMPOTENCY_KEY_MAX_CHARS => {
@@ -265,6 +272,46 @@ fn check_payload_size(field: &str, payload: &str, limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a payload nesting arrays and objects deeper than
+/// [`MAX_PAYLOAD_DEPTH`], before anything parses it. One pass over the bytes,
+/// no recursion and no allocation, so hostile input costs no more than its
+/// length: brackets are counted outside strings. Malformed JSON is left to
+/// the parser that runs next, which names what is wrong with it.
+fn check_payload_depth(field: &str, payload: &str) -> Result<()> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in payload.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "nests arrays and objects more than {MAX_PAYLOAD_DEPTH} levels deep, the limit"
+                        ),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `payload` is one JSON value, without building it.
 fn check_json(field: &str, payload: &str) -> Result<()> {
     serde_json::from_str::<serde::de::IgnoredAny>(payload)
@@ -327,6 +374,27 @@ mod tests {
             let err = check_json("events[2].payload", bad).expect_err(bad);
             assert!(err.to_string().starts_with("events[2].payload: "), "{err}");
         }
+    }
+
+    #[test]
+    fn payload_depth_is_limited_without_recursion() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(check_payload_depth("payload", &nested(MAX_PAYLOAD_DEPTH)).is_ok());
+        let err = check_payload_depth("events[1].payload", &nested(MAX_PAYLOAD_DEPTH + 1))
+            .expect_err("too deep");
+        let message = err.to_string();
+        assert!(message.starts_with("events[1].payload: "), "{message}");
+        assert!(message.contains("64 levels"), "{message}");
+        // Hostile depth costs one pass, not a stack per level.
+        assert!(check_payload_depth("payload", &nested(1_000_000)).is_err());
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(65), "}".repeat(65));
+        assert!(check_payload_depth("payload", &objects).is_err());
+        // Brackets in strings, escaped quotes included, are text.
+        let text = format!(r#"{{"a": "{}\"[[[", "b": [1]}}"#, "[".repeat(500));
+        assert!(check_payload_depth("payload", &text).is_ok(), "{text}");
+        // Siblings do not add up.
+        let wide = format!("[{}]", vec![nested(60); 100].join(","));
+        assert!(check_payload_depth("payload", &wide).is_ok());
     }
 
     #[test]

@@ -32,6 +32,7 @@ both_backends!(
     shutdown_lets_in_flight_deliveries_finish,
     the_api_flow_delivers_and_rotation_double_signs,
     a_burst_beyond_the_worker_queue_does_not_wait_for_leases,
+    http_endpoints_stop_receiving_once_http_is_no_longer_allowed,
 );
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -704,5 +705,77 @@ async fn a_burst_beyond_the_worker_queue_does_not_wait_for_leases(backend: Backe
         .map(|request| request.header("webhook-id"))
         .collect();
     assert_eq!(distinct.len(), BATCHES * PER_BATCH, "every event arrived");
+    server.finish().await;
+}
+
+/// An `http://` endpoint accepted under `--allow-http` gets nothing once the
+/// server runs without it: each attempt is refused before connecting
+/// (`blocked_address`, saying why) and retried on the schedule like any
+/// failure, so the deliveries resume if the operator allows http again.
+async fn http_endpoints_stop_receiving_once_http_is_no_longer_allowed(backend: Backend) {
+    use herald_client::proto;
+
+    let server = TestServer::start(backend).await;
+    let receiver = Receiver::start(Reply::Status(204)).await;
+    let mut subscriptions = server.subscriptions(crate::common::ADMIN_TOKEN).await;
+    subscriptions
+        .create_consumer(proto::CreateConsumerRequest {
+            uid: "plain".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create consumer");
+    let endpoint = crate::common::webhook_endpoint(&server, "plain", receiver.url("/hook")).await;
+    let database = server.stop().await;
+
+    // The same database, now without --allow-http.
+    let server = TestServer::start_on(database, |config| config.allow_http = false).await;
+    let rows = Rows::open(&server.database.url).await;
+    let mut events = server.events(crate::common::ADMIN_TOKEN).await;
+    let event = events
+        .publish(proto::PublishRequest {
+            consumer_id: "plain".into(),
+            event_type: "plain.event".into(),
+            payload: "{}".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("publish")
+        .into_inner()
+        .event
+        .expect("event");
+    let attempts = wait_for("three refused attempts", DEADLINE, || {
+        let mut events = events.clone();
+        let event_id = event.id.clone();
+        async move {
+            let attempts = events
+                .list_attempts(proto::ListAttemptsRequest {
+                    event_id,
+                    ..Default::default()
+                })
+                .await
+                .expect("list attempts")
+                .into_inner()
+                .attempts;
+            (attempts.len() == 3).then_some(attempts)
+        }
+    })
+    .await;
+    for attempt in &attempts {
+        assert_eq!(attempt.error_class, "blocked_address", "{attempt:?}");
+        assert_eq!(attempt.status_code, 0);
+        assert!(
+            attempt.response_body.contains("https://"),
+            "the attempt says which rule: {}",
+            attempt.response_body
+        );
+        assert_eq!(attempt.endpoint_id, endpoint);
+    }
+    // The first try and one per step of the schedule, then failed.
+    let delivery = rows
+        .wait_for_status(&attempts[0].delivery_id, "failed", DEADLINE)
+        .await;
+    assert_eq!(delivery.attempt_count, 3);
+    assert!(receiver.received().is_empty(), "no plain HTTP was sent");
     server.finish().await;
 }

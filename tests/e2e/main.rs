@@ -17,6 +17,7 @@ mod fairness;
 mod grpcurl;
 mod lifecycle;
 mod listen;
+mod malformed;
 mod process;
 mod publish;
 mod queue;

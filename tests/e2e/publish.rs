@@ -19,6 +19,8 @@ both_backends!(
     idempotency_keys_return_the_first_event,
     concurrent_publishes_with_one_key_make_one_event,
     only_producers_may_publish,
+    huge_values_are_echoed_briefly,
+    deeply_nested_payloads_are_refused,
 );
 
 /// Rows written straight into the test database, so that publishing can be
@@ -338,6 +340,141 @@ async fn invalid_publishes_are_refused_precisely(backend: Backend) {
         .expect("list")
         .into_inner();
     assert_eq!(listed.events.len(), 2, "refused publishes store nothing");
+    server.finish().await;
+}
+
+/// A 1 MB value in a request is quoted briefly in the error: the status
+/// keeps its precise code (a whole echo made a 1 MB `grpc-message` trailer,
+/// which clients refuse as RESOURCE_EXHAUSTED) and still names the field.
+async fn huge_values_are_echoed_briefly(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let fixtures = Fixtures::open(&server).await;
+    fixtures.consumer("acme").await;
+    let mut events = server.events(ADMIN_TOKEN).await;
+    let mut subscriptions = server.subscriptions(ADMIN_TOKEN).await;
+    let huge = "c".repeat(1 << 20);
+    let short = |status: &tonic::Status| {
+        assert!(
+            status.message().len() <= 1024,
+            "{} bytes: {}…",
+            status.message().len(),
+            &status.message()[..200]
+        );
+    };
+
+    let status = events
+        .publish(publish_request(&huge, "user.created", "{}"))
+        .await
+        .expect_err("no such consumer");
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    assert!(
+        status.message().starts_with("consumer \"ccc"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("(1048576 characters)"),
+        "{}",
+        status.message()
+    );
+    short(&status);
+
+    let status = events
+        .publish(publish_request("acme", &huge, "{}"))
+        .await
+        .expect_err("not an event type name");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().starts_with("event_type: "),
+        "{}",
+        status.message()
+    );
+    short(&status);
+
+    let status = subscriptions
+        .get_event_type(proto::GetEventTypeRequest { name: huge.clone() })
+        .await
+        .expect_err("no such event type");
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    assert!(
+        status.message().starts_with("event type \"ccc"),
+        "{}",
+        status.message()
+    );
+    short(&status);
+
+    let status = subscriptions
+        .get_consumer(proto::GetConsumerRequest { id: huge.clone() })
+        .await
+        .expect_err("no such consumer");
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    short(&status);
+
+    let status = subscriptions
+        .create_endpoint(proto::CreateEndpointRequest {
+            consumer_id: "acme".into(),
+            url: "https://example.com/hook".into(),
+            headers: [(format!("x-{huge}"), "v".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a header name too long to quote");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().starts_with("headers"),
+        "{}",
+        status.message()
+    );
+    short(&status);
+    server.finish().await;
+}
+
+/// Nesting deeper than 64 levels is refused before any parser sees it (a
+/// recursive parser, Herald's schema check or a receiver's, would fail or
+/// overflow its stack), in single publishes and batches alike.
+async fn deeply_nested_payloads_are_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let fixtures = Fixtures::open(&server).await;
+    fixtures.consumer("acme").await;
+    fixtures
+        .event_type("typed.event", Some(r#"{"type":"array"}"#), false)
+        .await;
+    let mut events = server.events(ADMIN_TOKEN).await;
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+
+    for event_type in ["untyped.event", "typed.event"] {
+        for depth in [65, 100_000] {
+            assert_status(
+                events
+                    .publish(publish_request("acme", event_type, &nested(depth)))
+                    .await,
+                Code::InvalidArgument,
+                "payload: nests arrays and objects more than 64 levels deep",
+            );
+        }
+        events
+            .publish(publish_request("acme", event_type, &nested(64)))
+            .await
+            .expect("64 levels are allowed");
+    }
+    assert_status(
+        events
+            .publish_batch(proto::PublishBatchRequest {
+                events: vec![
+                    publish_request("acme", "untyped.event", "{}"),
+                    publish_request("acme", "untyped.event", &nested(1000)),
+                ],
+            })
+            .await,
+        Code::InvalidArgument,
+        "events[1].payload: nests arrays and objects more than 64 levels deep",
+    );
+    let listed = events
+        .list_events(proto::ListEventsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.events.len(), 2, "only the two 64-level events");
     server.finish().await;
 }
 

@@ -21,6 +21,7 @@ both_backends!(
     endpoint_urls_follow_the_ssrf_policy,
     endpoints_page_overall_and_per_consumer,
     endpoint_secrets_are_returned_only_on_purpose_and_rotate,
+    endpoint_header_values_are_redacted_but_delivered,
     endpoints_are_disabled_and_enabled,
     event_types_round_trip,
     event_type_schemas_must_compile,
@@ -386,7 +387,11 @@ async fn endpoints_round_trip(backend: Backend) {
     assert_eq!(endpoint.url, "https://example.com/hooks");
     assert_eq!(endpoint.description, "orders");
     assert_eq!(endpoint.event_types, vec!["invoice.*", "user.created"]);
-    assert_eq!(endpoint.headers, string_map(&[("x-team", "payments")]));
+    assert_eq!(
+        endpoint.headers,
+        string_map(&[("x-team", "[redacted]")]),
+        "names only"
+    );
     assert_eq!((endpoint.rate_limit, endpoint.max_in_flight), (10, 4));
     assert!(endpoint.ordered);
     assert!(endpoint.enabled);
@@ -445,7 +450,7 @@ async fn endpoints_round_trip(backend: Backend) {
         replaced.event_types.is_empty(),
         "empty list means every type"
     );
-    assert_eq!(replaced.headers, string_map(&[("x-env", "prod")]));
+    assert_eq!(replaced.headers, string_map(&[("x-env", "[redacted]")]));
     assert_eq!((replaced.rate_limit, replaced.max_in_flight), (0, 8));
     assert!(!replaced.ordered);
     assert_eq!(replaced.description, "all orders");
@@ -550,7 +555,47 @@ async fn endpoint_fields_are_validated(backend: Backend) {
                 ..base.clone()
             },
             Code::InvalidArgument,
-            "headers[webhook-signature]",
+            "headers[\"webhook-signature\"]: is set by Herald",
+        ),
+        (
+            proto::CreateEndpointRequest {
+                headers: string_map(&[("Upgrade", "websocket")]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "headers[\"Upgrade\"]: is a hop-by-hop or transport header",
+        ),
+        (
+            proto::CreateEndpointRequest {
+                headers: string_map(&[("te", "trailers")]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "headers[\"te\"]: is a hop-by-hop",
+        ),
+        (
+            proto::CreateEndpointRequest {
+                headers: string_map(&[("sec-websocket-key", "x")]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "headers[\"sec-websocket-key\"]: is a hop-by-hop",
+        ),
+        (
+            proto::CreateEndpointRequest {
+                headers: string_map(&[("Proxy-Authorization", "Basic x")]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "headers[\"Proxy-Authorization\"]: is a hop-by-hop",
+        ),
+        (
+            proto::CreateEndpointRequest {
+                headers: string_map(&[("x-token", "[redacted]")]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "headers[\"x-token\"]: is \"[redacted]\", the placeholder",
         ),
         (
             proto::CreateEndpointRequest {
@@ -662,7 +707,20 @@ async fn endpoint_fields_are_validated(backend: Backend) {
             })
             .await,
         Code::InvalidArgument,
-        "headers[Host]",
+        "headers[\"Host\"]: is a hop-by-hop or transport header",
+    );
+    assert_status(
+        client
+            .update_endpoint(proto::UpdateEndpointRequest {
+                id: stream.id.clone(),
+                headers: Some(proto::StringMap {
+                    entries: string_map(&[("x-ok", "1"), ("Transfer-Encoding", "chunked")]),
+                }),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "headers[\"Transfer-Encoding\"]: is a hop-by-hop or transport header",
     );
     assert_eq!(
         get_endpoint(&mut client, &stream.id).await.expect("get"),
@@ -686,6 +744,12 @@ async fn endpoint_urls_follow_the_ssrf_policy(backend: Backend) {
         "https://169.254.169.254/latest/meta-data",
         "https://[::ffff:10.0.0.1]/hook",
         "https://localhost:8443/hook",
+        // Documentation ranges and the local-use NAT64 prefix.
+        "https://192.0.2.10/hook",
+        "https://198.51.100.10/hook",
+        "https://203.0.113.10/hook",
+        "https://[2001:db8::1]/hook",
+        "https://[64:ff9b:1::a00:1]/hook",
     ] {
         let result = client
             .create_endpoint(proto::CreateEndpointRequest {
@@ -718,6 +782,89 @@ async fn endpoint_urls_follow_the_ssrf_policy(backend: Backend) {
         .into_inner();
     assert_eq!(listed.endpoints.len(), 1, "no refused endpoint was stored");
     assert_eq!(listed.endpoints[0].url, "https://example.com/hook");
+    server.finish().await;
+}
+
+/// Custom header values (often the receiver's credentials) never come back
+/// from the API; a map read from it can be sent back with changes, and the
+/// values it shows as "[redacted]" keep what is stored.
+async fn endpoint_header_values_are_redacted_but_delivered(backend: Backend) {
+    use crate::receiver::{Receiver, Reply};
+
+    let server = TestServer::start(backend).await;
+    let receiver = Receiver::start(Reply::Status(204)).await;
+    let mut client = server.subscriptions(ADMIN_TOKEN).await;
+    create_consumer(&mut client, "guarded").await;
+    let created = client
+        .create_endpoint(proto::CreateEndpointRequest {
+            consumer_id: "guarded".into(),
+            url: receiver.url("/hook"),
+            headers: string_map(&[("Authorization", "Bearer s3cret"), ("x-team", "payments")]),
+            ..Default::default()
+        })
+        .await
+        .expect("create endpoint")
+        .into_inner()
+        .endpoint
+        .expect("endpoint returned");
+    let redacted = string_map(&[("authorization", "[redacted]"), ("x-team", "[redacted]")]);
+    assert_eq!(created.headers, redacted);
+    let shown = get_endpoint(&mut client, &created.id).await.expect("get");
+    assert_eq!(shown.headers, redacted);
+    let listed = client
+        .list_endpoints(proto::ListEndpointsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.endpoints[0].headers, redacted);
+    assert!(!format!("{listed:?}{shown:?}{created:?}").contains("s3cret"));
+
+    // A placeholder for a name with no stored value is refused, and changes nothing.
+    let mut unknown = shown.headers.clone();
+    unknown.insert("x-new".into(), "[redacted]".into());
+    assert_status(
+        client
+            .update_endpoint(proto::UpdateEndpointRequest {
+                id: created.id.clone(),
+                headers: Some(proto::StringMap { entries: unknown }),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "headers[\"x-new\"]: is \"[redacted]\", the placeholder",
+    );
+
+    // The shown map, sent back with one change and one addition.
+    let mut changed = shown.headers.clone();
+    changed.insert("x-team".into(), "billing".into());
+    changed.insert("x-env".into(), "prod".into());
+    let updated = client
+        .update_endpoint(proto::UpdateEndpointRequest {
+            id: created.id.clone(),
+            headers: Some(proto::StringMap { entries: changed }),
+            ..Default::default()
+        })
+        .await
+        .expect("update headers")
+        .into_inner();
+    assert_eq!(
+        updated.headers,
+        string_map(&[
+            ("authorization", "[redacted]"),
+            ("x-team", "[redacted]"),
+            ("x-env", "[redacted]"),
+        ])
+    );
+
+    let mut events = server.events(ADMIN_TOKEN).await;
+    events
+        .publish(publish_request("guarded", "header.check", "{}"))
+        .await
+        .expect("publish");
+    let received = receiver.wait_for_count(1, Duration::from_secs(15)).await;
+    assert_eq!(received[0].header("authorization"), "Bearer s3cret", "kept");
+    assert_eq!(received[0].header("x-team"), "billing");
+    assert_eq!(received[0].header("x-env"), "prod");
     server.finish().await;
 }
 
