@@ -370,6 +370,10 @@ struct Claim {
     request_hash: String,
     event: Arc<event::Model>,
     deliveries: u32,
+    /// Set when the claim is this same call's (a PublishBatch using one key
+    /// twice): its event is not stored unless the whole call is, so an
+    /// error names the batch entry rather than the event id.
+    in_call: Option<usize>,
 }
 
 /// What the idempotency rule made of a publish's key.
@@ -508,11 +512,14 @@ impl Planner<'_> {
                         continue;
                     }
                     KeyUse::Conflict(earlier) => {
+                        let used_by = match earlier.in_call {
+                            Some(index) => format!("events[{index}] of this batch"),
+                            None => format!("event {} within 24 hours", earlier.event.id),
+                        };
                         return Err(Error::FailedPrecondition(format!(
-                            "{}: {:?} was already used within 24 hours for a different request (event {}); use a new key",
+                            "{}: {} was already used by {used_by} for a different request; use a new key",
                             prepared.field("idempotency_key"),
-                            pair.1,
-                            earlier.event.id
+                            crate::error::quote(&pair.1),
                         )));
                     }
                     KeyUse::Expired => expired.push(pair.clone()),
@@ -543,6 +550,7 @@ impl Planner<'_> {
                         request_hash: prepared.request_hash.clone(),
                         event: event.clone(),
                         deliveries: count,
+                        in_call: Some(prepared.index.unwrap_or(0)),
                     },
                 ));
             }
@@ -555,7 +563,16 @@ impl Planner<'_> {
         }
         // Only a job that succeeds claims its keys for the rest of the group,
         // and counts its fan-outs against its consumer.
-        self.claims.extend(planned.claims.iter().cloned());
+        self.claims
+            .extend(planned.claims.iter().map(|(pair, claim)| {
+                (
+                    pair.clone(),
+                    Claim {
+                        in_call: None,
+                        ..claim.clone()
+                    },
+                )
+            }));
         for prepared in job.iter().filter(|_| apart) {
             *self
                 .pending_fan_outs
@@ -599,6 +616,7 @@ impl Planner<'_> {
                 (_, true) => {}
                 (Some(event), false) => {
                     let claim = Claim {
+                        in_call: None,
                         request_hash: row.payload_hash.clone(),
                         deliveries: self.earlier_counts.get(&row.event_id).copied().unwrap_or(0),
                         event,

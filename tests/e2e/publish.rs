@@ -612,6 +612,33 @@ async fn idempotency_keys_return_the_first_event(backend: Backend) {
         batch[0].event.as_ref().map(|e| &e.id),
         batch[1].event.as_ref().map(|e| &e.id)
     );
+    // A repeated key for a different request within one batch: the error
+    // names the batch entry that used it first, not an event id that was
+    // never stored (the batch stores nothing).
+    let refused = events
+        .publish_batch(proto::PublishBatchRequest {
+            events: vec![
+                proto::PublishRequest {
+                    idempotency_key: "c".into(),
+                    ..publish_request("acme", "x.y", "1")
+                },
+                proto::PublishRequest {
+                    idempotency_key: "c".into(),
+                    ..publish_request("acme", "x.y", "2")
+                },
+            ],
+        })
+        .await
+        .expect_err("a key used twice for different requests");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().starts_with(
+            "events[1].idempotency_key: \"c\" was already used by events[0] of this batch"
+        ),
+        "{}",
+        refused.message()
+    );
+    assert!(!refused.message().contains("evt_"), "{}", refused.message());
 
     // After 24 hours the key is free again.
     use herald::storage::entities::idempotency_key;
