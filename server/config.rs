@@ -203,10 +203,11 @@ pub struct ServeConfig {
     /// together. 0: a quarter of the node's.
     #[arg(long, env = "HERALD_MAX_OUTBOUND_PER_CONSUMER", default_value_t = 0)]
     pub max_outbound_per_consumer: usize,
-    /// Large fan-outs (publishes matching more than 500 endpoints, written
-    /// apart a slice at a time) of one consumer still being written before
-    /// its next one is refused with RESOURCE_EXHAUSTED: back-pressure, so
-    /// that one consumer cannot fill the database's write time.
+    /// Events of one consumer whose large fan-outs (calls matching more
+    /// than 500 endpoints and 2 per event, written apart a slice at a time)
+    /// may be still being written when its next large call comes; beyond,
+    /// that call is refused with RESOURCE_EXHAUSTED: back-pressure, so that
+    /// one consumer cannot fill the database's write time.
     #[arg(long, env = "HERALD_MAX_PENDING_FAN_OUTS", default_value_t = 4)]
     pub max_pending_fan_outs: u64,
     /// Endpoints one consumer may have.

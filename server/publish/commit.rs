@@ -51,11 +51,17 @@ use crate::storage::entities::{event, idempotency_key};
 /// Roughly how many events one write takes (a job is never split, so a
 /// group may exceed this by one job).
 pub const GROUP_EVENTS: usize = 1000;
-/// A publish call whose events together match more endpoints than this has
-/// their deliveries written apart from the group (and from the event), a
-/// slice at a time: with 1,000 endpoints a consumer may have, one event
-/// would otherwise make every other caller of its group wait for 1,000 rows.
+/// A publish call whose events together match more endpoints than this, and
+/// more than [`FAN_OUT_PER_EVENT`] per event, has their deliveries written
+/// apart from the group (and from the event), a slice at a time: with 1,000
+/// endpoints a consumer may have, one event would otherwise make every other
+/// caller of its group wait for 1,000 rows.
 pub const FAN_OUT_APART: usize = 500;
+/// The deliveries per event a call may always write with its events. What
+/// the group writes for a call then grows with what its publisher sent (a
+/// batch of 1,000 events to one endpoint each stays one fast write), not with
+/// how many endpoints a consumer made.
+pub const FAN_OUT_PER_EVENT: usize = 2;
 /// How often a job is retried alone when its idempotency key was claimed by a
 /// concurrent transaction (each retry sees the winner once it has committed).
 const SOLO_TRIES: usize = 3;
@@ -443,6 +449,13 @@ impl Write {
     }
 }
 
+/// Whether a call of `events` events matching `deliveries` endpoints in all
+/// has its deliveries written apart: more than [`FAN_OUT_APART`], and more
+/// than [`FAN_OUT_PER_EVENT`] per event.
+pub fn fans_out_apart(events: usize, deliveries: usize) -> bool {
+    deliveries > FAN_OUT_APART && deliveries > events.saturating_mul(FAN_OUT_PER_EVENT)
+}
+
 /// Decides what each job of a group stores, from what the group's read
 /// found and what earlier jobs of the group claimed; writes nothing.
 struct Planner<'a> {
@@ -712,13 +725,13 @@ impl Planner<'_> {
         Ok(count)
     }
 
-    /// Whether a job's deliveries are written apart: its events together
-    /// match more than [`FAN_OUT_APART`] endpoints.
+    /// Whether a job's deliveries are written apart (see [`fans_out_apart`]).
     fn goes_apart(&self, job: &[Prepared]) -> bool {
-        job.iter()
+        let deliveries = job
+            .iter()
             .map(|prepared| self.matching(prepared).count())
-            .sum::<usize>()
-            > FAN_OUT_APART
+            .sum::<usize>();
+        fans_out_apart(job.len(), deliveries)
     }
 
     /// The consumer's enabled endpoints whose filter matches the event.
@@ -728,5 +741,46 @@ impl Planner<'_> {
             .into_iter()
             .flatten()
             .filter(|target| target.filter.matches(&prepared.event_type))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn one_event_to_many_endpoints_goes_apart() {
+        assert!(!fans_out_apart(1, FAN_OUT_APART));
+        assert!(fans_out_apart(1, FAN_OUT_APART + 1));
+        assert!(fans_out_apart(1, 1_000));
+    }
+
+    #[test]
+    fn a_batch_to_few_endpoints_each_stays_with_its_events() {
+        assert!(!fans_out_apart(1_000, 1_000));
+        assert!(!fans_out_apart(1_000, 2_000));
+        assert!(fans_out_apart(1_000, 2_001));
+        assert!(fans_out_apart(10, 1_000));
+    }
+
+    proptest! {
+        /// What a call writes with the group is bounded by what its
+        /// publisher sent: at most the larger of the fixed allowance and
+        /// the per-event one.
+        #[test]
+        fn inline_writes_are_bounded_by_the_call(events in 1usize..2_000, deliveries in 0usize..1_000_000) {
+            if !fans_out_apart(events, deliveries) {
+                prop_assert!(deliveries <= FAN_OUT_APART.max(events * FAN_OUT_PER_EVENT));
+            }
+        }
+
+        /// More endpoints never bring a call back into the group.
+        #[test]
+        fn apart_is_monotonic_in_deliveries(events in 1usize..2_000, deliveries in 0usize..1_000_000, more in 0usize..1_000) {
+            if fans_out_apart(events, deliveries) {
+                prop_assert!(fans_out_apart(events, deliveries + more));
+            }
+        }
     }
 }
