@@ -39,7 +39,7 @@ pub enum Command {
     },
     /// Receives events over a subscription stream and POSTs each to a local
     /// URL, as a webhook would arrive (for consumers without a public URL).
-    Listen(ListenArgs),
+    Listen(Box<ListenArgs>),
 }
 
 /// Settings of `herald listen`.
@@ -69,6 +69,18 @@ pub struct ListenArgs {
     /// An API key (`hk_…`) that may read the endpoint or consumer.
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// PEM certificate of a CA to trust besides the Web PKI roots, for an
+    /// `https://` server whose certificate a private or self-signed CA
+    /// issued.
+    #[arg(long, env = "HERALD_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires mutual TLS
+    /// (`herald serve --tls-client-ca`).
+    #[arg(long, env = "HERALD_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `--client-cert`.
+    #[arg(long, env = "HERALD_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// How long the server waits for an acknowledgement before sending a
     /// message again (1s to 1h).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
@@ -166,6 +178,13 @@ pub struct ServeConfig {
     /// PEM private key for `--tls-cert`.
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// PEM certificate(s) of the CA that issues client certificates: with
+    /// it, TLS is mutual and a client without a certificate this CA issued
+    /// cannot open a connection at all. API keys are still required on
+    /// every call: the certificate says which machine may talk to Herald,
+    /// the key what it may do.
+    #[arg(long, env = "HERALD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// How long shutdown waits for in-flight deliveries.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use herald_client::proto::streams_client::StreamsClient;
 use herald_client::proto::{self, subscribe_response};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::ListenArgs;
 use crate::error::{Error, Result};
@@ -34,6 +34,25 @@ pub async fn run(args: ListenArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The Web PKI roots, plus `--ca-cert`; `--client-cert` for mutual TLS.
+fn tls_config(args: &ListenArgs) -> Result<ClientTlsConfig> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|err| Error::invalid(flag, format!("cannot read {}: {err}", path.display())))
+    };
+    let mut tls = ClientTlsConfig::new().with_enabled_roots();
+    if let Some(path) = &args.ca_cert {
+        tls = tls.ca_certificate(Certificate::from_pem(read("ca_cert", path)?));
+    }
+    if let (Some(certificate), Some(key)) = (&args.client_cert, &args.client_key) {
+        tls = tls.identity(Identity::from_pem(
+            read("client_cert", certificate)?,
+            read("client_key", key)?,
+        ));
+    }
+    Ok(tls)
 }
 
 struct Listener {
@@ -65,8 +84,15 @@ impl Listener {
             .keep_alive_timeout(Duration::from_secs(20));
         if server.starts_with("https://") {
             endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().with_enabled_roots())
+                .tls_config(tls_config(&args)?)
                 .map_err(|err| Error::invalid("server", err))?;
+        } else if args.ca_cert.is_some() || args.client_cert.is_some() {
+            return Err(Error::invalid(
+                "server",
+                format!(
+                    "{server:?} is not an https:// URL, but --ca-cert or --client-cert was given"
+                ),
+            ));
         }
         let authorization = format!("Bearer {}", args.token.trim())
             .parse()

@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{token}");
             Ok(())
         }
-        Command::Listen(args) => Ok(herald::listen::run(args).await?),
+        Command::Listen(args) => Ok(herald::listen::run(*args).await?),
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::ServeConfig;
 use crate::delivery::{Dispatcher, EngineSettings};
@@ -53,7 +53,7 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid TLS configuration (--tls-cert, --tls-key)")]
+    #[error("invalid TLS configuration (--tls-cert, --tls-key, --tls-client-ca)")]
     Tls(#[source] tonic::transport::Error),
     #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
@@ -265,9 +265,15 @@ impl Herald {
                 })
             };
             let identity = Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?);
-            builder = builder
-                .tls_config(ServerTlsConfig::new().identity(identity))
-                .map_err(StartError::Tls)?;
+            let mut tls = ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = &self.config.tls_client_ca {
+                // Client certificates are required, not optional: mutual TLS
+                // that lets anonymous clients in would be a false promise.
+                tls = tls
+                    .client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?))
+                    .client_auth_optional(false);
+            }
+            builder = builder.tls_config(tls).map_err(StartError::Tls)?;
         }
         // The engine stops after publishing has (so that the last accepted
         // events are handed over), then drains within --shutdown-grace.
@@ -289,6 +295,7 @@ impl Herald {
             %grpc,
             metrics = %metrics_addr,
             tls = self.config.tls_cert.is_some(),
+            mutual_tls = self.config.tls_client_ca.is_some(),
             "herald serving"
         );
         // Subscription streams never end on their own: they are ended (with

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::stream::{self, Stream};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::{Code, Error, Result};
 use crate::retry::RetryPolicy;
@@ -43,6 +43,7 @@ pub struct HeraldBuilder {
     url: String,
     token: Option<String>,
     ca_certificates: Vec<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
     connect_timeout: Duration,
     request_timeout: Duration,
     retry: RetryPolicy,
@@ -60,6 +61,7 @@ impl Herald {
             url: url.into(),
             token: None,
             ca_certificates: Vec::new(),
+            identity: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
@@ -148,6 +150,29 @@ impl HeraldBuilder {
         self
     }
 
+    /// Presents this client certificate and its private key (both PEM),
+    /// for a server that requires mutual TLS (`herald serve
+    /// --tls-client-ca`). Only for `https://` URLs.
+    ///
+    /// ```no_run
+    /// # async fn example() -> herald_client::Result<()> {
+    /// let read = |path: &str| std::fs::read(path).expect("a PEM file");
+    /// let herald = herald_client::Herald::connect("https://herald.internal:50051")
+    ///     .ca_certificate(read("herald-ca.pem"))
+    ///     .identity(read("billing.pem"), read("billing.key"))
+    ///     .token("hk_…")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn identity(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> HeraldBuilder {
+        self.identity = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
     /// How long to wait for the TCP (and TLS) connection; default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> HeraldBuilder {
         self.connect_timeout = timeout;
@@ -215,12 +240,15 @@ impl HeraldBuilder {
             // process. Installing ring fails harmlessly when the application
             // already installed one.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = self
+            let mut tls = self
                 .ca_certificates
                 .iter()
                 .fold(ClientTlsConfig::new().with_webpki_roots(), |tls, pem| {
                     tls.ca_certificate(Certificate::from_pem(pem))
                 });
+            if let Some((certificate, key)) = &self.identity {
+                tls = tls.identity(Identity::from_pem(certificate, key));
+            }
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|error| Error::Config(format!("TLS: {error}")))?;
@@ -232,6 +260,11 @@ impl HeraldBuilder {
         } else if !self.ca_certificates.is_empty() {
             return Err(Error::Config(format!(
                 "a CA certificate was given for {:?}, which is not an https:// URL",
+                self.url
+            )));
+        } else if self.identity.is_some() {
+            return Err(Error::Config(format!(
+                "a client certificate was given for {:?}, which is not an https:// URL",
                 self.url
             )));
         }
@@ -252,6 +285,7 @@ impl std::fmt::Debug for HeraldBuilder {
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ca_certificates", &self.ca_certificates.len())
+            .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
@@ -378,6 +412,11 @@ mod tests {
             .connect_lazy()
             .expect_err("a CA without TLS");
         assert!(error.to_string().contains("https://"), "{error}");
+        let error = Herald::connect("http://localhost:50051")
+            .identity("-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----")
+            .connect_lazy()
+            .expect_err("a client certificate without TLS");
+        assert!(error.to_string().contains("client certificate"), "{error}");
     }
 
     #[tokio::test]
@@ -386,6 +425,9 @@ mod tests {
         assert!(!format!("{builder:?}").contains("hk_secret"), "{builder:?}");
         let herald = builder.connect_lazy().expect("valid settings");
         assert!(!format!("{herald:?}").contains("hk_secret"), "{herald:?}");
+        let builder = Herald::connect("https://localhost:50051")
+            .identity("CERTIFICATE", "PRIVATE KEY secret");
+        assert!(!format!("{builder:?}").contains("secret"), "{builder:?}");
     }
 
     #[tokio::test]

@@ -82,9 +82,24 @@ impl Error {
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Error {
-        Error::Rpc {
-            code: status.code(),
-            message: status.message().to_owned(),
+        // A status tonic made from a broken connection (not one the server
+        // sent) carries the transport's error as its source; its own
+        // message says only "transport error", and its code depends on
+        // when the connection broke (UNKNOWN, CANCELLED). The server never
+        // answered: that is UNAVAILABLE, with the cause spelled out — a
+        // refused client certificate shows only this way.
+        match std::error::Error::source(&status) {
+            Some(source) => Error::Rpc {
+                code: match status.code() {
+                    Code::Unknown | Code::Cancelled => Code::Unavailable,
+                    code => code,
+                },
+                message: format!("{}: {}", status.message(), error_chain(source)),
+            },
+            None => Error::Rpc {
+                code: status.code(),
+                message: status.message().to_owned(),
+            },
         }
     }
 }

@@ -101,7 +101,9 @@
 //!   publishes with an idempotency key) are retried with backoff on
 //!   `UNAVAILABLE`; see [`RetryPolicy`].
 //! - TLS: an `https://` URL connects with TLS, checked against the Web PKI
-//!   roots and any private CA given to [`HeraldBuilder::ca_certificate`].
+//!   roots and any private CA given to [`HeraldBuilder::ca_certificate`];
+//!   [`HeraldBuilder::identity`] presents a client certificate to a server
+//!   that requires mutual TLS.
 //!
 //! # Map of the crate
 //!

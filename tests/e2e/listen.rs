@@ -241,3 +241,60 @@ async fn listen_tails_a_consumer_live() {
     listening.interrupt().await;
     server.finish().await;
 }
+
+/// `herald listen` against a server that requires mutual TLS, with a
+/// private CA (`--ca-cert`) and a client certificate (`--client-cert`,
+/// `--client-key`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_connects_with_a_private_ca_and_a_client_certificate() {
+    let pki = crate::tls::Pki::new("listen");
+    let server = pki.server(true).await;
+    let read = |path: &std::path::Path| std::fs::read(path).expect("read a PEM file");
+    let herald =
+        herald_client::Herald::connect(format!("https://localhost:{}", server.addr.port()))
+            .ca_certificate(read(&pki.ca))
+            .identity(read(&pki.client_cert), read(&pki.client_key))
+            .token(ADMIN_TOKEN)
+            .await
+            .expect("connect with the client certificate");
+    herald
+        .create_consumer("tail-tls")
+        .send()
+        .await
+        .expect("create consumer");
+    let (url, received) = receiver(vec![]).await;
+    let https = format!("https://localhost:{}", server.addr.port());
+    let path = |path: &std::path::Path| path.to_string_lossy().into_owned();
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
+    let mut listening = listen(
+        &server,
+        &[
+            "--server",
+            &https,
+            "--ca-cert",
+            &ca,
+            "--client-cert",
+            &cert,
+            "--client-key",
+            &key,
+            "--consumer",
+            "tail-tls",
+            "--forward-to",
+            &url,
+        ],
+    )
+    .await;
+    let published = herald
+        .publish("tail-tls", "invoice.paid", serde_json::json!({"tls": true}))
+        .send()
+        .await
+        .expect("publish")
+        .event
+        .expect("the event")
+        .id;
+    let line = listening.line_with(&published).await;
+    assert!(line.contains("200"), "{line}");
+    assert_eq!(received.lock().expect("lock").len(), 1);
+    listening.interrupt().await;
+    server.finish().await;
+}

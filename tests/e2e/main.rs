@@ -25,3 +25,4 @@ mod receiver;
 mod scale_out;
 mod streams;
 mod subscriptions;
+mod tls;
