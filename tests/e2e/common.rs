@@ -468,3 +468,22 @@ fn serving_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     };
     Some((field("grpc=")?, field("metrics=")?))
 }
+
+/// The value of an unlabelled gauge on `/metrics` at `metrics`, if it
+/// answers and shows it.
+pub async fn gauge_at(metrics: SocketAddr, name: &str) -> Option<f64> {
+    herald::install_crypto_provider();
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -169,22 +169,9 @@ async fn retention_purges_old_events_and_idempotency_keys(backend: Backend) {
     server.finish().await;
 }
 
-/// The value of an unlabelled gauge on `/metrics`.
+/// The value of an unlabelled gauge on the server's `/metrics`.
 async fn gauge(server: &TestServer, name: &str) -> Option<f64> {
-    herald::install_crypto_provider();
-    let text = reqwest::get(format!("http://{}/metrics", server.metrics_addr))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    crate::common::gauge_at(server.metrics_addr, name).await
 }
 
 /// Deliveries of a disabled endpoint stay pending and due: the gauge shows
