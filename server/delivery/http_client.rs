@@ -663,14 +663,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn urls_are_checked_against_the_current_policy_before_each_post() {
+    /// A receiver on 127.0.0.1 answering 204: its `/hook` URL and its hits.
+    async fn local_receiver() -> (String, Received) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = listener.local_addr().expect("local address").port();
-        let hits = receiver(listener).await;
-        let url = format!("http://127.0.0.1:{port}/hook");
+        (
+            format!("http://127.0.0.1:{port}/hook"),
+            receiver(listener).await,
+        )
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked_against_the_current_policy_before_each_post() {
+        let (url, hits) = local_receiver().await;
         // Accepted while http:// was allowed; this policy no longer allows it.
         let client = client_with(allowing(false, &["127.0.0.0/8"]), Arc::new(SystemLookup));
         let report = client.post(&outgoing(&url)).await;
@@ -694,12 +701,7 @@ mod tests {
 
     #[tokio::test]
     async fn stored_transport_headers_are_not_sent() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("local address").port();
-        let hits = receiver(listener).await;
-        let url = format!("http://127.0.0.1:{port}/hook");
+        let (url, hits) = local_receiver().await;
         let client = client_with(allowing(true, &["127.0.0.0/8"]), Arc::new(SystemLookup));
         // As an endpoint stored before these names were refused holds them.
         let extra_headers = [

@@ -400,31 +400,10 @@ async fn readers_that_do_not_read_hold_a_bounded_number_of_bytes(backend: Backen
         )
         .await;
     }
-    // Subscribers that never read, with the smallest flow-control windows
-    // HTTP/2 allows (a default client would take megabytes off the server
-    // into its own buffers before it stopped reading).
     let mut stuck = Vec::new();
     for endpoint_id in &endpoints {
         for _ in 0..5 {
-            let channel = tonic::transport::Channel::from_shared(server.url())
-                .expect("url")
-                .initial_stream_window_size(65_535)
-                .initial_connection_window_size(65_535)
-                .connect()
-                .await
-                .expect("connect");
-            let mut request = tonic::Request::new(durable(endpoint_id));
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii"),
-            );
-            stuck.push(
-                proto::streams_client::StreamsClient::new(channel)
-                    .subscribe(request)
-                    .await
-                    .expect("subscribe")
-                    .into_inner(),
-            );
+            stuck.push(reader_that_does_not_read(server.url(), endpoint_id).await);
         }
     }
     // The feeds send what fits, then wait for readers that never come.
@@ -859,29 +838,10 @@ async fn the_resident_set_stays_bounded_under_readers_that_do_not_read() {
     let before = resident_bytes(pid);
     let descriptors_before = descriptors(pid);
 
-    // Readers that never read, with the smallest windows HTTP/2 allows.
     let mut stuck = Vec::new();
     for endpoint_id in &endpoints {
         for _ in 0..READERS_PER_ENDPOINT {
-            let channel = tonic::transport::Channel::from_shared(process.url())
-                .expect("url")
-                .initial_stream_window_size(65_535)
-                .initial_connection_window_size(65_535)
-                .connect()
-                .await
-                .expect("connect");
-            let mut request = tonic::Request::new(durable(endpoint_id));
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii"),
-            );
-            stuck.push(
-                proto::streams_client::StreamsClient::new(channel)
-                    .subscribe(request)
-                    .await
-                    .expect("subscribe")
-                    .into_inner(),
-            );
+            stuck.push(reader_that_does_not_read(process.url(), endpoint_id).await);
         }
     }
     // Filled: the gauge says the outboxes hold most of what they may.
@@ -930,6 +890,32 @@ async fn the_resident_set_stays_bounded_under_readers_that_do_not_read() {
         descriptors(pid)
     );
     drop(stuck);
+}
+
+/// A subscription that never reads, with the smallest flow-control windows
+/// HTTP/2 allows (a default client would take megabytes off the server into
+/// its own buffers before it stopped reading).
+async fn reader_that_does_not_read(
+    url: String,
+    endpoint_id: &str,
+) -> tonic::Streaming<proto::SubscribeResponse> {
+    let channel = tonic::transport::Channel::from_shared(url)
+        .expect("url")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(durable(endpoint_id));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii"),
+    );
+    proto::streams_client::StreamsClient::new(channel)
+        .subscribe(request)
+        .await
+        .expect("subscribe")
+        .into_inner()
 }
 
 /// The resident set of a process, from `/proc`.
