@@ -7,8 +7,8 @@
 //! end here, so a redelivered stream message wakes its subscribers as a
 //! published one does.
 //!
-//! Other nodes sharing the database learn of the work from their own sweep
-//! and subscription polls.
+//! Other nodes sharing the database are told too (`crate::wakeups`), and
+//! find the work themselves at their next poll if the notice is lost.
 
 use std::sync::Arc;
 
@@ -21,6 +21,7 @@ use crate::error::Result;
 use crate::queue::{Delivery, Queue};
 use crate::storage::entities::event;
 use crate::streams::StreamHub;
+use crate::wakeups::{Notice, Wakeups};
 
 /// A committed delivery and where it goes.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct Handoff {
     streams: Arc<StreamHub>,
     /// Wakes the writer of large fan-outs (`crate::fanout`).
     fan_outs: Arc<Notify>,
+    /// Tells the other nodes.
+    wakeups: Wakeups,
 }
 
 impl Handoff {
@@ -47,13 +50,20 @@ impl Handoff {
         dispatcher: Dispatcher,
         streams: Arc<StreamHub>,
         fan_outs: Arc<Notify>,
+        wakeups: Wakeups,
     ) -> Handoff {
         Handoff {
             queue,
             dispatcher,
             streams,
             fan_outs,
+            wakeups,
         }
+    }
+
+    /// What tells the other nodes, for the changes made outside of here.
+    pub fn wakeups(&self) -> &Wakeups {
+        &self.wakeups
     }
 
     /// The engine this hands to (for its congestion view and test hooks).
@@ -114,10 +124,12 @@ impl Handoff {
         }
         if !left_for_sweep.is_empty() {
             self.dispatcher.left_for_sweep(left_for_sweep);
+            self.wakeups.tell([Notice::Webhooks]);
         }
         streams.sort();
         streams.dedup();
         self.streams.wake(&streams);
+        self.wakeups.tell(streams.into_iter().map(Notice::Stream));
     }
 
     /// Redeliver: the delivery of `event_id` to `endpoint_id` is pending
@@ -150,12 +162,14 @@ impl Handoff {
     }
 
     /// Requeued deliveries are unleased: a sweep (webhooks) or a
-    /// subscription (streams) claims them; wake the ones on this node.
+    /// subscription (streams) claims them, on this node or another.
     fn requeued(&self, endpoint_id: &EndpointId, stream: bool) {
         if stream {
             self.streams.wake([endpoint_id]);
+            self.wakeups.tell([Notice::Stream(endpoint_id.clone())]);
         } else {
             self.dispatcher.wake_sweep();
+            self.wakeups.tell([Notice::Webhooks]);
         }
     }
 }

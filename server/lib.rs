@@ -44,6 +44,7 @@ pub mod queue;
 pub mod serve;
 pub mod storage;
 pub mod streams;
+pub mod wakeups;
 
 /// The generated protobuf and gRPC server code of `proto/herald/v1`.
 pub mod proto {

@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::queue::{LeasePolicy, Queue};
 use crate::storage::{Database, OpenError, api_keys, server_secrets};
 use crate::streams::{AckKey, StreamHub, StreamLimits, StreamSettings};
+use crate::wakeups::{Hear, Notice, Wakeups};
 
 /// The name of the deployment's ack token key in `server_secrets`.
 const ACK_KEY: &str = "stream_ack_token_key";
@@ -88,6 +89,8 @@ pub struct Herald {
     /// wakes it.
     fan_out_queue: Queue,
     fan_outs: Arc<tokio::sync::Notify>,
+    /// Stops sending and hearing other nodes' wake-ups (`crate::wakeups`).
+    wakeups_stop: CancellationToken,
 }
 
 impl Herald {
@@ -171,7 +174,15 @@ impl Herald {
             );
         }
         let fan_outs = Arc::new(tokio::sync::Notify::new());
-        let handoff = Handoff::new(queue.clone(), dispatcher, streams.clone(), fan_outs.clone());
+        let wakeups_stop = CancellationToken::new();
+        let wakeups = Wakeups::start(&db, queue.node().clone(), wakeups_stop.clone());
+        let handoff = Handoff::new(
+            queue.clone(),
+            dispatcher,
+            streams.clone(),
+            fan_outs.clone(),
+            wakeups,
+        );
         let publish_stop = CancellationToken::new();
         let (publisher, publish_task) = crate::publish::Publisher::start(
             db.clone(),
@@ -208,6 +219,7 @@ impl Herald {
             publish_task,
             fan_out_queue: queue,
             fan_outs,
+            wakeups_stop,
         })
     }
 
@@ -282,6 +294,17 @@ impl Herald {
         // The end of the shutdown grace, set when shutdown begins.
         let deadline: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
         let engine_task = tokio::spawn(self.engine.run(engine_stop.clone(), deadline.clone()));
+        let listening = tokio::spawn(crate::wakeups::listen(
+            self.state.db.clone(),
+            self.fan_out_queue.node().clone(),
+            Arc::new(NodeParts {
+                dispatcher: self.state.handoff.dispatcher().clone(),
+                streams: self.state.streams.clone(),
+                authenticator: self.state.authenticator.clone(),
+                publisher: self.state.publisher.clone(),
+            }),
+            self.wakeups_stop.clone(),
+        ));
         let fan_out_stop = CancellationToken::new();
         let fan_out_task = tokio::spawn(crate::fanout::run(
             self.fan_out_queue,
@@ -382,6 +405,8 @@ impl Herald {
         if let Err(err) = engine_task.await {
             tracing::error!(error = %err, "the delivery engine failed");
         }
+        self.wakeups_stop.cancel();
+        let _ = listening.await;
         let _ = metrics_task.await;
         tracing::info!("herald stopped");
         result.map_err(StartError::Serve)
@@ -532,5 +557,33 @@ impl AsyncWrite for ClosableIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// What another node's notices wake or make forget here.
+struct NodeParts {
+    dispatcher: Dispatcher,
+    streams: Arc<StreamHub>,
+    authenticator: Arc<Authenticator>,
+    publisher: crate::publish::Publisher,
+}
+
+impl Hear for NodeParts {
+    fn heard(&self, notice: &Notice) {
+        match notice {
+            Notice::Webhooks => self.dispatcher.wake_sweep(),
+            Notice::Stream(endpoint_id) => self.streams.wake([endpoint_id]),
+            Notice::Endpoint(endpoint_id) => self.dispatcher.forget_endpoint(endpoint_id.as_str()),
+            Notice::Consumer(consumer_id) => self.dispatcher.forget_consumer(consumer_id),
+            Notice::ApiKeys => self.authenticator.forget_all(),
+            Notice::EventType(name) => self.publisher.forget_event_type(name),
+        }
+    }
+
+    fn missed_some(&self) {
+        self.dispatcher.wake_sweep();
+        self.streams.wake_all();
+        self.dispatcher.forget_all();
+        self.authenticator.forget_all();
     }
 }

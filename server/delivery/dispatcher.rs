@@ -63,6 +63,22 @@ impl Dispatcher {
         self.shared.sweep_now.notify_one();
     }
 
+    /// An endpoint changed (updated, rotated, enabled, disabled, deleted):
+    /// the next delivery reads it again.
+    pub fn forget_endpoint(&self, endpoint_id: &str) {
+        self.shared.cache.forget_endpoint(endpoint_id);
+    }
+
+    /// A consumer's callback secret changed or the consumer is gone.
+    pub fn forget_consumer(&self, consumer_id: &str) {
+        self.shared.cache.forget_consumer(consumer_id);
+    }
+
+    /// Changes may have been missed: read every endpoint again.
+    pub fn forget_all(&self) {
+        self.shared.cache.forget_all();
+    }
+
     /// Runs one claim of due deliveries now and routes them; returns how
     /// many. For tests and tools that must not wait for the next tick.
     pub async fn sweep_once(&self) -> Result<usize> {

@@ -1,6 +1,8 @@
 //! Endpoint configuration in memory, so that the hot path reads no database
 //! per event. An entry is reloaded on a miss and once it is older than
-//! [`FRESH_FOR`]; disabling updates it at once.
+//! [`FRESH_FOR`]; a change made through the API drops it at once, on this
+//! node and (told by `crate::wakeups`) on the others; disabling by the
+//! engine updates it at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -111,6 +113,35 @@ impl EndpointCache {
                 },
             );
         Ok(loaded)
+    }
+
+    /// Drops an endpoint's entry: it changed (here or on another node), and
+    /// the next delivery must see the change.
+    pub fn forget_endpoint(&self, endpoint_id: &str) {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(endpoint_id);
+    }
+
+    /// Drops a consumer's callback secret.
+    pub fn forget_consumer(&self, consumer_id: &str) {
+        self.callback_secrets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(consumer_id);
+    }
+
+    /// Drops every entry (changes may have been missed).
+    pub fn forget_all(&self) {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.callback_secrets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Records a disabling made by the engine, effective immediately.

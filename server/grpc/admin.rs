@@ -112,6 +112,11 @@ impl proto::admin_server::Admin for AdminService {
             .ok_or_else(|| Error::not_found("api key", id))?;
         let row = api_keys::revoke(&self.state.db.conn, row).await?;
         self.state.authenticator.forget_all();
+        self.state
+            .handoff
+            .wakeups()
+            .tell_now(crate::wakeups::Notice::ApiKeys)
+            .await;
         tracing::info!(key_id = %row.id, "api key revoked");
         Ok(Response::new(api_key_message(row)))
     }

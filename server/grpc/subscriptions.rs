@@ -24,6 +24,7 @@ use crate::domain::endpoint::{
     parse_max_in_flight, parse_rate_limit, redact_headers,
 };
 use crate::domain::event_type::{self, EventTypeFilter};
+use crate::domain::ids::EndpointId;
 use crate::domain::page::PageRequest;
 use crate::domain::secret::{SigningSecret, parse_rotation_grace};
 use crate::domain::time::duration_millis;
@@ -34,6 +35,7 @@ use crate::storage::endpoints::{EndpointChanges, NewEndpoint};
 use crate::storage::entities::{consumer, endpoint, event_type as event_type_row};
 use crate::storage::event_types::{EventTypeChanges, NewEventType};
 use crate::storage::{consumers, endpoints, event_types};
+use crate::wakeups::Notice;
 
 pub struct SubscriptionsService {
     state: Arc<AppState>,
@@ -60,6 +62,39 @@ impl SubscriptionsService {
     }
 
     /// The endpoint named in `id`, if `principal` may see it.
+    /// An endpoint changed: this node's engine reads it again, and the
+    /// other nodes are told before the caller is answered (a rotated secret
+    /// signs the next delivery, whichever node sends it).
+    async fn endpoint_changed(&self, endpoint_id: &str) {
+        self.state.handoff.dispatcher().forget_endpoint(endpoint_id);
+        self.state
+            .handoff
+            .wakeups()
+            .tell_now(Notice::Endpoint(EndpointId::from_stored(endpoint_id)))
+            .await;
+    }
+
+    /// An event type changed or is gone: its schema and archive flag apply
+    /// to the next publish here and on the other nodes.
+    async fn event_type_changed(&self, name: &str) {
+        self.state.publisher.forget_event_type(name);
+        self.state
+            .handoff
+            .wakeups()
+            .tell_now(Notice::EventType(name.to_owned()))
+            .await;
+    }
+
+    /// A consumer's callback secret changed, or the consumer is gone.
+    async fn consumer_changed(&self, consumer_id: &str) {
+        self.state.handoff.dispatcher().forget_consumer(consumer_id);
+        self.state
+            .handoff
+            .wakeups()
+            .tell_now(Notice::Consumer(consumer_id.to_owned()))
+            .await;
+    }
+
     async fn endpoint_for(&self, principal: &Principal, id: &str) -> Result<endpoint::Model> {
         let id = required("id", id)?;
         let row = endpoints::get(&self.state.db.conn, id)
@@ -329,6 +364,8 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         }
         // The consumer's API keys went with it; drop their cached principals.
         self.state.authenticator.forget_all();
+        self.state.handoff.wakeups().tell_now(Notice::ApiKeys).await;
+        self.consumer_changed(&row.id).await;
         tracing::info!(consumer_id = %row.id, uid = %row.uid, "consumer deleted");
         Ok(Response::new(proto::DeleteConsumerResponse {}))
     }
@@ -345,6 +382,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         let row =
             consumers::replace_callback_secret(&self.state.db.conn, current, &callback_secret)
                 .await?;
+        self.consumer_changed(&row.id).await;
         tracing::info!(consumer_id = %row.id, "consumer callback secret rotated");
         Ok(Response::new(proto::RotateConsumerCallbackSecretResponse {
             callback_secret: callback_secret.expose().to_owned(),
@@ -415,6 +453,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         let current = self.endpoint_for(&principal, &request.id).await?;
         let changes = self.endpoint_changes(&current, request)?;
         let row = endpoints::update(&self.state.db.conn, current, changes).await?;
+        self.endpoint_changed(&row.id).await;
         Ok(Response::new(endpoint_message(row)?))
     }
 
@@ -428,6 +467,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         if !endpoints::delete(&self.state.db.conn, &row.id).await? {
             return Err(Error::not_found("endpoint", id).into());
         }
+        self.endpoint_changed(&row.id).await;
         tracing::info!(endpoint_id = %row.id, consumer_id = %row.consumer_id, "endpoint deleted");
         Ok(Response::new(proto::DeleteEndpointResponse {}))
     }
@@ -454,6 +494,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
             self.state.max_live_secrets,
         )
         .await?;
+        self.endpoint_changed(&row.id).await;
         tracing::info!(endpoint_id = %row.id, grace_ms = duration_millis(grace), "endpoint secret rotated");
         Ok(Response::new(proto::RotateEndpointSecretResponse {
             secret: secret.expose().to_owned(),
@@ -482,6 +523,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         let principal = Principal::of(&request)?;
         let current = self.endpoint_for(&principal, &request.get_ref().id).await?;
         let row = endpoints::enable(&self.state.db.conn, current).await?;
+        self.endpoint_changed(&row.id).await;
         tracing::info!(endpoint_id = %row.id, "endpoint enabled");
         Ok(Response::new(endpoint_message(row)?))
     }
@@ -495,6 +537,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         let current = self.endpoint_for(&principal, &request.id).await?;
         let reason = parse_disabled_reason("reason", &request.reason)?;
         let row = endpoints::disable(&self.state.db.conn, current, &reason).await?;
+        self.endpoint_changed(&row.id).await;
         tracing::info!(endpoint_id = %row.id, reason = %reason, "endpoint disabled");
         Ok(Response::new(endpoint_message(row)?))
     }
@@ -511,7 +554,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         };
         let row = event_types::insert(&self.state.db.conn, new_event_type).await?;
         // Publishing may have cached the name as unregistered (anything goes).
-        self.state.publisher.forget_event_type(&row.name);
+        self.event_type_changed(&row.name).await;
         tracing::info!(event_type = %row.name, "event type created");
         Ok(Response::new(event_type_message(row)))
     }
@@ -557,7 +600,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         };
         let row = event_types::update(&self.state.db.conn, current, changes).await?;
         // A new schema or archive flag applies to this node's next publish.
-        self.state.publisher.forget_event_type(&row.name);
+        self.event_type_changed(&row.name).await;
         Ok(Response::new(event_type_message(row)))
     }
 
@@ -570,7 +613,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
             return Err(Error::not_found("event type", name).into());
         }
         // Unregistered now: its schema and archive flag no longer apply.
-        self.state.publisher.forget_event_type(name);
+        self.event_type_changed(name).await;
         tracing::info!(event_type = %name, "event type deleted");
         Ok(Response::new(proto::DeleteEventTypeResponse {}))
     }

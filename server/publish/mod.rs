@@ -144,8 +144,8 @@ impl Publisher {
     }
 
     /// Forgets what this node cached about an event type, so that a change to
-    /// it (archive, new schema) applies here at once; other nodes see it
-    /// within the cache's lifetime.
+    /// it (archive, new schema) applies here at once (other nodes are told
+    /// by `crate::wakeups`).
     pub fn forget_event_type(&self, name: &str) {
         self.validator.forget_event_type(name);
     }

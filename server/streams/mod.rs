@@ -159,6 +159,19 @@ impl StreamHub {
         }
     }
 
+    /// Work may have been missed (another node's notices were lost): wake
+    /// every feed on this node once.
+    pub fn wake_all(&self) {
+        for feed in self
+            .feeds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            feed.wake.notify_one();
+        }
+    }
+
     /// New events were committed: hand them to the live tails. Never
     /// blocks; a tail that falls behind skips events.
     pub fn tail_events(&self, events: impl IntoIterator<Item = Arc<event::Model>>) {
