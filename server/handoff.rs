@@ -124,6 +124,12 @@ impl Handoff {
         }
         if !left_for_sweep.is_empty() {
             self.dispatcher.left_for_sweep(left_for_sweep);
+            // Where nodes share the queue, unleased work may be an
+            // endpoint that no node owns yet: a sweep takes it now, here or
+            // on the node that owns it.
+            if self.queue.shared() {
+                self.dispatcher.wake_sweep();
+            }
             self.wakeups.tell([Notice::Webhooks]);
         }
         streams.sort();

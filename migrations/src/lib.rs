@@ -21,6 +21,7 @@ mod m20261201_000003_same_foreign_keys;
 mod m20261201_000004_server_secrets;
 mod m20261201_000005_fan_outs;
 mod m20261201_000006_stream_deliveries_not_due;
+mod m20261202_000007_endpoint_owners;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000004_server_secrets::Migration),
             Box::new(m20261201_000005_fan_outs::Migration),
             Box::new(m20261201_000006_stream_deliveries_not_due::Migration),
+            Box::new(m20261202_000007_endpoint_owners::Migration),
         ]
     }
 }

@@ -140,6 +140,10 @@ impl Engine {
                 tracing::warn!(error = %err, "releasing leases at shutdown failed; they lapse instead")
             }
         }
+        // And its endpoints, so that another node sends them at once.
+        if let Err(err) = shared.queue.disown_endpoints().await {
+            tracing::warn!(error = %err, "giving up endpoints at shutdown failed; their ownership lapses instead");
+        }
         tracing::info!("delivery engine stopped");
     }
 }

@@ -63,13 +63,24 @@ pub(super) fn route(shared: &Arc<Shared>, job: Job) {
 /// and leaves alone the endpoints whose workers here are more than half
 /// full (they would only be turned away and released again).
 pub(super) async fn claim_once(shared: &Arc<Shared>) -> Result<usize> {
+    // Ownership first (PostgreSQL): renew what this node's workers serve,
+    // take endpoints with due work and no live owner; the claim then takes
+    // only the endpoints this node owns.
+    let now = now_millis();
+    let taken = shared
+        .queue
+        .own_endpoints(&shared.endpoint_workers(), now)
+        .await?;
+    if !taken.is_empty() {
+        tracing::debug!(count = taken.len(), "took ownership of endpoints");
+    }
     let limit = shared.settings.claim_batch.min(shared.room() as u64);
     if limit == 0 {
         return Ok(0);
     }
     let claimed = shared
         .queue
-        .claim_due(now_millis(), limit, &shared.congested_endpoints(2))
+        .claim_due(now, limit, &shared.congested_endpoints(2))
         .await?;
     let count = claimed.len();
     for claimed in claimed {

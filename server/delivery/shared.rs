@@ -162,6 +162,18 @@ impl Shared {
         }
     }
 
+    /// The endpoints with a worker on this node: the ones whose ownership
+    /// it keeps renewing (`crate::queue::owners`).
+    pub fn endpoint_workers(&self) -> Vec<EndpointId> {
+        lock(&self.workers)
+            .keys()
+            .filter_map(|key| match key {
+                WorkerKey::Endpoint(endpoint_id) => Some(endpoint_id.clone()),
+                WorkerKey::Callback(_) => None,
+            })
+            .collect()
+    }
+
     pub fn clear_workers(&self) {
         lock(&self.workers).clear();
     }

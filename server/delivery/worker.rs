@@ -37,6 +37,10 @@ enum Target {
     Callback,
     /// Deleted, disabled or a stream endpoint: hold nothing.
     Unavailable,
+    /// Another node owns the endpoint now, or this node's ownership is
+    /// too close to its end for a request to finish within it: start
+    /// nothing, give back what is held (`crate::queue::owners`).
+    NotOwned,
     /// The configuration could not be loaded (database trouble): wait.
     Unknown,
 }
@@ -95,7 +99,7 @@ impl Worker {
                     (config.max_in_flight, config.ordered)
                 }
                 Target::Callback => (DEFAULT_MAX_IN_FLIGHT, false),
-                Target::Unavailable => {
+                Target::Unavailable | Target::NotOwned => {
                     self.drop_held();
                     (0, false)
                 }
@@ -122,6 +126,18 @@ impl Worker {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     if let Ok((job, report)) = joined {
                         self.finish(job, report, &target, false).await;
+                    }
+                    // Where nodes share the queue, an ordered endpoint's
+                    // deliveries all come from the database (never the hot
+                    // path, see `publish::commit`): once this one is
+                    // drained, read what was published meanwhile, anywhere.
+                    if ordered
+                        && self.shared.queue.shared()
+                        && self.ready.is_empty()
+                        && self.waiting_ids.is_empty()
+                        && self.in_flight.is_empty()
+                    {
+                        self.ordered_backlog_loaded = false;
                     }
                 }
                 Some(expired) = self.waiting.next(), if !self.waiting_ids.is_empty() => {
@@ -163,7 +179,11 @@ impl Worker {
             WorkerKey::Endpoint(endpoint_id) => {
                 match self.shared.cache.endpoint(endpoint_id.as_str()).await {
                     Ok(Some(config)) if config.enabled && !config.is_stream => {
-                        Target::Endpoint(config)
+                        if self.shared.queue.may_send(endpoint_id, now_millis()) {
+                            Target::Endpoint(config)
+                        } else {
+                            Target::NotOwned
+                        }
                     }
                     Ok(_) => Target::Unavailable,
                     Err(err) => {
@@ -270,7 +290,7 @@ impl Worker {
                 };
                 Some((url.clone(), Vec::new(), vec![(*secret).clone()]))
             }
-            Target::Unavailable | Target::Unknown => None,
+            Target::Unavailable | Target::NotOwned | Target::Unknown => None,
         }
     }
 

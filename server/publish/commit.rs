@@ -346,6 +346,7 @@ struct Target {
     id: EndpointId,
     kind: EndpointKind,
     filter: EventTypeFilter,
+    ordered: bool,
 }
 
 impl Target {
@@ -359,6 +360,7 @@ impl Target {
                 Ok(patterns) => targets.entry(row.consumer_id).or_default().push(Target {
                     kind: EndpointKind::from_stored(&row.kind),
                     filter: EventTypeFilter::from_stored(patterns),
+                    ordered: row.ordered,
                     id: EndpointId::from_stored(row.id),
                 }),
                 Err(err) => {
@@ -661,8 +663,9 @@ impl Planner<'_> {
     /// The deliveries of a new event: one per matching enabled endpoint of
     /// its consumer, and one to its callback URL. Webhook and callback
     /// deliveries are leased to this node, whose hot path tries them at
-    /// once, except those of congested endpoints; stream deliveries wait for
-    /// a subscription to claim them.
+    /// once, except those of congested endpoints and those this node may
+    /// not send (see [`Planner::hot`]), which a sweep claims; stream
+    /// deliveries wait for a subscription to claim them.
     fn fan_out(
         &self,
         prepared: &Prepared,
@@ -685,7 +688,7 @@ impl Planner<'_> {
             }
             let waiting = if stream {
                 Waiting::Subscription
-            } else if self.congested.contains(&target.id) {
+            } else if self.congested.contains(&target.id) || !self.hot(target) {
                 Waiting::Sweep
             } else {
                 Waiting::ThisNode
@@ -723,6 +726,15 @@ impl Planner<'_> {
             count += 1;
         }
         Ok(count)
+    }
+
+    /// Whether a webhook delivery to `target` may take this node's hot path:
+    /// only if this node owns the endpoint (`queue::owners`), and, where
+    /// nodes share the queue, not for an ordered endpoint, whose owner must
+    /// take its deliveries from the database in order (one published on
+    /// another node may be older than this one).
+    fn hot(&self, target: &Target) -> bool {
+        self.queue.may_send(&target.id, self.now) && !(target.ordered && self.queue.shared())
     }
 
     /// Whether a job's deliveries are written apart (see [`fans_out_apart`]).

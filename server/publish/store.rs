@@ -27,6 +27,7 @@ pub struct FanOutEndpoint {
     pub kind: String,
     /// The stored filter: a JSON list of patterns.
     pub event_types: String,
+    pub ordered: bool,
 }
 
 /// Which of `ids` name existing consumers, and their enabled endpoints, in
@@ -44,7 +45,7 @@ pub async fn consumers_and_endpoints(
         .query_all_raw(statement(
             backend,
             &format!(
-                "SELECT c.id AS consumer_id, e.id AS endpoint_id, e.kind, e.event_types \
+                "SELECT c.id AS consumer_id, e.id AS endpoint_id, e.kind, e.event_types, e.ordered \
                  FROM consumers c \
                  LEFT JOIN endpoints e ON e.consumer_id = c.id AND e.enabled \
                  WHERE c.id IN ({}) \
@@ -64,6 +65,7 @@ pub async fn consumers_and_endpoints(
                 consumer_id: consumer_id.clone(),
                 kind: row.try_get("", "kind")?,
                 event_types: row.try_get("", "event_types")?,
+                ordered: row.try_get("", "ordered")?,
             });
         }
         consumers.insert(consumer_id);

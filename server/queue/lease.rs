@@ -13,11 +13,12 @@ use crate::domain::time::duration_millis;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeasePolicy {
     webhook_millis: i64,
+    request_timeout_millis: i64,
 }
 
 /// Why a lease setting was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--lease ({lease}) must be longer than --request-timeout ({request_timeout})")]
+#[error("--lease ({lease}) must be at least twice --request-timeout ({request_timeout})")]
 pub struct LeaseTooShort {
     lease: String,
     request_timeout: String,
@@ -27,8 +28,12 @@ impl LeasePolicy {
     /// How long a webhook lease lasts unless `--lease` says otherwise.
     pub const DEFAULT_WEBHOOK_LEASE: Duration = Duration::from_secs(60);
 
+    /// The lease is at least twice the request timeout: a request must end
+    /// within any lease, and an endpoint's owner (`owners.rs`) starts
+    /// requests only while its lease outlives them, which a renewed lease
+    /// (three quarters left at least) then always does.
     pub fn new(webhook_lease: Duration, request_timeout: Duration) -> Result<Self, LeaseTooShort> {
-        if webhook_lease <= request_timeout {
+        if webhook_lease < request_timeout.saturating_mul(2) {
             return Err(LeaseTooShort {
                 lease: humantime::format_duration(webhook_lease).to_string(),
                 request_timeout: humantime::format_duration(request_timeout).to_string(),
@@ -36,7 +41,13 @@ impl LeasePolicy {
         }
         Ok(LeasePolicy {
             webhook_millis: duration_millis(webhook_lease),
+            request_timeout_millis: duration_millis(request_timeout),
         })
+    }
+
+    /// The longest a delivery request may take, in milliseconds.
+    pub fn request_timeout_ms(&self) -> i64 {
+        self.request_timeout_millis
     }
 
     /// When a node's claim taken at `now` lapses.
@@ -80,23 +91,24 @@ mod tests {
         let err = LeasePolicy::new(second * 10, second * 15).expect_err("too short");
         assert_eq!(
             err.to_string(),
-            "--lease (10s) must be longer than --request-timeout (15s)"
+            "--lease (10s) must be at least twice --request-timeout (15s)"
         );
-        assert!(LeasePolicy::new(second * 16, second * 15).is_ok());
+        assert!(LeasePolicy::new(second * 29, second * 15).is_err());
+        assert!(LeasePolicy::new(second * 30, second * 15).is_ok());
     }
 
     proptest! {
         #[test]
         fn expiries_follow_their_start(
-            lease_ms in 2u64..10_000_000,
+            lease_ms in 4u64..10_000_000,
             now in 0i64..4_000_000_000_000,
             retry_in in 0i64..100_000_000,
             ack_ms in 1u64..3_600_000,
         ) {
             let policy = LeasePolicy::new(
                 Duration::from_millis(lease_ms),
-                Duration::from_millis(lease_ms - 1),
-            ).expect("longer than the timeout");
+                Duration::from_millis(lease_ms / 2),
+            ).expect("twice the timeout");
             let lease = i64::try_from(lease_ms).expect("small");
             prop_assert_eq!(policy.webhook_expiry(now), now + lease);
             prop_assert_eq!(policy.retry_expiry(now + retry_in), now + retry_in + lease);

@@ -10,6 +10,8 @@
 //!   only place that knows how the two differ for the queue.
 //! - `lease`: the lease rule (how long claims last, when they are renewed).
 //! - `health`: the endpoint health rule the outcome writer applies.
+//! - `owners`: which node sends an endpoint's webhooks (PostgreSQL), and
+//!   the fence that keeps two from sending at once.
 //! - `webhook`, `outcomes`, `stream`, `requeue`, `fanout`: the verbs, by who
 //!   calls them (the delivery engine's sweep and workers, its outcome
 //!   writer, stream subscriptions and Ack, Redeliver and Replay, the writer
@@ -24,6 +26,7 @@ pub mod fanout;
 pub mod health;
 pub mod lease;
 mod outcomes;
+pub mod owners;
 mod requeue;
 pub mod rows;
 pub mod sql;
@@ -55,6 +58,8 @@ pub struct Queue {
     dialect: Dialect,
     node: LeaseOwner,
     lease: LeasePolicy,
+    /// The endpoints this node owns (`owners.rs`), shared by its clones.
+    owned: Arc<owners::Owned>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -81,6 +86,7 @@ impl Queue {
             db,
             node: LeaseOwner::generate(),
             lease,
+            owned: Arc::default(),
         }
     }
 

@@ -88,6 +88,12 @@ pub(super) struct Statements {
     pub existing_endpoints: String,
     /// `$1` consumer ids (JSON list): their pending fan-outs, counted.
     pub pending_fan_outs: String,
+    /// PostgreSQL only (`owners.rs`): `$1` owner, `$2` expiry, `$3` endpoints
+    /// to renew (JSON list), `$4` now, `$5` how many unowned endpoints with
+    /// due work to take. Returns what this node owns of them, with expiry.
+    pub own_endpoints: Option<String>,
+    /// PostgreSQL only: `$1` owner; gives its endpoints up.
+    pub disown_endpoints: Option<String>,
 }
 
 pub(super) fn statements(dialect: Dialect) -> &'static Statements {
@@ -135,13 +141,19 @@ impl Statements {
             enqueue: enqueue_from_json(dialect, 1),
 
             claim_due: match dialect {
+                // An endpoint's deliveries only while this node owns it
+                // (`owners.rs`), and then whoever else leased them: a former
+                // owner, fenced, no longer sends.
                 Dialect::Postgres => format!(
                     "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
                      WHERE id IN (\
                        SELECT d.id FROM deliveries d \
                        WHERE d.status = '{PENDING}' AND d.next_attempt_at <= $3 \
-                         AND (d.lease_owner IS NULL OR d.lease_expires_at < $3) \
+                         AND (d.lease_owner IS NULL OR d.lease_expires_at < $3 \
+                              OR (d.endpoint_id IS NOT NULL AND d.lease_owner <> $1)) \
                          AND (d.endpoint_id IS NULL OR EXISTS (\
+                           SELECT 1 FROM endpoint_owners o WHERE o.endpoint_id = d.endpoint_id \
+                             AND o.owner = $1 AND o.expires_at > $3) AND EXISTS (\
                            SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id \
                              AND e.kind <> 'stream' AND e.enabled \
                              AND e.id NOT IN ({skip}) \
@@ -175,13 +187,14 @@ impl Statements {
             },
 
             claim_ordered_backlog: match dialect {
+                // The owner's to take, whoever leased them (see claim_due).
                 Dialect::Postgres => format!(
                     "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
                      WHERE id IN (\
                        SELECT d.id FROM deliveries d \
                        WHERE d.endpoint_id = $3 AND d.status = '{PENDING}' \
-                         AND (d.lease_owner IS NULL OR d.lease_expires_at < $5 \
-                              OR d.lease_owner = $1) \
+                         AND EXISTS (SELECT 1 FROM endpoint_owners o \
+                           WHERE o.endpoint_id = $3 AND o.owner = $1 AND o.expires_at > $5) \
                        ORDER BY d.id LIMIT $4 FOR UPDATE OF d SKIP LOCKED) \
                      {returning}"
                 ),
@@ -410,6 +423,29 @@ impl Statements {
                 .into(),
 
             existing_endpoints: format!("SELECT id FROM endpoints WHERE id IN ({})", ids(1)),
+
+            own_endpoints: (dialect == Dialect::Postgres).then(|| {
+                format!(
+                    "INSERT INTO endpoint_owners AS o (endpoint_id, owner, expires_at) \
+                     SELECT w.endpoint_id, $1, $2 FROM (\
+                       SELECT json_array_elements_text($3::json) AS endpoint_id \
+                       UNION (\
+                         SELECT d.endpoint_id FROM deliveries d \
+                         WHERE d.status = '{PENDING}' AND d.next_attempt_at <= $4 \
+                           AND d.endpoint_id IS NOT NULL \
+                           AND NOT EXISTS (SELECT 1 FROM endpoint_owners x \
+                             WHERE x.endpoint_id = d.endpoint_id AND x.expires_at >= $4) \
+                           AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id \
+                             AND e.enabled AND e.kind <> 'stream') \
+                         LIMIT $5)) w \
+                     ON CONFLICT (endpoint_id) DO UPDATE \
+                       SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
+                       WHERE o.owner = EXCLUDED.owner OR o.expires_at < $4 \
+                     RETURNING endpoint_id, expires_at"
+                )
+            }),
+            disown_endpoints: (dialect == Dialect::Postgres)
+                .then(|| "DELETE FROM endpoint_owners WHERE owner = $1".to_owned()),
 
             pending_fan_outs: format!(
                 "SELECT consumer_id, COUNT(*) AS pending FROM fan_outs \

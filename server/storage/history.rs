@@ -99,10 +99,10 @@ pub async fn delete_of_consumer(db: &impl ConnectionTrait, consumer_id: &str) ->
     Ok(())
 }
 
-/// An endpoint's deliveries and their attempts (which name the endpoint
-/// too, so they are found after their deliveries are gone).
+/// An endpoint's deliveries, their attempts (which name the endpoint too,
+/// so they are found after their deliveries are gone) and its ownership.
 pub async fn delete_of_endpoint(db: &impl ConnectionTrait, endpoint_id: &str) -> Result<()> {
-    for table in ["deliveries", "attempts"] {
+    for table in ["deliveries", "attempts", "endpoint_owners"] {
         run(
             db,
             &format!("DELETE FROM {table} WHERE endpoint_id = $1"),
@@ -288,6 +288,15 @@ pub async fn purge_orphans(db: &Database, purged_before: i64, limit: u64) -> Res
            SELECT a.id FROM attempts a WHERE a.event_id < $1 \
              AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = a.event_id) LIMIT $2)",
         vec![first_kept.into(), limit_value()],
+    )
+    .await?;
+    // Ownerships of deleted endpoints (a deleted consumer's endpoints go
+    // by cascade): one row per endpoint at most, so a scan is cheap.
+    deleted += run(
+        &db.conn,
+        "DELETE FROM endpoint_owners WHERE NOT EXISTS (\
+           SELECT 1 FROM endpoints e WHERE e.id = endpoint_owners.endpoint_id)",
+        vec![],
     )
     .await?;
     Ok(deleted)

@@ -61,6 +61,9 @@ async fn a_claim_skips_endpoints_whose_workers_are_full(backend: Backend) {
     others.insert(callback);
 
     let now = now_millis();
+    // As the sweep does: take the endpoints with due work first (where
+    // nodes share the queue, a claim takes only an owner's endpoints).
+    queue.own_endpoints(&[], now).await.expect("own");
     let claimed: HashSet<String> = queue
         .claim_due(now, 100, &[EndpointId::from_stored(full.clone())])
         .await
@@ -78,5 +81,92 @@ async fn a_claim_skips_endpoints_whose_workers_are_full(backend: Backend) {
         .map(|claimed| claimed.delivery.id.into_string())
         .collect();
     assert_eq!(rest, of_full, "the skipped ones, once nothing is skipped");
+    database.drop_database().await;
+}
+
+/// Two nodes on PostgreSQL: the one that takes an endpoint first owns it
+/// and claims its work; the other claims none of it, even deliveries no one
+/// leased, and may not send to it; once the owner's lease lapses the other
+/// takes the endpoint over, with the deliveries the old owner still leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_at_a_time_owns_an_endpoint() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let lease = LeasePolicy::new(Duration::from_secs(60), Duration::from_secs(15)).expect("lease");
+    let a = Queue::new(
+        Database::open(&database.url).await.expect("open database"),
+        lease,
+    );
+    let b = Queue::new(
+        Database::open(&database.url).await.expect("open database"),
+        lease,
+    );
+    let rows = Rows::open(&database.url).await;
+    let consumer = rows.consumer().await;
+    let (endpoint, _) = rows
+        .endpoint(
+            &consumer.id,
+            EndpointSpec::to("https://one.example/hook".into()),
+        )
+        .await;
+    let endpoint_id = EndpointId::from_stored(endpoint.clone());
+    let mut published = HashSet::new();
+    for n in 0..4 {
+        published.insert(
+            rows.publish(
+                &consumer.id,
+                Some(&endpoint),
+                None,
+                &format!("{{\"n\":{n}}}"),
+            )
+            .await
+            .1,
+        );
+    }
+    let now = now_millis();
+    assert_eq!(
+        a.own_endpoints(&[], now).await.expect("own"),
+        vec![endpoint_id.clone()]
+    );
+    assert!(
+        b.own_endpoints(&[], now).await.expect("own").is_empty(),
+        "owned by A"
+    );
+    assert!(a.may_send(&endpoint_id, now));
+    assert!(!b.may_send(&endpoint_id, now));
+    assert!(
+        b.claim_due(now, 100, &[]).await.expect("claim").is_empty(),
+        "not B's"
+    );
+    let claimed: HashSet<String> = a
+        .claim_due(now, 2, &[])
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|claimed| claimed.delivery.id.into_string())
+        .collect();
+    assert_eq!(claimed.len(), 2);
+
+    // A's ownership ends (a minute and more later, without renewal): B
+    // takes the endpoint and every pending delivery, A's leased ones too.
+    let later = now + 61_000;
+    assert!(!a.may_send(&endpoint_id, later), "fenced");
+    assert_eq!(
+        b.own_endpoints(&[], later).await.expect("own"),
+        vec![endpoint_id.clone()]
+    );
+    let taken: HashSet<String> = b
+        .claim_due(later, 100, &[])
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|claimed| claimed.delivery.id.into_string())
+        .collect();
+    assert_eq!(taken, published, "all of them, A's leased ones included");
+    // A's renewal now fails: it forgets the endpoint.
+    a.own_endpoints(std::slice::from_ref(&endpoint_id), later)
+        .await
+        .expect("renew");
+    assert!(!a.may_send(&endpoint_id, later + 1));
+    assert!(b.may_send(&endpoint_id, later + 1));
     database.drop_database().await;
 }
