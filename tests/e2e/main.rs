@@ -9,6 +9,7 @@ mod architecture;
 mod authorization;
 mod chaos;
 mod client;
+mod cluster;
 mod crash;
 mod deletion;
 mod delivery;

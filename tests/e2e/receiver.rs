@@ -56,6 +56,9 @@ struct ReceiverState {
     received: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
+    /// Requests being answered now, and the most there ever were at once.
+    open: std::sync::atomic::AtomicUsize,
+    most_open: std::sync::atomic::AtomicUsize,
 }
 
 pub struct Receiver {
@@ -79,6 +82,8 @@ impl Receiver {
             received: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(default),
+            open: Default::default(),
+            most_open: Default::default(),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -102,6 +107,13 @@ impl Receiver {
         *self.state.default.lock().expect("lock") = reply;
     }
 
+    /// The most requests this receiver was answering at once.
+    pub fn most_concurrent(&self) -> usize {
+        self.state
+            .most_open
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().expect("lock").clone()
     }
@@ -122,12 +134,33 @@ impl Drop for Receiver {
     }
 }
 
+/// Counts a request as open until it is answered (or abandoned).
+struct Open(Arc<ReceiverState>);
+
+impl Open {
+    fn new(state: &Arc<ReceiverState>) -> Open {
+        use std::sync::atomic::Ordering;
+        let now = state.open.fetch_add(1, Ordering::SeqCst) + 1;
+        state.most_open.fetch_max(now, Ordering::SeqCst);
+        Open(state.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn handle(
     State(state): State<Arc<ReceiverState>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _open = Open::new(&state);
     state.received.lock().expect("lock").push(Received {
         path: uri.path().to_owned(),
         headers,
