@@ -188,11 +188,11 @@ pub struct ServeConfig {
     /// How long shutdown waits for in-flight deliveries.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,
-    /// How long a node's claim on a webhook delivery lasts before another
-    /// node sharing the database may take it over (renewed while held).
-    /// Must stay well above `--request-timeout`. Hidden: for tests and
-    /// experiments, not tuning.
-    #[arg(long, env = "HERALD_LEASE", value_parser = humantime::parse_duration, default_value = "60s", hide = true)]
+    /// How long a node's claim on a webhook delivery, and its ownership of
+    /// an endpoint, last before another node sharing the database may take
+    /// them over (renewed while held): how long a dead node's endpoints
+    /// wait. At least twice `--request-timeout`.
+    #[arg(long, env = "HERALD_LEASE", value_parser = humantime::parse_duration, default_value = "60s")]
     pub lease: Duration,
     /// Deliveries one endpoint's worker may hold queued in memory; a burst
     /// beyond it waits in the database for the sweep. Hidden: for tests and
