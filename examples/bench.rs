@@ -89,6 +89,13 @@ struct Args {
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Herald nodes sharing the database (PostgreSQL for more than one),
+    /// in this process; the publishers' connections are spread over them.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Consumers, each with one endpoint; events go to them in turn.
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
 }
 
 type Authed = InterceptedService<Channel, Bearer>;
@@ -176,7 +183,8 @@ async fn receive(State(state): State<Arc<ReceiverState>>, body: Bytes) -> Status
 /// Publishes events `range` in calls of `batch`, recording each call's latency.
 struct Publisher {
     clients: Vec<EventsClient<Authed>>,
-    consumer_id: String,
+    /// Event `seq` goes to `consumer_ids[seq % len]`.
+    consumer_ids: Vec<String>,
     batch: usize,
     pad: String,
 }
@@ -187,7 +195,7 @@ impl Publisher {
         let started = Instant::now();
         let sent_us = unix_micros();
         let request = |seq: usize| proto::PublishRequest {
-            consumer_id: self.consumer_id.clone(),
+            consumer_id: self.consumer_ids[seq % self.consumer_ids.len()].clone(),
             event_type: "bench.tick".into(),
             payload: format!(
                 "{{\"seq\":{seq},\"sent_us\":{sent_us},\"pad\":\"{}\"}}",
@@ -298,8 +306,20 @@ async fn main() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
-    if args.events == 0 || args.batch == 0 || args.concurrency == 0 || args.connections == 0 {
-        eprintln!("--events, --batch, --concurrency and --connections must be positive");
+    if args.events == 0
+        || args.batch == 0
+        || args.concurrency == 0
+        || args.connections == 0
+        || args.nodes == 0
+        || args.consumers == 0
+    {
+        eprintln!(
+            "--events, --batch, --concurrency, --connections, --nodes and --consumers must be positive"
+        );
+        std::process::exit(2);
+    }
+    if args.nodes > 1 && matches!(args.database, Backend::Sqlite) {
+        eprintln!("--nodes above 1 needs --database postgres (SQLite serves one process)");
         std::process::exit(2);
     }
 
@@ -356,19 +376,23 @@ async fn main() {
         let _ = axum::serve(receiver_listener, app).await;
     });
 
-    // Herald.
-    let mut config = ServeConfig::with_database(database_url);
-    config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    config.allow_http = true;
-    config.allow_target_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
-    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let herald = Herald::start_on(config, grpc, metrics)
-        .await
-        .expect("Herald starts");
-    let grpc_addr = herald.grpc_addr().expect("gRPC address");
+    // Herald: the nodes, one after the other (the first migrates).
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(herald.serve(shutdown.clone()));
+    let mut servers = Vec::with_capacity(args.nodes);
+    let mut grpc_addrs = Vec::with_capacity(args.nodes);
+    for _ in 0..args.nodes {
+        let mut config = ServeConfig::with_database(database_url.clone());
+        config.admin_token = Some(ADMIN_TOKEN.to_owned());
+        config.allow_http = true;
+        config.allow_target_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let herald = Herald::start_on(config, grpc, metrics)
+            .await
+            .expect("Herald starts");
+        grpc_addrs.push(herald.grpc_addr().expect("gRPC address"));
+        servers.push(tokio::spawn(herald.serve(shutdown.clone())));
+    }
 
     // Clients, one consumer, one endpoint.
     let bearer = Bearer(
@@ -377,7 +401,8 @@ async fn main() {
             .expect("ascii token"),
     );
     let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
+    for connection in 0..args.connections {
+        let grpc_addr = grpc_addrs[connection % grpc_addrs.len()];
         let channel = Channel::from_shared(format!("http://{grpc_addr}"))
             .expect("url")
             .connect()
@@ -386,29 +411,33 @@ async fn main() {
         channels.push(InterceptedService::new(channel, bearer.clone()));
     }
     let mut subscriptions = SubscriptionsClient::new(channels[0].clone());
-    let consumer = subscriptions
-        .create_consumer(proto::CreateConsumerRequest {
-            uid: "bench".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create consumer")
-        .into_inner()
-        .consumer
-        .expect("consumer");
-    subscriptions
-        .create_endpoint(proto::CreateEndpointRequest {
-            consumer_id: consumer.id.clone(),
-            url: format!("http://{receiver_addr}/hook"),
-            max_in_flight: args.max_in_flight,
-            ..Default::default()
-        })
-        .await
-        .expect("create endpoint");
+    let mut consumer_ids = Vec::with_capacity(args.consumers);
+    for index in 0..args.consumers {
+        let consumer = subscriptions
+            .create_consumer(proto::CreateConsumerRequest {
+                uid: format!("bench-{index}"),
+                ..Default::default()
+            })
+            .await
+            .expect("create consumer")
+            .into_inner()
+            .consumer
+            .expect("consumer");
+        subscriptions
+            .create_endpoint(proto::CreateEndpointRequest {
+                consumer_id: consumer.id.clone(),
+                url: format!("http://{receiver_addr}/hook"),
+                max_in_flight: args.max_in_flight,
+                ..Default::default()
+            })
+            .await
+            .expect("create endpoint");
+        consumer_ids.push(consumer.id);
+    }
 
     let publisher = Arc::new(Publisher {
         clients: channels.into_iter().map(EventsClient::new).collect(),
-        consumer_id: consumer.id,
+        consumer_ids,
         batch: args.batch,
         pad: "x".repeat(args.payload_pad),
     });
@@ -427,6 +456,7 @@ async fn main() {
     }
 
     // The measurement.
+    let costs_before = Costs::read(&database_url).await;
     let all_arrived = state.all_done.notified();
     let started = Instant::now();
     let mut call_latencies = if args.rate > 0 {
@@ -451,6 +481,7 @@ async fn main() {
         )
     };
     let end_to_end = last_arrival.map_or(Duration::ZERO, |at| at.duration_since(started));
+    let costs_after = Costs::read(&database_url).await;
     latencies.sort_unstable();
     call_latencies.sort_unstable();
     let calls: Vec<u64> = call_latencies
@@ -497,10 +528,28 @@ async fn main() {
         ms(latencies.last().copied().unwrap_or(0)),
     );
 
+    println!(
+        "nodes={} consumers={} (one endpoint each)",
+        args.nodes, args.consumers
+    );
+    if let (Some(before), Some(after)) = (costs_before, costs_after) {
+        let per_event =
+            |before: u64, after: u64| after.saturating_sub(before) as f64 / delivered.max(1) as f64;
+        println!(
+            "cost per delivered event: CPU herald {:.0} µs, postgres {:.0} µs; database commits {:.2}, rows written {:.2}, WAL {:.0} bytes",
+            per_event(before.herald_ticks, after.herald_ticks) * 1e6 / CLOCK_TICKS,
+            per_event(before.postgres_ticks, after.postgres_ticks) * 1e6 / CLOCK_TICKS,
+            per_event(before.commits, after.commits),
+            per_event(before.rows_written, after.rows_written),
+            per_event(before.wal_bytes, after.wal_bytes),
+        );
+    }
     shutdown.cancel();
-    match tokio::time::timeout(Duration::from_secs(30), server).await {
-        Ok(Ok(Ok(()))) => {}
-        other => eprintln!("Herald did not stop cleanly: {other:?}"),
+    for server in servers {
+        match tokio::time::timeout(Duration::from_secs(30), server).await {
+            Ok(Ok(Ok(()))) => {}
+            other => eprintln!("Herald did not stop cleanly: {other:?}"),
+        }
     }
     receiver_task.abort();
     if let Some(name) = postgres_name
@@ -515,4 +564,74 @@ async fn main() {
         eprintln!("not every event arrived within {deadline:?}");
         std::process::exit(1);
     }
+}
+
+/// `sysconf(_SC_CLK_TCK)` on Linux: `/proc` counts CPU time in these.
+const CLOCK_TICKS: f64 = 100.0;
+
+/// What the run cost: CPU of this process (Herald, the publishers and the
+/// receiver) and of every PostgreSQL process, and PostgreSQL's own counters.
+#[derive(Clone, Copy)]
+struct Costs {
+    herald_ticks: u64,
+    postgres_ticks: u64,
+    commits: u64,
+    rows_written: u64,
+    wal_bytes: u64,
+}
+
+impl Costs {
+    /// `None` on SQLite (only PostgreSQL's counters are read here).
+    async fn read(database_url: &str) -> Option<Costs> {
+        if !database_url.starts_with("postgres") {
+            return None;
+        }
+        // PostgreSQL publishes its statistics up to a second late.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let db = sea_orm::Database::connect(database_url).await.ok()?;
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT d.xact_commit::bigint AS commits, \
+                   (d.tup_inserted + d.tup_updated + d.tup_deleted)::bigint AS rows_written, \
+                   w.wal_bytes::bigint AS wal_bytes \
+                 FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database()",
+            ))
+            .await
+            .ok()??;
+        let _ = db.close().await;
+        let number = |name: &str| row.try_get::<i64>("", name).ok().map(|n| n.max(0) as u64);
+        Some(Costs {
+            herald_ticks: cpu_ticks("/proc/self/stat").unwrap_or(0),
+            postgres_ticks: postgres_ticks(),
+            commits: number("commits")?,
+            rows_written: number("rows_written")?,
+            wal_bytes: number("wal_bytes")?,
+        })
+    }
+}
+
+/// User plus system CPU time of one process, from its `stat` file.
+fn cpu_ticks(stat_path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+/// CPU time of every `postgres` process on this machine.
+fn postgres_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "postgres")
+        })
+        .filter_map(|entry| cpu_ticks(&entry.path().join("stat").to_string_lossy()))
+        .sum()
 }
