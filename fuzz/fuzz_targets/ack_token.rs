@@ -83,7 +83,7 @@ fn check_any(key: &AckKey, token: &str) {
     match parse_ack_token(key, FIELD, token) {
         Ok(delivery_id) => {
             let attempt = token
-                .splitn(3, ':')
+                .split(':')
                 .nth(1)
                 .and_then(|attempt| attempt.parse::<u32>().ok())
                 .unwrap_or_else(|| panic!("{token:?} accepted without an attempt"));
