@@ -256,6 +256,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+impl PublisherConfig {
+    /// `MAX_PAYLOAD_DEPTH`, reachable from outside the crate (`validate` is
+    /// private) so that the fuzz targets hold accepted payloads to the same
+    /// bound publishing does.
+    pub const MAX_PAYLOAD_DEPTH: usize = MAX_PAYLOAD_DEPTH;
+
+    /// The payload rules that need no database, in the order
+    /// `Validator::prepare` applies them to an event type without a schema:
+    /// size, nesting depth, JSON. Public so that the fuzz targets exercise the
+    /// very checks that guard publishing; `prepare` keeps its own sequence
+    /// because a schema replaces the JSON check.
+    pub fn check_payload(&self, field: &str, payload: &str) -> Result<()> {
+        check_payload_size(field, payload, self.max_payload_bytes)?;
+        check_payload_depth(field, payload)?;
+        check_json(field, payload)
+    }
+}
+
 fn check_payload_size(field: &str, payload: &str, limit: usize) -> Result<()> {
     if payload.is_empty() {
         return Err(Error::invalid(field, "is required (JSON text)"));

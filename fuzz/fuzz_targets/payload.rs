@@ -1,0 +1,108 @@
+//! Event payloads: the size, nesting and JSON checks that guard publishing.
+//!
+//! Input: the payload text.
+//!
+//! Invariants:
+//! - nothing panics, whatever the bytes (the depth scan has no recursion to
+//!   overflow), and a refusal names the field;
+//! - an accepted payload is non-empty, within the size limit, nests at
+//!   most `MAX_PAYLOAD_DEPTH` deep, and parses as a `serde_json::Value` (what
+//!   a schema check and receivers such as the client crate's verifier do
+//!   with it): the depth limit exists so that they never hit serde_json's
+//!   recursion limit (two known exceptions: see `GRAMMAR_ONLY`);
+//! - for JSON text the depth scan is exact: a payload that parses is
+//!   accepted exactly when it nests at most `MAX_PAYLOAD_DEPTH` deep;
+//! - one byte over the limit is refused for its size.
+#![no_main]
+
+use herald::domain::target::TargetPolicy;
+use herald::publish::PublisherConfig;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+const FIELD: &str = "payload";
+/// Why `serde_json::Value` may refuse what the JSON check accepts: the check
+/// (`serde::de::IgnoredAny`) reads the grammar only, so numbers beyond `f64`
+/// (`1e400`) and unpaired UTF-16 surrogate escapes (`"\ud800"`) pass it.
+/// Both are valid JSON text that serde_json-based receivers, the client
+/// crate's verifier among them, cannot read; they are reported rather than
+/// ruled on here. Any other disagreement, the recursion limit above all, is
+/// a finding.
+const GRAMMAR_ONLY: [&str; 3] = [
+    "number out of range",
+    "lone leading surrogate in hex escape",
+    "unexpected end of hex escape",
+];
+/// The server's default (`--max-payload-bytes`); inputs stay far below it,
+/// so the size rule is tested with a limit made to fit each input.
+const DEFAULT_LIMIT: usize = 256 * 1024;
+
+fuzz_target!(|data: &[u8]| {
+    let payload = String::from_utf8_lossy(data);
+    if payload.len() > DEFAULT_LIMIT {
+        return;
+    }
+    let checked = config(DEFAULT_LIMIT).check_payload(FIELD, &payload);
+    let parsed = serde_json::from_str::<Value>(&payload);
+
+    match (&checked, &parsed) {
+        (Ok(()), Ok(value)) => {
+            let depth = depth(value);
+            assert!(
+                depth <= PublisherConfig::MAX_PAYLOAD_DEPTH,
+                "accepted at depth {depth}"
+            );
+        }
+        (Ok(()), Err(error)) => {
+            let message = error.to_string();
+            assert!(
+                GRAMMAR_ONLY.iter().any(|known| message.starts_with(known)),
+                "accepted, but serde_json refuses it: {message}"
+            );
+        }
+        (Err(refusal), Ok(value)) => {
+            let depth = depth(value);
+            assert!(
+                depth > PublisherConfig::MAX_PAYLOAD_DEPTH,
+                "JSON of depth {depth} refused: {refusal}"
+            );
+        }
+        (Err(_), Err(_)) => {}
+    }
+    if let Err(refusal) = &checked {
+        let message = refusal.to_string();
+        assert!(message.starts_with("payload: "), "{message}");
+    }
+
+    if !payload.is_empty() {
+        let tight = config(payload.len() - 1).check_payload(FIELD, &payload);
+        match tight {
+            Err(refusal) => assert!(refusal.to_string().contains("over the limit"), "{refusal}"),
+            Ok(()) => panic!("{} bytes accepted under a limit of one less", payload.len()),
+        }
+        let exact = config(payload.len()).check_payload(FIELD, &payload);
+        assert_eq!(
+            format!("{exact:?}"),
+            format!("{checked:?}"),
+            "the limit is inclusive"
+        );
+    }
+});
+
+fn config(max_payload_bytes: usize) -> PublisherConfig {
+    PublisherConfig {
+        max_payload_bytes,
+        target_policy: TargetPolicy::default(),
+        max_pending_fan_outs: 0,
+    }
+}
+
+/// Levels of arrays and objects; serde_json's own limit (128) bounds the
+/// recursion.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
