@@ -43,6 +43,18 @@ impl TargetPolicy {
         }
         let url = Url::parse(raw)
             .map_err(|err| Error::invalid(field, format!("is not a valid URL ({err})")))?;
+        // What is stored and shown is the URL as serialized: percent-encoding
+        // can make it three times longer, and a stored URL too long to send
+        // back (UpdateEndpoint) would be a trap.
+        if url.as_str().len() > MAX_URL_LENGTH {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "must be at most {MAX_URL_LENGTH} characters once percent-encoded (it is {})",
+                    url.as_str().len()
+                ),
+            ));
+        }
         self.check_url(field, &url)?;
         Ok(url)
     }
@@ -182,6 +194,21 @@ mod tests {
 
     fn policy() -> TargetPolicy {
         TargetPolicy::default()
+    }
+
+    #[test]
+    fn urls_are_limited_as_stored_not_only_as_given() {
+        let given = format!("https://example.com/{}", "é".repeat(1000));
+        assert!(given.len() <= MAX_URL_LENGTH);
+        let err = policy()
+            .parse_url("url", &given)
+            .expect_err("6,020 characters once encoded");
+        assert!(err.to_string().contains("once percent-encoded"), "{err}");
+        let fits = format!("https://example.com/{}", "é".repeat(300));
+        let url = policy().parse_url("url", &fits).expect("under the limit");
+        assert!(url.as_str().len() <= MAX_URL_LENGTH);
+        // What was stored is accepted again as it is.
+        assert!(policy().parse_url("url", url.as_str()).is_ok());
     }
 
     #[test]

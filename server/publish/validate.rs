@@ -331,10 +331,78 @@ fn check_payload_depth(field: &str, payload: &str) -> Result<()> {
 }
 
 /// Checks that `payload` is one JSON value, without building it.
+/// The payload is JSON that every JSON parser reads as a value: the grammar
+/// alone (what `IgnoredAny` checks) lets through numbers beyond a double
+/// (`1e400`) and unpaired UTF-16 surrogate escapes (`"\ud800"`), which a
+/// schema check, the client crate's verifier and most receivers refuse.
+/// Checked without building the value (payloads are up to megabytes); the
+/// depth limit, checked before, bounds the recursion.
 fn check_json(field: &str, payload: &str) -> Result<()> {
-    serde_json::from_str::<serde::de::IgnoredAny>(payload)
+    serde_json::from_str::<Readable>(payload)
         .map(|_| ())
         .map_err(|err| Error::invalid(field, format!("is not valid JSON ({err})")))
+}
+
+/// A JSON value read the way a `serde_json::Value` is (numbers as numbers,
+/// strings unescaped), then dropped.
+struct Readable;
+
+impl<'de> serde::Deserialize<'de> for Readable {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(ReadableVisitor)
+    }
+}
+
+struct ReadableVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ReadableVisitor {
+    type Value = Readable;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Readable, A::Error> {
+        while seq.next_element::<Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Readable, A::Error> {
+        while map.next_entry::<Readable, Readable>()?.is_some() {}
+        Ok(Readable)
+    }
 }
 
 fn check_against_schema(
@@ -391,6 +459,29 @@ mod tests {
         for bad in ["{", "{} {}", "nope", "{'a': 1}"] {
             let err = check_json("events[2].payload", bad).expect_err(bad);
             assert!(err.to_string().starts_with("events[2].payload: "), "{err}");
+        }
+        // Grammatical, but no JSON value: what a schema check or a receiver
+        // parsing the body would refuse (found by the payload fuzz target).
+        for unreadable in [
+            "1e400",
+            r#"{"a": -1e400}"#,
+            r#""\ud800""#,
+            r#"["\ud800x"]"#,
+            r#"{"\udc00": 1}"#,
+        ] {
+            let err = check_json("payload", unreadable).expect_err(unreadable);
+            assert!(err.to_string().contains("not valid JSON"), "{err}");
+        }
+        for readable in [
+            "1e300",
+            "-0",
+            "18446744073709551615",
+            "-9223372036854775808",
+            r#""\ud83d\ude00""#,
+            r#"{"a": [null, true, 1.5, "x"]}"#,
+        ] {
+            assert!(check_json("payload", readable).is_ok(), "{readable}");
+            assert!(serde_json::from_str::<serde_json::Value>(readable).is_ok());
         }
     }
 
