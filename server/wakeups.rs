@@ -164,7 +164,15 @@ pub async fn listen(db: Database, node: LeaseOwner, hear: Arc<dyn Hear>, stop: C
     if db.conn.get_database_backend() != DatabaseBackend::Postgres {
         return;
     }
-    let pool = db.conn.get_postgres_connection_pool().clone();
+    // A connection of its own, outside the pools: listening holds it for
+    // good, and the main pool's connections are what publishing waits for.
+    let options = db.conn.get_postgres_connection_pool().connect_options();
+    let pool = sea_orm::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with((*options).clone());
     let mut backoff = Duration::from_millis(100);
     loop {
         let connected = async {

@@ -59,7 +59,9 @@ pub(crate) fn vanished_or(err: sea_orm::DbErr, what: &str, id: &str) -> Error {
 const MAIN_POOL: u32 = 16;
 const QUEUE_POOL: u32 = 4;
 /// The most database connections (so descriptors) a node opens.
-pub const MAX_DATABASE_CONNECTIONS: usize = (MAIN_POOL + QUEUE_POOL) as usize;
+pub const MAX_DATABASE_CONNECTIONS: usize = (MAIN_POOL + QUEUE_POOL) as usize + LISTENER;
+/// The connection that listens for other nodes' wake-ups (`crate::wakeups`).
+const LISTENER: usize = 1;
 
 /// A migrated connection pool, plus (on SQLite) the lock that keeps a second
 /// Herald process away from the same file.
