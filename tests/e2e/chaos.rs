@@ -29,7 +29,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -371,27 +370,17 @@ async fn start_node(database_url: &str) -> (HeraldProcess, EventsClient<Authed>)
     let url = database_url.to_owned();
     let process = tokio::task::spawn_blocking(move || {
         let schedule = vec![RETRY_STEP; RETRY_STEPS].join(",");
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-        command
-            .env_remove("HERALD_ADMIN_TOKEN")
-            .env_remove("HERALD_DATABASE_URL")
-            .args([
-                "serve",
-                "--database-url",
-                &url,
-                "--admin-token",
-                ADMIN_TOKEN,
-                "--allow-http",
-                "--allow-target-cidr",
-                "127.0.0.0/8",
+        let command = HeraldProcess::serve_command(
+            &url,
+            &[
                 "--retry-schedule",
                 &schedule,
                 "--request-timeout",
                 REQUEST_TIMEOUT,
                 "--lease",
                 LEASE,
-            ])
-            .stdout(Stdio::null());
+            ],
+        );
         HeraldProcess::spawn(command)
     })
     .await

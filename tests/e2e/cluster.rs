@@ -16,22 +16,7 @@ const SECOND: Duration = Duration::from_secs(1);
 
 /// Starts a node on `database_url` and connects a client to it.
 async fn node(database_url: &str, extra: &[&str]) -> (HeraldProcess, Herald) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    command
-        .env_remove("HERALD_ADMIN_TOKEN")
-        .env_remove("HERALD_DATABASE_URL")
-        .args([
-            "serve",
-            "--database-url",
-            database_url,
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--allow-http",
-            "--allow-target-cidr",
-            "127.0.0.0/8",
-        ])
-        .args(extra)
-        .stdout(std::process::Stdio::null());
+    let command = HeraldProcess::serve_command(database_url, extra);
     let process = tokio::task::spawn_blocking(move || HeraldProcess::spawn(command))
         .await
         .expect("start herald");
@@ -83,6 +68,18 @@ async fn every_event(receiver: &Receiver, count: u64, deadline: Duration) {
         (distinct.len() == count as usize).then_some(())
     })
     .await;
+}
+
+/// Publishes `{"n": n}` and returns once it is answered and a few
+/// milliseconds have passed: order across nodes is defined to the
+/// millisecond of the events' ids (see the ordered test).
+async fn publish_in_order(client: &Herald, consumer: &str, n: u64) {
+    client
+        .publish(consumer, "cluster.test", serde_json::json!({ "n": n }))
+        .send()
+        .await
+        .expect("publish");
+    tokio::time::sleep(Duration::from_millis(3)).await;
 }
 
 /// Publishes `count` events (`{"n": 0…}`) round-robin over the nodes,
@@ -214,16 +211,7 @@ async fn an_ordered_endpoint_receives_in_publish_order_from_every_node() {
         .expect("ordered endpoint");
     for n in 0..EVENTS {
         let (_, client) = &nodes[(n % 3) as usize];
-        client
-            .publish(
-                "cluster-ordered",
-                "cluster.test",
-                serde_json::json!({ "n": n }),
-            )
-            .send()
-            .await
-            .expect("publish");
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        publish_in_order(client, "cluster-ordered", n).await;
     }
     every_event(&receiver, EVENTS, 30 * SECOND).await;
     assert_eq!(
@@ -280,16 +268,7 @@ async fn killing_the_owner_stalls_an_endpoint_no_longer_than_its_lease() {
             killed_at = Some(tokio::time::Instant::now());
         }
         let (_, client) = &others[(n % 2) as usize];
-        client
-            .publish(
-                "cluster-takeover",
-                "cluster.test",
-                serde_json::json!({ "n": n }),
-            )
-            .send()
-            .await
-            .expect("publish");
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        publish_in_order(client, "cluster-takeover", n).await;
     }
     let killed_at = killed_at.expect("killed");
     every_event(&receiver, EVENTS, LEASE * 4).await;

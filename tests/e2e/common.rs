@@ -375,6 +375,29 @@ pub struct HeraldProcess {
 }
 
 impl HeraldProcess {
+    /// `herald serve` on `database_url` with the test admin token, plain
+    /// HTTP to 127.0.0.1 allowed, the environment's Herald settings
+    /// removed, and `extra` flags; for [`HeraldProcess::spawn`].
+    pub fn serve_command(database_url: &str, extra: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .env_remove("HERALD_ADMIN_TOKEN")
+            .env_remove("HERALD_DATABASE_URL")
+            .args([
+                "serve",
+                "--database-url",
+                database_url,
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--allow-http",
+                "--allow-target-cidr",
+                "127.0.0.0/8",
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::null());
+        command
+    }
+
     /// Starts `command` (the binary with `serve` and its flags), adding the
     /// port-0 addresses, and waits for it to say where it serves. Its log
     /// goes to the test's stderr.

@@ -1,7 +1,6 @@
 //! Crash recovery with the real `herald` binary: events committed while the
 //! receiver is down are delivered after a `kill -9` and a restart.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -14,28 +13,19 @@ use crate::receiver::{Receiver, Reply};
 both_backends!(acknowledged_events_survive_kill_9);
 
 fn spawn_herald(database_url: &str) -> HeraldProcess {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    command
-        .args([
-            "serve",
-            "--database-url",
-            database_url,
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--allow-http",
-            "--allow-target-cidr",
-            "127.0.0.0/8",
+    HeraldProcess::spawn(HeraldProcess::serve_command(
+        database_url,
+        &[
             "--retry-schedule",
             "300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms",
             "--request-timeout",
             "2s",
-            // A short lease (hidden flag): the killed node's work resumes
-            // after 5 s rather than the default 60 s.
+            // A short lease: the killed node's work resumes after 5 s
+            // rather than the default 60 s.
             "--lease",
             "5s",
-        ])
-        .stdout(Stdio::null());
-    HeraldProcess::spawn(command)
+        ],
+    ))
 }
 
 #[derive(Clone)]

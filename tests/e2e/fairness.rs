@@ -789,18 +789,7 @@ async fn the_resident_set_stays_bounded_under_readers_that_do_not_read() {
     const MIB: u64 = 1024 * 1024;
     let dir = tempfile::tempdir().expect("temp dir");
     let database = format!("sqlite://{}", dir.path().join("herald.db").display());
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    command
-        .env_remove("HERALD_ADMIN_TOKEN")
-        .env_remove("HERALD_DATABASE_URL")
-        .args([
-            "serve",
-            "--database-url",
-            &database,
-            "--admin-token",
-            ADMIN_TOKEN,
-        ])
-        .stdout(std::process::Stdio::null());
+    let command = crate::common::HeraldProcess::serve_command(&database, &[]);
     let process = tokio::task::spawn_blocking(move || crate::common::HeraldProcess::spawn(command))
         .await
         .expect("start herald");
