@@ -52,7 +52,9 @@ impl Dispatcher {
     }
 
     /// Publishing left deliveries of these endpoints in the database,
-    /// unleased: their workers wake the sweep once they have room.
+    /// unleased: their workers wake the sweep once they have room (and,
+    /// where nodes share the queue, the handoff wakes it at once, for
+    /// endpoints this node does not own).
     pub fn left_for_sweep(&self, endpoint_ids: impl IntoIterator<Item = EndpointId>) {
         self.shared.mark_overflowed(endpoint_ids);
     }

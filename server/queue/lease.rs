@@ -50,6 +50,11 @@ impl LeasePolicy {
         self.request_timeout_millis
     }
 
+    /// How long a node's claim lasts, in milliseconds.
+    pub fn webhook_ms(&self) -> i64 {
+        self.webhook_millis
+    }
+
     /// When a node's claim taken at `now` lapses.
     pub fn webhook_expiry(&self, now: i64) -> i64 {
         now.saturating_add(self.webhook_millis)

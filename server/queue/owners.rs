@@ -4,8 +4,8 @@
 //!
 //! The owner is named in `endpoint_owners` under a lease (the webhook lease
 //! of [`LeasePolicy`]). A node takes an endpoint when it has due work and no
-//! live owner, renews it while its worker there has work, and lets it lapse
-//! otherwise; another node takes a lapsed one over. The fence: a node starts
+//! live owner, renews it while it has a worker for it (workers retire after
+//! two idle minutes), and lets it lapse otherwise; another node takes a lapsed one over. The fence: a node starts
 //! a request only while its ownership has more than the request timeout to
 //! run, so every request of an old owner has ended before a new owner can
 //! exist, and the deliveries it still leased are the new owner's to take.
@@ -70,7 +70,7 @@ impl Queue {
         may_start(expires_at, now, self.lease.request_timeout_ms())
     }
 
-    /// Renews this node's ownership of `busy` (its endpoints with work here)
+    /// Renews this node's ownership of `busy` (its endpoints with a worker)
     /// where due, takes over endpoints with due work and no live owner, and
     /// forgets the rest: after it, [`Queue::may_send`] answers for what the
     /// database says. Returns the endpoints newly taken. Nothing on SQLite.
@@ -78,7 +78,7 @@ impl Queue {
         let Some(sql) = &self.sql().own_endpoints else {
             return Ok(Vec::new());
         };
-        let lease_ms = self.lease.webhook_expiry(now) - now;
+        let lease_ms = self.lease.webhook_ms();
         let renew: Vec<EndpointId> = {
             let expiries = self
                 .owned
@@ -101,7 +101,7 @@ impl Queue {
                 sql,
                 vec![
                     self.node.as_str().into(),
-                    (now + lease_ms).into(),
+                    self.lease.webhook_expiry(now).into(),
                     id_list(&renew)?,
                     now.into(),
                     TAKE_PER_SWEEP.into(),
