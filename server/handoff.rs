@@ -174,6 +174,7 @@ impl Handoff {
             self.streams.wake([endpoint_id]);
             self.wakeups.tell([Notice::Stream(endpoint_id.clone())]);
         } else {
+            self.dispatcher.left_for_sweep(vec![endpoint_id.clone()]);
             self.dispatcher.wake_sweep();
             self.wakeups.tell([Notice::Webhooks]);
         }

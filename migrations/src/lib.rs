@@ -22,6 +22,7 @@ mod m20261201_000004_server_secrets;
 mod m20261201_000005_fan_outs;
 mod m20261201_000006_stream_deliveries_not_due;
 mod m20261202_000007_endpoint_owners;
+mod m20261203_000008_claim_indexes;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_fan_outs::Migration),
             Box::new(m20261201_000006_stream_deliveries_not_due::Migration),
             Box::new(m20261202_000007_endpoint_owners::Migration),
+            Box::new(m20261203_000008_claim_indexes::Migration),
         ]
     }
 }

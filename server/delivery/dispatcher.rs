@@ -55,7 +55,10 @@ impl Dispatcher {
     /// unleased: their workers wake the sweep once they have room (and,
     /// where nodes share the queue, the handoff wakes it at once, for
     /// endpoints this node does not own).
-    pub fn left_for_sweep(&self, endpoint_ids: impl IntoIterator<Item = EndpointId>) {
+    pub fn left_for_sweep(&self, endpoint_ids: Vec<EndpointId>) {
+        if self.shared.queue.shared() {
+            self.shared.hint(endpoint_ids.iter().cloned());
+        }
         self.shared.mark_overflowed(endpoint_ids);
     }
 
@@ -69,6 +72,12 @@ impl Dispatcher {
     /// the next delivery reads it again.
     pub fn forget_endpoint(&self, endpoint_id: &str) {
         self.shared.cache.forget_endpoint(endpoint_id);
+    }
+
+    /// A publish read these endpoints' `updated_at`: cached copies of
+    /// another version are dropped.
+    pub fn endpoints_read<'a>(&self, read: impl Iterator<Item = (&'a str, i64)>) {
+        self.shared.cache.forget_changed(read);
     }
 
     /// A consumer's callback secret changed or the consumer is gone.

@@ -32,6 +32,8 @@ pub struct EndpointConfig {
     pub rate_limit: u32,
     pub max_in_flight: usize,
     pub ordered: bool,
+    /// The row's `updated_at` when loaded (changes and rotations set it).
+    pub updated_at: i64,
     /// Current and not yet expired rotated secrets, newest first, with expiry.
     secrets: Vec<(SigningSecret, Option<i64>)>,
 }
@@ -93,6 +95,7 @@ impl EndpointCache {
                         Ok(limit) => limit,
                     },
                     ordered: row.ordered,
+                    updated_at: row.updated_at,
                     url: row.url,
                     secrets: secrets
                         .into_iter()
@@ -122,6 +125,26 @@ impl EndpointCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(endpoint_id);
+    }
+
+    /// Drops the entries of endpoints whose `updated_at`, as just read from
+    /// the database, is not the cached one's.
+    pub fn forget_changed<'a>(&self, read: impl Iterator<Item = (&'a str, i64)>) {
+        let mut endpoints = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (endpoint_id, updated_at) in read {
+            let changed = endpoints.get(endpoint_id).is_some_and(|entry| {
+                entry
+                    .value
+                    .as_ref()
+                    .is_none_or(|config| config.updated_at != updated_at)
+            });
+            if changed {
+                endpoints.remove(endpoint_id);
+            }
+        }
     }
 
     /// Drops a consumer's callback secret.

@@ -148,6 +148,12 @@ impl Engine {
     }
 }
 
+/// How often lapsed leases, and work no hint announced, are looked for. A
+/// lease lapses only when its holder died or could not renew for most of a
+/// lease, so a second's delay on top is nothing; looking costs an index
+/// probe, and a few hundred for unowned work.
+const LAPSE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// At start and every `sweep_interval` (or when woken): claim due
 /// deliveries and route them; now and then update the queue-depth gauge and
 /// renew the leases of work held in memory.
@@ -156,7 +162,21 @@ async fn sweep(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_gauge = tokio::time::Instant::now() - Duration::from_secs(60);
     let mut last_renewal = tokio::time::Instant::now();
+    let mut last_lapse_check = tokio::time::Instant::now();
     let renew_every = shared.queue.renew_every();
+    // Claims take only free rows: what an earlier run left leased is freed
+    // first.
+    match shared.queue.release_leftovers(now_millis()).await {
+        Ok(endpoints) if endpoints.is_empty() => {}
+        Ok(endpoints) => {
+            tracing::info!(
+                endpoints = endpoints.len(),
+                "freed leases left by an earlier run"
+            );
+            shared.hint(endpoints);
+        }
+        Err(err) => tracing::warn!(error = %err, "freeing leases left by an earlier run failed"),
+    }
     loop {
         tokio::select! {
             () = shared.stopping.cancelled() => break,
@@ -172,6 +192,26 @@ async fn sweep(shared: Arc<Shared>) {
                     tracing::warn!(error = %err, "claiming due deliveries failed");
                     break;
                 }
+            }
+        }
+        if last_lapse_check.elapsed() >= LAPSE_CHECK_EVERY {
+            last_lapse_check = tokio::time::Instant::now();
+            match shared.queue.release_lapsed(now_millis()).await {
+                Ok(endpoints) if endpoints.is_empty() => {}
+                Ok(endpoints) => {
+                    tracing::info!(endpoints = endpoints.len(), "freed lapsed leases");
+                    shared.hint(endpoints);
+                    shared.sweep_now.notify_one();
+                }
+                Err(err) => tracing::warn!(error = %err, "freeing lapsed leases failed"),
+            }
+            match shared.queue.look_for_unowned(now_millis()).await {
+                Ok(unowned) if unowned.is_empty() => {}
+                Ok(unowned) => {
+                    shared.hint(unowned);
+                    shared.sweep_now.notify_one();
+                }
+                Err(err) => tracing::warn!(error = %err, "looking for unowned work failed"),
             }
         }
         if last_gauge.elapsed() >= Duration::from_secs(5) {

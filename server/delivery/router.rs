@@ -69,7 +69,7 @@ pub(super) async fn claim_once(shared: &Arc<Shared>) -> Result<usize> {
     let now = now_millis();
     let taken = shared
         .queue
-        .own_endpoints(&shared.endpoint_workers(), now)
+        .own_endpoints(&shared.endpoint_workers(), &shared.take_hints(), now)
         .await?;
     if !taken.is_empty() {
         tracing::debug!(count = taken.len(), "took ownership of endpoints");
@@ -80,7 +80,12 @@ pub(super) async fn claim_once(shared: &Arc<Shared>) -> Result<usize> {
     }
     let claimed = shared
         .queue
-        .claim_due(now, limit, &shared.congested_endpoints(2))
+        .claim_due(
+            now,
+            limit,
+            (shared.settings.worker_queue / 2).max(1) as u64,
+            &shared.congested_endpoints(2),
+        )
         .await?;
     let count = claimed.len();
     for claimed in claimed {

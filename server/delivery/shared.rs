@@ -41,6 +41,11 @@ pub(super) struct Shared {
     /// publishing). Their worker wakes the sweep once it has room again,
     /// rather than idle until the next tick.
     overflowed: Mutex<HashSet<EndpointId>>,
+    /// Endpoints this node left unleased work for, which may have no owner
+    /// yet (PostgreSQL): the next sweep looks at them for taking
+    /// (`Queue::own_endpoints`). Bounded: past the bound, the slow look
+    /// for unowned work finds the rest.
+    hints: Mutex<HashSet<EndpointId>>,
     /// Wakes the sweep before its next tick.
     pub sweep_now: Notify,
     pub releases_ready: Notify,
@@ -49,6 +54,9 @@ pub(super) struct Shared {
     /// Set as shutdown begins: in-flight requests are abandoned after this.
     pub stop_deadline: OnceLock<Instant>,
 }
+
+/// At most this many hints wait for the next sweep.
+const MAX_HINTS: usize = 10_000;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -77,6 +85,7 @@ impl Shared {
             writer,
             releases: Mutex::new(Vec::new()),
             overflowed: Mutex::new(HashSet::new()),
+            hints: Mutex::new(HashSet::new()),
             sweep_now: Notify::new(),
             releases_ready: Notify::new(),
             stopping: CancellationToken::new(),
@@ -88,6 +97,22 @@ impl Shared {
     /// in their worker's queue.
     pub fn mark_overflowed(&self, endpoint_ids: impl IntoIterator<Item = EndpointId>) {
         lock(&self.overflowed).extend(endpoint_ids);
+    }
+
+    /// Notes endpoints that may have work and no owner (see `hints`).
+    pub fn hint(&self, endpoint_ids: impl IntoIterator<Item = EndpointId>) {
+        let mut hints = lock(&self.hints);
+        for endpoint_id in endpoint_ids {
+            if hints.len() >= MAX_HINTS {
+                break;
+            }
+            hints.insert(endpoint_id);
+        }
+    }
+
+    /// The hints noted since the last call.
+    pub fn take_hints(&self) -> Vec<EndpointId> {
+        lock(&self.hints).drain().collect()
     }
 
     /// Called by a worker whose queue has room again: if deliveries of its

@@ -257,6 +257,13 @@ impl Committer {
                 .flat_map(|job| job.iter().map(|p| p.consumer_id.clone())),
         );
         let (existing, fan_out) = store::consumers_and_endpoints(conn, &consumer_ids).await?;
+        // An endpoint changed since this node cached it (on another node,
+        // whose notice may not have arrived yet) is read again before this
+        // group's deliveries go out: a change answered before a publish
+        // began applies to its deliveries.
+        self.handoff
+            .dispatcher()
+            .endpoints_read(fan_out.iter().map(|row| (row.id.as_str(), row.updated_at)));
         let pairs: Vec<(String, String)> = distinct(jobs.iter().flat_map(|job| {
             job.iter().filter_map(|p| {
                 p.idempotency_key

@@ -28,6 +28,9 @@ pub struct FanOutEndpoint {
     /// The stored filter: a JSON list of patterns.
     pub event_types: String,
     pub ordered: bool,
+    /// When the endpoint (or its secrets) last changed: the hot path's
+    /// check that the delivering node's cached copy is not older.
+    pub updated_at: i64,
 }
 
 /// Which of `ids` name existing consumers, and their enabled endpoints, in
@@ -45,7 +48,8 @@ pub async fn consumers_and_endpoints(
         .query_all_raw(statement(
             backend,
             &format!(
-                "SELECT c.id AS consumer_id, e.id AS endpoint_id, e.kind, e.event_types, e.ordered \
+                "SELECT c.id AS consumer_id, e.id AS endpoint_id, e.kind, e.event_types, e.ordered, \
+                   e.updated_at \
                  FROM consumers c \
                  LEFT JOIN endpoints e ON e.consumer_id = c.id AND e.enabled \
                  WHERE c.id IN ({}) \
@@ -66,6 +70,7 @@ pub async fn consumers_and_endpoints(
                 kind: row.try_get("", "kind")?,
                 event_types: row.try_get("", "event_types")?,
                 ordered: row.try_get("", "ordered")?,
+                updated_at: row.try_get("", "updated_at")?,
             });
         }
         consumers.insert(consumer_id);

@@ -60,6 +60,8 @@ pub struct Queue {
     lease: LeasePolicy,
     /// The endpoints this node owns (`owners.rs`), shared by its clones.
     owned: Arc<owners::Owned>,
+    /// Where the next claim's walk over endpoints starts (`webhook.rs`).
+    claim_cursor: Arc<std::sync::Mutex<String>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -87,6 +89,7 @@ impl Queue {
             node: LeaseOwner::generate(),
             lease,
             owned: Arc::default(),
+            claim_cursor: Arc::default(),
         }
     }
 

@@ -26,10 +26,15 @@ use sea_orm::ConnectionTrait;
 /// At most this many unowned endpoints are taken per sweep.
 const TAKE_PER_SWEEP: i64 = 100;
 
-/// What this node owns, as last written: endpoint → lease expiry (ms).
+/// Endpoints with free work looked at per [`Queue::look_for_unowned`].
+const WALK_PER_LOOK: i64 = 256;
+
+/// What this node owns, as last written: endpoint → lease expiry (ms); and
+/// where the next look for unowned work goes on.
 #[derive(Debug, Default)]
 pub struct Owned {
     expiries: Mutex<HashMap<EndpointId, i64>>,
+    look_from: Mutex<String>,
 }
 
 /// Whether a node that owns an endpoint until `expires_at` may start a
@@ -74,7 +79,17 @@ impl Queue {
     /// where due, takes over endpoints with due work and no live owner, and
     /// forgets the rest: after it, [`Queue::may_send`] answers for what the
     /// database says. Returns the endpoints newly taken. Nothing on SQLite.
-    pub async fn own_endpoints(&self, busy: &[EndpointId], now: i64) -> Result<Vec<EndpointId>> {
+    ///
+    /// The endpoints looked at for taking are `hints` (where this node left
+    /// work it does not own: it publishes to them) and those whose owner's
+    /// lease lapsed within the last lease (a node died or stopped): never a
+    /// scan of the queue. [`Queue::look_for_unowned`] finds the rest.
+    pub async fn own_endpoints(
+        &self,
+        busy: &[EndpointId],
+        hints: &[EndpointId],
+        now: i64,
+    ) -> Result<Vec<EndpointId>> {
         let Some(sql) = &self.sql().own_endpoints else {
             return Ok(Vec::new());
         };
@@ -105,6 +120,8 @@ impl Queue {
                     id_list(&renew)?,
                     now.into(),
                     TAKE_PER_SWEEP.into(),
+                    id_list(hints)?,
+                    now.saturating_sub(lease_ms).into(),
                 ],
             ))
             .await?;
@@ -115,26 +132,80 @@ impl Queue {
                 row.try_get::<i64>("", "expires_at")?,
             ));
         }
-        let mut expiries = self
-            .owned
-            .expiries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Lapsed ownerships are gone: another node may hold them now.
-        expiries.retain(|_, expires_at| *expires_at > now);
-        // What was to be renewed and was not belongs to someone else.
-        for id in &renew {
-            if !written.iter().any(|(written, _)| written == id) {
-                expiries.remove(id);
+        let taken = {
+            let mut expiries = self
+                .owned
+                .expiries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Lapsed ownerships are gone: another node may hold them now.
+            expiries.retain(|_, expires_at| *expires_at > now);
+            // What was to be renewed and was not belongs to someone else.
+            for id in &renew {
+                if !written.iter().any(|(written, _)| written == id) {
+                    expiries.remove(id);
+                }
             }
-        }
-        let mut taken = Vec::new();
-        for (id, expires_at) in written {
-            if expiries.insert(id.clone(), expires_at).is_none() {
-                taken.push(id);
+            let mut taken = Vec::new();
+            for (id, expires_at) in written {
+                if expiries.insert(id.clone(), expires_at).is_none() {
+                    taken.push(id);
+                }
             }
+            taken
+        };
+        if !taken.is_empty() {
+            // What the former owners still lease is theirs no more: they
+            // are fenced, and the claim takes only free rows.
+            self.db
+                .conn
+                .execute_raw(self.statement(
+                    &self.sql().release_others,
+                    vec![id_list(&taken)?, self.node.as_str().into()],
+                ))
+                .await?;
         }
         Ok(taken)
+    }
+
+    /// Walks on through the endpoints with free work (a few hundred per
+    /// call, going round) and returns those nobody owns: work no hint
+    /// announced, such as what a node that crashed right after its commit
+    /// left behind. Nothing on SQLite.
+    pub async fn look_for_unowned(&self, now: i64) -> Result<Vec<EndpointId>> {
+        let Some(sql) = &self.sql().find_unowned else {
+            return Ok(Vec::new());
+        };
+        let from = self
+            .owned
+            .look_from
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let rows = self
+            .db
+            .conn
+            .query_all_raw(self.statement(sql, vec![from.into(), WALK_PER_LOOK.into(), now.into()]))
+            .await?;
+        let walked = rows.len();
+        let mut last = String::new();
+        let mut unowned = Vec::new();
+        for row in rows {
+            last = row.try_get::<String>("", "endpoint_id")?;
+            if row.try_get::<bool>("", "takeable")? {
+                unowned.push(EndpointId::from_stored(last.clone()));
+            }
+        }
+        // A short walk reached the end: the next one starts over.
+        if (walked as i64) < WALK_PER_LOOK {
+            last.clear();
+        }
+        *self
+            .owned
+            .look_from
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = last;
+        Ok(unowned)
     }
 
     /// Gives up this node's endpoints (a stopping node), so that another
@@ -150,7 +221,13 @@ impl Queue {
             .clear();
         self.db
             .conn
-            .execute_raw(self.statement(sql, vec![self.node.as_str().into()]))
+            .execute_raw(self.statement(
+                sql,
+                vec![
+                    self.node.as_str().into(),
+                    crate::domain::time::now_millis().saturating_sub(1).into(),
+                ],
+            ))
             .await?;
         Ok(())
     }

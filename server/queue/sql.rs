@@ -27,12 +27,25 @@ const SUCCEEDED: &str = DeliveryStatus::Succeeded.as_str();
 const FAILED: &str = DeliveryStatus::Failed.as_str();
 
 /// The queue's statements in one dialect.
-pub(super) struct Statements {
+pub struct Statements {
     /// `$1` deliveries (JSON rows).
     pub enqueue: String,
     /// `$1` owner, `$2` lease expiry, `$3` now, `$4` limit, `$5` endpoints
-    /// to skip (JSON list).
+    /// to skip (JSON list), `$6` the endpoint after which the walk starts
+    /// (`''`: the first), `$7` rows per endpoint at most.
     pub claim_due: String,
+    /// `$1` now: frees webhook leases that lapsed (a node died, or stopped
+    /// renewing), so that the claim finds them in `deliveries_ready`.
+    /// Returns their endpoints.
+    pub release_lapsed: String,
+    /// `$1` owner: frees every webhook lease of another owner. SQLite at
+    /// start, where any other owner is an earlier run of the same file.
+    /// Returns their endpoints.
+    pub release_leftovers: String,
+    /// `$1` endpoint ids (JSON list), `$2` owner: frees the webhook leases
+    /// other nodes hold on endpoints this node has just taken (they are
+    /// fenced, see `owners.rs`).
+    pub release_others: String,
     /// `$1` owner, `$2` lease expiry, `$3` endpoint, `$4` limit, `$5` now.
     pub claim_ordered_backlog: String,
     /// `$1` ids (JSON list), `$2` owner, `$3` new expiry.
@@ -90,13 +103,19 @@ pub(super) struct Statements {
     pub pending_fan_outs: String,
     /// PostgreSQL only (`owners.rs`): `$1` owner, `$2` expiry, `$3` endpoints
     /// to renew (JSON list), `$4` now, `$5` how many unowned endpoints with
-    /// due work to take. Returns what this node owns of them, with expiry.
+    /// due work to take, `$6` endpoints worth a look (JSON list), `$7` the
+    /// earliest lapse to look at (ownerships that lapsed since are looked at
+    /// too). Returns what this node owns of them, with expiry.
     pub own_endpoints: Option<String>,
-    /// PostgreSQL only: `$1` owner; gives its endpoints up.
+    /// PostgreSQL only: `$1` the endpoint after which to walk, `$2` how many
+    /// endpoints to walk, `$3` now: the endpoints with free work in id
+    /// order, and whether each is takeable (no live owner, due work).
+    pub find_unowned: Option<String>,
+    /// PostgreSQL only: `$1` owner, `$2` a time past: gives its endpoints up.
     pub disown_endpoints: Option<String>,
 }
 
-pub(super) fn statements(dialect: Dialect) -> &'static Statements {
+pub fn statements(dialect: Dialect) -> &'static Statements {
     static POSTGRES: LazyLock<Statements> = LazyLock::new(|| Statements::build(Dialect::Postgres));
     static SQLITE: LazyLock<Statements> = LazyLock::new(|| Statements::build(Dialect::Sqlite));
     match dialect {
@@ -113,6 +132,47 @@ const OUTCOME_SET: &str = "status = v.status, attempt_count = d.attempt_count + 
 /// The delivery `d` is still as the attempt of outcome row `v` found it.
 const AS_ATTEMPTED: &str = "d.attempt_count = v.attempted_count \
      AND COALESCE(d.next_attempt_at, -1) = v.attempted_next_attempt_at";
+
+/// The terms of the `deliveries_ready` index (free webhook work) for the
+/// deliveries aliased `alias`; a claim adds `next_attempt_at <= now`, which
+/// implies the index's `next_attempt_at IS NOT NULL` on both databases.
+fn ready(alias: &str) -> String {
+    format!("{alias}.status = '{PENDING}' AND {alias}.lease_owner IS NULL")
+}
+
+/// `walk(endpoint_id)`: the endpoints with free webhook work, in id order
+/// after `from`, one `deliveries_ready` probe each (a loose index scan: the
+/// recursion stops where the statement's LIMIT does).
+fn walk(from: &str) -> String {
+    let ready = ready("r");
+    format!(
+        "walk(endpoint_id) AS (\
+           SELECT (SELECT MIN(r.endpoint_id) FROM deliveries r \
+             WHERE {ready} AND r.next_attempt_at IS NOT NULL AND r.endpoint_id > {from}) \
+           UNION ALL \
+           SELECT (SELECT MIN(r.endpoint_id) FROM deliveries r \
+             WHERE {ready} AND r.next_attempt_at IS NOT NULL AND r.endpoint_id > w.endpoint_id) \
+           FROM walk w WHERE w.endpoint_id IS NOT NULL)"
+    )
+}
+
+/// The endpoint `{alias}.endpoint_id` is worth owning at `$4`: it takes
+/// webhooks and has free work due.
+fn takeable(alias: &str) -> String {
+    let ready = ready("d");
+    format!(
+        "EXISTS (SELECT 1 FROM endpoints e WHERE e.id = {alias}.endpoint_id \
+           AND e.enabled AND e.kind <> 'stream') \
+         AND EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id = {alias}.endpoint_id \
+           AND {ready} AND d.next_attempt_at <= $4)"
+    )
+}
+
+/// The endpoint `e` takes webhooks now: enabled, not a stream, not among
+/// the endpoints to skip (`skip`, an id list).
+fn sendable(skip: String) -> String {
+    format!("e.enabled AND e.kind <> 'stream' AND e.id NOT IN ({skip})")
+}
 
 /// Inserts the fan-outs of the JSON rows `$n` (see `fanout::FanOutRow`).
 pub fn enqueue_fan_outs_from_json(dialect: Dialect, n: u8) -> String {
@@ -140,51 +200,116 @@ impl Statements {
         Statements {
             enqueue: enqueue_from_json(dialect, 1),
 
+            // Three sources, in this order, until `$4` are picked: callback
+            // deliveries (no endpoint), the head of each ordered endpoint
+            // (found from the endpoints, few), and the due rows of each other
+            // endpoint found by walking `deliveries_ready` one endpoint at a
+            // time from `$6` (one index probe per endpoint with free work,
+            // then at most `$7` rows from the front of its range). Nothing
+            // leased, disabled, skipped or owned elsewhere is read past.
             claim_due: match dialect {
-                // An endpoint's deliveries only while this node owns it
-                // (`owners.rs`), and then whoever else leased them: a former
-                // owner, fenced, no longer sends.
+                // Only the endpoints this node owns (`owners.rs`). The picked
+                // ids are locked last, skipping any another claim holds, and
+                // found by primary key whatever the statistics say.
                 Dialect::Postgres => format!(
-                    "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
+                    "WITH RECURSIVE {walk}, \
+                     picked AS MATERIALIZED (\
+                       (SELECT d.id FROM deliveries d \
+                        WHERE d.endpoint_id IS NULL AND {ready} AND d.next_attempt_at <= $3 \
+                        ORDER BY d.next_attempt_at, d.id LIMIT $4) \
+                       UNION ALL \
+                       (SELECT h.id FROM endpoints e \
+                        JOIN endpoint_owners o ON o.endpoint_id = e.id \
+                          AND o.owner = $1 AND o.expires_at > $3 \
+                        CROSS JOIN LATERAL (\
+                          SELECT d.id, d.lease_owner, d.next_attempt_at FROM deliveries d \
+                          WHERE d.endpoint_id = e.id AND d.status = '{PENDING}' \
+                          ORDER BY d.id LIMIT 1) h \
+                        WHERE e.ordered AND {sendable} \
+                          AND h.lease_owner IS NULL AND h.next_attempt_at <= $3) \
+                       UNION ALL \
+                       (SELECT t.id FROM walk w \
+                        CROSS JOIN LATERAL (\
+                          SELECT d.id FROM deliveries d \
+                          WHERE d.endpoint_id = w.endpoint_id AND {ready} \
+                            AND d.next_attempt_at <= $3 \
+                            AND EXISTS (SELECT 1 FROM endpoints e \
+                              WHERE e.id = w.endpoint_id AND NOT e.ordered AND {sendable}) \
+                            AND EXISTS (SELECT 1 FROM endpoint_owners o \
+                              WHERE o.endpoint_id = w.endpoint_id \
+                                AND o.owner = $1 AND o.expires_at > $3) \
+                          ORDER BY d.next_attempt_at, d.id LIMIT $7) t \
+                        WHERE w.endpoint_id IS NOT NULL) \
+                       LIMIT $4) \
+                     UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
                      WHERE id IN (\
                        SELECT d.id FROM deliveries d \
-                       WHERE d.status = '{PENDING}' AND d.next_attempt_at <= $3 \
-                         AND (d.lease_owner IS NULL OR d.lease_expires_at < $3 \
-                              OR (d.endpoint_id IS NOT NULL AND d.lease_owner <> $1)) \
-                         AND (d.endpoint_id IS NULL OR EXISTS (\
-                           SELECT 1 FROM endpoint_owners o WHERE o.endpoint_id = d.endpoint_id \
-                             AND o.owner = $1 AND o.expires_at > $3) AND EXISTS (\
-                           SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id \
-                             AND e.kind <> 'stream' AND e.enabled \
-                             AND e.id NOT IN ({skip}) \
-                             AND (NOT e.ordered OR NOT EXISTS (\
-                               SELECT 1 FROM deliveries p WHERE p.endpoint_id = d.endpoint_id \
-                                 AND p.status = '{PENDING}' AND p.id < d.id)))) \
-                       ORDER BY d.next_attempt_at LIMIT $4 FOR UPDATE OF d SKIP LOCKED) \
+                       WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) \
+                         AND (d.status = '{PENDING}') IS TRUE AND d.lease_owner IS NULL \
+                       FOR UPDATE OF d SKIP LOCKED) \
                      {returning}",
-                    skip = ids(5)
+                    walk = walk("$6"),
+                    ready = ready("d"),
+                    sendable = sendable(ids(5)),
                 ),
-                // One process per file (enforced at open): a lease held by
-                // any other owner is a leftover of an earlier run.
+                // One process per file (enforced at open): nothing else
+                // claims. No LATERAL: an endpoint's rows come from a
+                // correlated `IN (… LIMIT $7)`.
                 Dialect::Sqlite => format!(
-                    "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
-                     WHERE id IN (\
-                       SELECT d.id FROM deliveries d \
-                       WHERE d.status = '{PENDING}' AND d.next_attempt_at <= $3 \
-                         AND (d.lease_owner IS NULL OR d.lease_expires_at < $3 \
-                              OR d.lease_owner <> $1) \
-                         AND (d.endpoint_id IS NULL OR EXISTS (\
-                           SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id \
-                             AND e.kind <> 'stream' AND e.enabled \
-                             AND e.id NOT IN ({skip}) \
-                             AND (NOT e.ordered OR NOT EXISTS (\
-                               SELECT 1 FROM deliveries p WHERE p.endpoint_id = d.endpoint_id \
-                                 AND p.status = '{PENDING}' AND p.id < d.id)))) \
-                       ORDER BY d.next_attempt_at LIMIT $4) \
+                    "WITH RECURSIVE {walk}, \
+                     picked(id) AS (\
+                       SELECT id FROM (SELECT d.id FROM deliveries d \
+                         WHERE d.endpoint_id IS NULL AND {ready} AND d.next_attempt_at <= $3 \
+                         ORDER BY d.next_attempt_at, d.id LIMIT $4) \
+                       UNION ALL \
+                       SELECT h.id FROM endpoints e \
+                       JOIN deliveries h ON h.id = (\
+                         SELECT x.id FROM deliveries x \
+                         WHERE x.endpoint_id = e.id AND x.status = '{PENDING}' \
+                         ORDER BY x.id LIMIT 1) \
+                       WHERE e.ordered AND {sendable} \
+                         AND h.lease_owner IS NULL AND h.next_attempt_at <= $3 \
+                       UNION ALL \
+                       SELECT d.id FROM walk w \
+                       JOIN deliveries d ON d.id IN (\
+                         SELECT x.id FROM deliveries x \
+                         WHERE x.endpoint_id = w.endpoint_id AND {ready_x} \
+                           AND x.next_attempt_at <= $3 \
+                         ORDER BY x.next_attempt_at, x.id LIMIT $7) \
+                       WHERE w.endpoint_id IS NOT NULL AND EXISTS (SELECT 1 FROM endpoints e \
+                         WHERE e.id = w.endpoint_id AND NOT e.ordered AND {sendable}) \
+                       LIMIT $4) \
+                     UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 \
+                     WHERE id IN (SELECT id FROM picked) AND lease_owner IS NULL \
                      {returning}",
-                    skip = ids(5)
+                    walk = walk("$6"),
+                    ready = ready("d"),
+                    ready_x = ready("x"),
+                    sendable = sendable(ids(5)),
                 ),
             },
+
+            release_lapsed: format!(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE status = '{PENDING}' AND lease_owner IS NOT NULL \
+                   AND lease_expires_at < $1 AND next_attempt_at IS NOT NULL \
+                 RETURNING endpoint_id"
+            ),
+
+            release_leftovers: format!(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE status = '{PENDING}' AND lease_owner IS NOT NULL \
+                   AND lease_owner <> $1 AND next_attempt_at IS NOT NULL \
+                 RETURNING endpoint_id"
+            ),
+
+            release_others: format!(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE endpoint_id IN ({}) AND status = '{PENDING}' \
+                   AND lease_owner IS NOT NULL AND lease_owner <> $2 \
+                   AND next_attempt_at IS NOT NULL",
+                ids(1)
+            ),
 
             claim_ordered_backlog: match dialect {
                 // The owner's to take, whoever leased them (see claim_due).
@@ -427,25 +552,39 @@ impl Statements {
             own_endpoints: (dialect == Dialect::Postgres).then(|| {
                 format!(
                     "INSERT INTO endpoint_owners AS o (endpoint_id, owner, expires_at) \
-                     SELECT w.endpoint_id, $1, $2 FROM (\
+                     SELECT t.endpoint_id, $1, $2 FROM (\
                        SELECT json_array_elements_text($3::json) AS endpoint_id \
                        UNION (\
-                         SELECT d.endpoint_id FROM deliveries d \
-                         WHERE d.status = '{PENDING}' AND d.next_attempt_at <= $4 \
-                           AND d.endpoint_id IS NOT NULL \
-                           AND NOT EXISTS (SELECT 1 FROM endpoint_owners x \
-                             WHERE x.endpoint_id = d.endpoint_id AND x.expires_at >= $4) \
-                           AND EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id \
-                             AND e.enabled AND e.kind <> 'stream') \
-                         LIMIT $5)) w \
+                         SELECT c.endpoint_id FROM (\
+                           SELECT json_array_elements_text($6::json) AS endpoint_id \
+                           UNION SELECT x.endpoint_id FROM endpoint_owners x \
+                             WHERE x.expires_at < $4 AND x.expires_at >= $7) c \
+                         WHERE NOT EXISTS (SELECT 1 FROM endpoint_owners x \
+                             WHERE x.endpoint_id = c.endpoint_id AND x.expires_at >= $4) \
+                           AND {takeable} \
+                         LIMIT $5)) t \
                      ON CONFLICT (endpoint_id) DO UPDATE \
                        SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at \
                        WHERE o.owner = EXCLUDED.owner OR o.expires_at < $4 \
-                     RETURNING endpoint_id, expires_at"
+                     RETURNING endpoint_id, expires_at",
+                    takeable = takeable("c"),
                 )
             }),
+            find_unowned: (dialect == Dialect::Postgres).then(|| {
+                format!(
+                    "WITH RECURSIVE {walk} \
+                     SELECT w.endpoint_id, (NOT EXISTS (SELECT 1 FROM endpoint_owners x \
+                         WHERE x.endpoint_id = w.endpoint_id AND x.expires_at >= $3) \
+                       AND {takeable}) AS takeable \
+                     FROM walk w WHERE w.endpoint_id IS NOT NULL LIMIT $2",
+                    walk = walk("$1"),
+                    takeable = takeable("w").replace("$4", "$3"),
+                )
+            }),
+            // Lapsed rather than deleted, so that the others' next sweep
+            // finds them among the recently lapsed (`own_endpoints`).
             disown_endpoints: (dialect == Dialect::Postgres)
-                .then(|| "DELETE FROM endpoint_owners WHERE owner = $1".to_owned()),
+                .then(|| "UPDATE endpoint_owners SET expires_at = $2 WHERE owner = $1".to_owned()),
 
             pending_fan_outs: format!(
                 "SELECT consumer_id, COUNT(*) AS pending FROM fan_outs \
@@ -487,7 +626,10 @@ mod tests {
         let sqlite = statements(Dialect::Sqlite);
         let pairs = [
             (&postgres.enqueue, &sqlite.enqueue, 1),
-            (&postgres.claim_due, &sqlite.claim_due, 5),
+            (&postgres.claim_due, &sqlite.claim_due, 7),
+            (&postgres.release_lapsed, &sqlite.release_lapsed, 1),
+            (&postgres.release_leftovers, &sqlite.release_leftovers, 1),
+            (&postgres.release_others, &sqlite.release_others, 2),
             (&postgres.renew, &sqlite.renew, 3),
             (&postgres.release, &sqlite.release, 2),
             (&postgres.release_all, &sqlite.release_all, 1),
