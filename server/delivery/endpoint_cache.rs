@@ -245,4 +245,41 @@ mod tests {
         assert_eq!(headers[0].0.as_str(), "x-team");
         assert!(parse_headers("not json").is_empty());
     }
+
+    /// A change made elsewhere (no notice yet) is seen as soon as a publish
+    /// reads the endpoint's new `updated_at`; the same version keeps the
+    /// cached copy.
+    #[tokio::test]
+    async fn a_copy_of_another_version_is_read_again() {
+        use sea_orm::ConnectionTrait;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("cache.db").display());
+        let db = Database::open(&url).await.expect("database");
+        for statement in [
+            "INSERT INTO consumers (id, uid, name, metadata, callback_secret, created_at, updated_at) \
+             VALUES ('co_1', 'one', '', '{}', 'whsec_x', 1, 1)",
+            "INSERT INTO endpoints (id, consumer_id, kind, url, description, event_types, enabled, \
+               disabled_reason, headers, rate_limit, max_in_flight, ordered, failing_since, \
+               created_at, updated_at) \
+             VALUES ('ep_1', 'co_1', 'webhook', 'https://one.example/', '', '[]', true, NULL, '{}', \
+               0, 0, false, NULL, 1, 100)",
+        ] {
+            db.conn.execute_unprepared(statement).await.expect("insert");
+        }
+        let cache = EndpointCache::new(db.clone());
+        let loaded = cache.endpoint("ep_1").await.expect("load").expect("exists");
+        assert_eq!(loaded.updated_at, 100);
+        db.conn
+            .execute_unprepared(
+                "UPDATE endpoints SET updated_at = 101, rate_limit = 7 WHERE id = 'ep_1'",
+            )
+            .await
+            .expect("change elsewhere");
+        cache.forget_changed([("ep_1", 100)].into_iter());
+        let cached = cache.endpoint("ep_1").await.expect("load").expect("exists");
+        assert_eq!(cached.rate_limit, 0, "same version: the cached copy");
+        cache.forget_changed([("ep_1", 101)].into_iter());
+        let fresh = cache.endpoint("ep_1").await.expect("load").expect("exists");
+        assert_eq!((fresh.updated_at, fresh.rate_limit), (101, 7));
+    }
 }

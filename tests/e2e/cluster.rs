@@ -295,3 +295,68 @@ async fn killing_the_owner_stalls_an_endpoint_no_longer_than_its_lease() {
     drop(owner);
     database.drop_database().await;
 }
+
+/// A secret rotated through node A signs the very next delivery node B
+/// sends: B owns the endpoint (it took it with the first delivery, before A
+/// started), and each rotation answered by A applies to the next event
+/// published on B, whether or not A's notice has reached B yet (the
+/// publish reads the endpoint's `updated_at` and B drops its older copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_rotated_on_one_node_signs_the_next_delivery_sent_by_another() {
+    use crate::receiver::signature_matches;
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let (b_process, b) = node(&database.url, &[]).await;
+    let receiver = Receiver::start(Reply::Status(200)).await;
+    b.create_consumer("cluster-rotate")
+        .send()
+        .await
+        .expect("consumer");
+    let created = b
+        .create_endpoint("cluster-rotate", receiver.url("/rotate"))
+        .send()
+        .await
+        .expect("endpoint");
+    let endpoint_id = created.endpoint.expect("endpoint").id;
+    let publish_on_b = |round: i64| {
+        let b = &b;
+        async move {
+            b.publish(
+                "cluster-rotate",
+                "cluster.rotate",
+                serde_json::json!({ "round": round }),
+            )
+            .send()
+            .await
+            .expect("publish on B")
+            .event
+            .expect("event")
+            .id
+        }
+    };
+    let first = publish_on_b(-1).await;
+    let received = receiver.wait_for_count(1, 10 * SECOND).await;
+    assert_eq!(received[0].header("webhook-id"), first);
+    assert!(signature_matches(&received[0], &created.secret));
+
+    let (a_process, a) = node(&database.url, &[]).await;
+    for round in 0..5 {
+        let rotated = a
+            .rotate_endpoint_secret(&endpoint_id)
+            .send()
+            .await
+            .expect("rotate on A");
+        let next = publish_on_b(round).await;
+        let received = receiver
+            .wait_for_count(2 + round as usize, 10 * SECOND)
+            .await;
+        let last = received.last().expect("a delivery");
+        assert_eq!(last.header("webhook-id"), next);
+        assert!(
+            signature_matches(last, &rotated.secret),
+            "round {round}: B signed without the secret rotated on A: {}",
+            last.header("webhook-signature")
+        );
+    }
+    drop((a_process, b_process));
+    database.drop_database().await;
+}
