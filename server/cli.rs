@@ -61,7 +61,7 @@ pub async fn create_key(args: &KeyCreateArgs) -> Result<String, CliError> {
         (_, None) => None,
     };
     let token = generate_token();
-    let row = api_keys::insert(&db.conn, &args.name, scope, consumer_id, &token).await?;
+    let row = api_keys::insert(&db.conn, &args.name, scope, consumer_id, &token, None).await?;
     tracing::info!(key_id = %row.id, scope = scope.as_str(), "api key created");
     Ok(token.token)
 }

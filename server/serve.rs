@@ -433,6 +433,7 @@ pub async fn bootstrap_admin(
                     Scope::Admin,
                     None,
                     &token,
+                    None,
                 )
                 .await?;
                 tracing::info!(key_id = %row.id, "registered the --admin-token key");
@@ -450,6 +451,7 @@ pub async fn bootstrap_admin(
         Scope::Admin,
         None,
         &token,
+        None,
     )
     .await?;
     tracing::warn!(key_id = %row.id, "no admin key existed: created one; its token is printed once on stdout");

@@ -14,7 +14,7 @@ impl Herald {
             request: proto::CreateApiKeyRequest {
                 name: name.into(),
                 scope: scope as i32,
-                consumer_id: String::new(),
+                ..Default::default()
             },
         }
     }
@@ -57,6 +57,13 @@ impl CreateApiKey {
     /// For a `CONSUMER` key: the consumer (id or uid) it acts for.
     pub fn consumer(mut self, consumer_id: impl Into<String>) -> CreateApiKey {
         self.request.consumer_id = consumer_id.into();
+        self
+    }
+
+    /// The key stops working this long after it is made (at least 1 s, at
+    /// most 10 years); by default it works until revoked.
+    pub fn lifetime(mut self, lifetime: std::time::Duration) -> CreateApiKey {
+        self.request.lifetime = Some(crate::time::duration(lifetime));
         self
     }
 

@@ -23,6 +23,7 @@ mod m20261201_000005_fan_outs;
 mod m20261201_000006_stream_deliveries_not_due;
 mod m20261202_000007_endpoint_owners;
 mod m20261203_000008_claim_indexes;
+mod m20261203_000009_api_key_expiry;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_stream_deliveries_not_due::Migration),
             Box::new(m20261202_000007_endpoint_owners::Migration),
             Box::new(m20261203_000008_claim_indexes::Migration),
+            Box::new(m20261203_000009_api_key_expiry::Migration),
         ]
     }
 }

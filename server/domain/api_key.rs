@@ -38,6 +38,34 @@ impl Scope {
     }
 }
 
+/// The longest a key may be made for: beyond, a key that never expires
+/// (no lifetime) says what is meant.
+pub const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
+
+/// When a key made at `now` (ms) for `lifetime` expires; none without a
+/// lifetime. `field` names the request field in errors.
+pub fn expiry(field: &str, now: i64, lifetime: Option<std::time::Duration>) -> Result<Option<i64>> {
+    let Some(lifetime) = lifetime else {
+        return Ok(None);
+    };
+    if lifetime < std::time::Duration::from_secs(1) {
+        return Err(Error::invalid(field, "must be at least 1s"));
+    }
+    if lifetime > MAX_LIFETIME {
+        return Err(Error::invalid(
+            field,
+            "must be at most 10 years (leave it unset for a key that does not expire)",
+        ));
+    }
+    let millis = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
+    Ok(Some(now.saturating_add(millis)))
+}
+
+/// Whether a key that expires at `expires_at` has stopped working at `now`.
+pub fn is_expired(expires_at: Option<i64>, now: i64) -> bool {
+    expires_at.is_some_and(|expires_at| expires_at <= now)
+}
+
 /// A freshly minted token, before it is shown once and forgotten.
 pub struct NewToken {
     pub token: String,
@@ -82,6 +110,28 @@ pub fn hash_token(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn lifetimes_are_bounded_and_optional() {
+        assert_eq!(expiry("lifetime", 1_000, None).expect("none"), None);
+        assert_eq!(
+            expiry("lifetime", 1_000, Some(Duration::from_secs(60))).expect("a minute"),
+            Some(61_000)
+        );
+        let error = expiry("lifetime", 0, Some(Duration::from_millis(999))).expect_err("too short");
+        assert!(error.to_string().contains("lifetime"), "{error}");
+        assert!(expiry("lifetime", 0, Some(MAX_LIFETIME)).is_ok());
+        assert!(expiry("lifetime", 0, Some(MAX_LIFETIME + Duration::from_secs(1))).is_err());
+    }
+
+    #[test]
+    fn a_key_stops_working_at_its_expiry() {
+        assert!(!is_expired(None, i64::MAX));
+        assert!(!is_expired(Some(10), 9));
+        assert!(is_expired(Some(10), 10));
+        assert!(is_expired(Some(10), 11));
+    }
 
     #[test]
     fn tokens_hash_stably_and_differ() {

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::AppState;
-use super::convert::{optional_timestamp, required, timestamp};
-use crate::domain::api_key::{Scope, generate_token};
+use super::convert::{duration, optional_timestamp, required, timestamp};
+use crate::domain::api_key::{Scope, expiry, generate_token};
 use crate::domain::page::PageRequest;
+use crate::domain::time::now_millis;
 use crate::error::Error;
 use crate::proto;
 use crate::storage::entities::api_key;
@@ -39,6 +40,7 @@ fn api_key_message(row: api_key::Model) -> proto::ApiKey {
         prefix: format!("{}…", row.prefix),
         created_at: timestamp(row.created_at),
         revoked_at: optional_timestamp(row.revoked_at),
+        expires_at: optional_timestamp(row.expires_at),
     }
 }
 
@@ -78,8 +80,22 @@ impl proto::admin_server::Admin for AdminService {
                 );
             }
         };
+        let lifetime = request
+            .lifetime
+            .as_ref()
+            .map(|lifetime| duration("lifetime", lifetime))
+            .transpose()?;
+        let expires_at = expiry("lifetime", now_millis(), lifetime)?;
         let token = generate_token();
-        let row = api_keys::insert(&self.state.db.conn, name, scope, consumer_id, &token).await?;
+        let row = api_keys::insert(
+            &self.state.db.conn,
+            name,
+            scope,
+            consumer_id,
+            &token,
+            expires_at,
+        )
+        .await?;
         tracing::info!(key_id = %row.id, scope = scope.as_str(), "api key created");
         Ok(Response::new(proto::CreateApiKeyResponse {
             api_key: Some(api_key_message(row)),

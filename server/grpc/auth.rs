@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::domain::api_key::{Scope, hash_token};
+use crate::domain::api_key::{Scope, hash_token, is_expired};
+use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
 use crate::storage::{Database, api_keys};
 
@@ -29,6 +30,8 @@ pub struct Principal {
     pub scope: Scope,
     /// For CONSUMER keys: the only consumer they may touch.
     pub consumer_id: Option<String>,
+    /// When the key stops working (ms), if it expires.
+    pub expires_at: Option<i64>,
 }
 
 impl Principal {
@@ -174,7 +177,7 @@ impl Authenticator {
             .cloned()
             && fetched.elapsed() < self.ttl
         {
-            return Ok(principal);
+            return unexpired(principal);
         }
         let key = api_keys::find_live_by_hash(&self.db.conn, hash)
             .await?
@@ -189,14 +192,28 @@ impl Authenticator {
             key_id: key.id,
             scope,
             consumer_id: key.consumer_id,
+            expires_at: key.expires_at,
         };
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
         }
         cache.insert(hash.to_owned(), (principal.clone(), Instant::now()));
-        Ok(principal)
+        drop(cache);
+        unexpired(principal)
     }
+}
+
+/// The principal, unless its key has expired (checked at every call, cached
+/// or not, so a key stops working at its expiry to the millisecond).
+fn unexpired(principal: Principal) -> Result<Principal> {
+    if is_expired(principal.expires_at, now_millis()) {
+        return Err(Error::Unauthenticated(format!(
+            "API key {} expired; ask for a new one",
+            principal.key_id
+        )));
+    }
+    Ok(principal)
 }
 
 /// The tower layer that puts an [`AuthService`] in front of every service.

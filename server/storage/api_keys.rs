@@ -18,6 +18,7 @@ pub async fn insert(
     scope: Scope,
     consumer_id: Option<String>,
     token: &NewToken,
+    expires_at: Option<i64>,
 ) -> Result<api_key::Model> {
     let row = api_key::ActiveModel {
         id: Set(ids::new_id(ids::API_KEY)),
@@ -28,11 +29,13 @@ pub async fn insert(
         consumer_id: Set(consumer_id),
         created_at: Set(now_millis()),
         revoked_at: Set(None),
+        expires_at: Set(expires_at),
     };
     Ok(row.insert(db).await?)
 }
 
-/// The live (unrevoked) key with this token hash.
+/// The unrevoked key with this token hash (it may have expired: the caller
+/// says so, rather than "unknown").
 pub async fn find_live_by_hash(
     db: &impl ConnectionTrait,
     hash: &str,
@@ -51,10 +54,16 @@ pub async fn find_by_hash(db: &impl ConnectionTrait, hash: &str) -> Result<Optio
         .await?)
 }
 
+/// Admin keys that still work (neither revoked nor expired).
 pub async fn count_live_admin(db: &impl ConnectionTrait) -> Result<u64> {
     Ok(ApiKeys::find()
         .filter(api_key::Column::Scope.eq(Scope::Admin.as_str()))
         .filter(api_key::Column::RevokedAt.is_null())
+        .filter(
+            sea_orm::Condition::any()
+                .add(api_key::Column::ExpiresAt.is_null())
+                .add(api_key::Column::ExpiresAt.gt(now_millis())),
+        )
         .count(db)
         .await?)
 }

@@ -7,6 +7,7 @@ use crate::both_backends;
 use crate::common::{ADMIN_TOKEN, Backend, TestServer, assert_status};
 
 both_backends!(
+    keys_made_for_a_while_stop_working_by_themselves,
     keys_are_created_listed_and_revoked,
     calls_without_a_valid_key_are_refused,
     scopes_limit_methods
@@ -20,6 +21,7 @@ async fn keys_are_created_listed_and_revoked(backend: Backend) {
             name: "second admin".into(),
             scope: ApiKeyScope::Admin as i32,
             consumer_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create key")
@@ -80,6 +82,7 @@ async fn keys_are_created_listed_and_revoked(backend: Backend) {
                 name: "x".into(),
                 scope: ApiKeyScope::Unspecified as i32,
                 consumer_id: String::new(),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,
@@ -91,6 +94,7 @@ async fn keys_are_created_listed_and_revoked(backend: Backend) {
                 name: "x".into(),
                 scope: ApiKeyScope::Consumer as i32,
                 consumer_id: String::new(),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,
@@ -102,6 +106,7 @@ async fn keys_are_created_listed_and_revoked(backend: Backend) {
                 name: "x".into(),
                 scope: ApiKeyScope::Consumer as i32,
                 consumer_id: "no-such-consumer".into(),
+                ..Default::default()
             })
             .await,
         Code::NotFound,
@@ -157,6 +162,7 @@ async fn scopes_limit_methods(backend: Backend) {
             name: "producer".into(),
             scope: ApiKeyScope::Publisher as i32,
             consumer_id: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create publisher key")
@@ -180,4 +186,75 @@ async fn scopes_limit_methods(backend: Backend) {
         "CreateEventType",
     );
     server.finish().await;
+}
+
+/// A key made with a lifetime works until then, shows its expiry, and is
+/// refused afterwards as expired (not as unknown); lifetimes out of bounds
+/// are refused with the field named.
+async fn keys_made_for_a_while_stop_working_by_themselves(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut admin = server.admin(ADMIN_TOKEN).await;
+    let made_at = std::time::SystemTime::now();
+    let created = admin
+        .create_api_key(proto::CreateApiKeyRequest {
+            name: "for two seconds".into(),
+            scope: ApiKeyScope::Admin as i32,
+            lifetime: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("create key")
+        .into_inner();
+    let key = created.api_key.expect("key");
+    let expires_at = key.expires_at.expect("an expiry");
+    let made_at = made_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs() as i64;
+    assert!(
+        (made_at + 1..=made_at + 3).contains(&expires_at.seconds),
+        "{expires_at:?} two seconds after {made_at}"
+    );
+    let mut brief = server.admin(&created.token).await;
+    brief
+        .get_stats(proto::GetStatsRequest {})
+        .await
+        .expect("works before its expiry");
+    crate::common::wait_for(
+        "the key to expire",
+        std::time::Duration::from_secs(10),
+        || {
+            let mut brief = brief.clone();
+            async move {
+                match brief.get_stats(proto::GetStatsRequest {}).await {
+                    Err(status) if status.code() == Code::Unauthenticated => Some(status),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+    assert_status(
+        brief.get_stats(proto::GetStatsRequest {}).await,
+        Code::Unauthenticated,
+        "expired",
+    );
+
+    for (seconds, nanos) in [(0, 500_000_000), (-1, 0), (400 * 366 * 24 * 3600, 0)] {
+        assert_status(
+            admin
+                .create_api_key(proto::CreateApiKeyRequest {
+                    name: "out of bounds".into(),
+                    scope: ApiKeyScope::Admin as i32,
+                    lifetime: Some(prost_types::Duration { seconds, nanos }),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "lifetime",
+        );
+    }
 }

@@ -21,6 +21,7 @@ async fn api_key(server: &TestServer, scope: ApiKeyScope, consumer_id: &str) -> 
             name: format!("{scope:?} key"),
             scope: scope as i32,
             consumer_id: consumer_id.into(),
+            ..Default::default()
         })
         .await
         .expect("create api key")

@@ -677,6 +677,7 @@ async fn consumer_keys_see_only_their_own_events(backend: Backend) {
             name: "acme".into(),
             scope: ApiKeyScope::Consumer as i32,
             consumer_id: acme.clone(),
+            ..Default::default()
         })
         .await
         .expect("consumer key")

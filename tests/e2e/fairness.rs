@@ -65,6 +65,7 @@ async fn consumer_key(server: &TestServer, consumer_id: &str) -> String {
             name: "tenant".into(),
             scope: ApiKeyScope::Consumer as i32,
             consumer_id: consumer_id.into(),
+            ..Default::default()
         })
         .await
         .expect("create api key")

@@ -758,6 +758,7 @@ async fn only_allowed_enabled_stream_endpoints_can_be_subscribed(backend: Backen
         name: "consumer".into(),
         scope: proto::ApiKeyScope::Consumer as i32,
         consumer_id,
+        ..Default::default()
     };
     let stranger_token = admin
         .create_api_key(key(stranger))

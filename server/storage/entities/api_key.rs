@@ -15,6 +15,8 @@ pub struct Model {
     pub consumer_id: Option<String>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// When the key stops working by itself; none: until revoked.
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
