@@ -135,6 +135,18 @@ pub struct ServeConfig {
     /// Where Prometheus metrics are served, at `/metrics`.
     #[arg(long, env = "HERALD_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    /// Where the consumer portal is served (the provider's customers manage
+    /// their webhooks there). Off unless set.
+    #[arg(long, env = "HERALD_PORTAL_ADDR")]
+    pub portal_addr: Option<SocketAddr>,
+    /// The portal's address as customers reach it (e.g. behind a proxy),
+    /// used in the links CreatePortalSession returns. Default:
+    /// `http://<--portal-addr>`.
+    #[arg(long, env = "HERALD_PORTAL_PUBLIC_URL")]
+    pub portal_public_url: Option<String>,
+    /// The longest portal session CreatePortalSession may make.
+    #[arg(long, env = "HERALD_PORTAL_MAX_SESSION", value_parser = humantime::parse_duration, default_value = "12h")]
+    pub portal_max_session: Duration,
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// A bootstrap admin key (`hk_…`). Without it and with no admin key stored,
@@ -274,6 +286,20 @@ impl ServeConfig {
         };
         config.database.database_url = database_url.into();
         config
+    }
+
+    /// What portal links are made of, for a portal listening on `bound`
+    /// (the address `--portal-addr` gave, its port chosen if it said 0).
+    pub fn portal_links(&self, bound: SocketAddr) -> crate::domain::portal::PortalLinks {
+        let addr = bound;
+        let public_url = self
+            .portal_public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        crate::domain::portal::PortalLinks {
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            max_session: self.portal_max_session,
+        }
     }
 
     /// Where endpoints may point (`--allow-http`, `--allow-target-cidr`):

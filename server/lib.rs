@@ -39,6 +39,7 @@ pub mod grpc;
 pub mod handoff;
 pub mod listen;
 pub mod metrics;
+pub mod portal;
 pub mod publish;
 pub mod queue;
 pub mod serve;

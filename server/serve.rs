@@ -76,6 +76,8 @@ pub struct Herald {
     state: Arc<AppState>,
     grpc_listener: TcpListener,
     metrics_listener: TcpListener,
+    /// The consumer portal's, when `--portal-addr` is set.
+    portal_listener: Option<TcpListener>,
     /// The delivery engine, started by [`Herald::serve`].
     engine: crate::delivery::Engine,
     metrics: Arc<Metrics>,
@@ -121,6 +123,20 @@ impl Herald {
         metrics_listener: TcpListener,
     ) -> Result<Herald, StartError> {
         crate::install_crypto_provider();
+        let portal_listener = match config.portal_addr {
+            Some(address) => {
+                Some(
+                    TcpListener::bind(address)
+                        .await
+                        .map_err(|source| StartError::Listen {
+                            flag: "--portal-addr",
+                            address,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         let descriptors = crate::descriptors::raise_open_files_limit();
         let lease = LeasePolicy::new(config.lease, config.request_timeout)
             .map_err(|err| StartError::Config(err.to_string()))?;
@@ -206,12 +222,17 @@ impl Herald {
             handoff,
             streams,
             metrics: metrics.clone(),
+            portal: portal_listener
+                .as_ref()
+                .and_then(|listener| listener.local_addr().ok())
+                .map(|bound| config.portal_links(bound)),
         });
         Ok(Herald {
             config,
             state,
             grpc_listener,
             metrics_listener,
+            portal_listener,
             engine,
             metrics,
             generated_admin_token,
@@ -245,6 +266,13 @@ impl Herald {
             .map_err(StartError::internal)
     }
 
+    /// Where the consumer portal listens, if it is on.
+    pub fn portal_addr(&self) -> Option<SocketAddr> {
+        self.portal_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
     pub fn metrics_addr(&self) -> Result<SocketAddr, StartError> {
         self.metrics_listener
             .local_addr()
@@ -259,11 +287,19 @@ impl Herald {
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let metrics_addr = self.metrics_addr()?;
         let grpc = self.grpc_addr()?;
+        let portal_addr = self.portal_addr();
         let metrics_task = tokio::spawn(crate::metrics::serve(
             self.metrics_listener,
             self.metrics.clone(),
             shutdown.clone(),
         ));
+        let portal_task = self.portal_listener.map(|listener| {
+            tokio::spawn(crate::portal::serve(
+                listener,
+                self.state.clone(),
+                shutdown.clone(),
+            ))
+        });
 
         let (routes, auth_layer) =
             grpc::routes(self.state.clone()).map_err(StartError::internal)?;
@@ -319,6 +355,7 @@ impl Herald {
             metrics = %metrics_addr,
             tls = self.config.tls_cert.is_some(),
             mutual_tls = self.config.tls_client_ca.is_some(),
+            portal = %portal_addr.map_or_else(|| "off".to_owned(), |address| address.to_string()),
             "herald serving"
         );
         // Subscription streams never end on their own: they are ended (with
@@ -408,6 +445,9 @@ impl Herald {
         self.wakeups_stop.cancel();
         let _ = listening.await;
         let _ = metrics_task.await;
+        if let Some(portal_task) = portal_task {
+            let _ = portal_task.await;
+        }
         tracing::info!("herald stopped");
         result.map_err(StartError::Serve)
     }

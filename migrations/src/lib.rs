@@ -24,6 +24,7 @@ mod m20261201_000006_stream_deliveries_not_due;
 mod m20261202_000007_endpoint_owners;
 mod m20261203_000008_claim_indexes;
 mod m20261203_000009_api_key_expiry;
+mod m20261203_000010_portal_links;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000007_endpoint_owners::Migration),
             Box::new(m20261203_000008_claim_indexes::Migration),
             Box::new(m20261203_000009_api_key_expiry::Migration),
+            Box::new(m20261203_000010_portal_links::Migration),
         ]
     }
 }

@@ -14,6 +14,7 @@ pub mod event_type;
 pub mod idempotency;
 pub mod ids;
 pub mod page;
+pub mod portal;
 pub mod secret;
 pub mod target;
 pub mod time;

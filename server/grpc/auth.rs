@@ -97,7 +97,9 @@ pub fn required_access(path: &str) -> Access {
             | "ListConsumers"
             | "UpdateConsumer"
             | "DeleteConsumer"
-            | "RotateConsumerCallbackSecret",
+            | "RotateConsumerCallbackSecret"
+            | "CreatePortalSession"
+            | "RevokePortalSession",
         ) => Access::Producer,
         ("herald.v1.Events", "Publish" | "PublishBatch") => Access::Producer,
         ("herald.v1.Subscriptions" | "herald.v1.Events" | "herald.v1.Streams", _) => Access::AnyKey,
@@ -133,7 +135,9 @@ impl Authenticator {
             .clear();
     }
 
-    async fn authenticate(&self, headers: &http::HeaderMap, path: &str) -> Result<Principal> {
+    /// The principal of a request's bearer token, if it may call `path` (the
+    /// one permission check: the gRPC layer and the portal both use it).
+    pub async fn authenticate(&self, headers: &http::HeaderMap, path: &str) -> Result<Principal> {
         let header = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
             Error::Unauthenticated(
                 "missing authorization header: send `authorization: Bearer hk_…`".into(),

@@ -47,6 +47,8 @@ pub struct AppState {
     /// Subscription streams and their acknowledgements.
     pub streams: Arc<crate::streams::StreamHub>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The consumer portal's links, when it is on (`--portal-addr`).
+    pub portal: Option<crate::domain::portal::PortalLinks>,
 }
 
 /// Every service Herald serves, and the [`Layers`] to put in front of them.

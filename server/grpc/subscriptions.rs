@@ -26,15 +26,16 @@ use crate::domain::endpoint::{
 use crate::domain::event_type::{self, EventTypeFilter};
 use crate::domain::ids::EndpointId;
 use crate::domain::page::PageRequest;
+use crate::domain::portal::session_lifetime;
 use crate::domain::secret::{SigningSecret, parse_rotation_grace};
-use crate::domain::time::duration_millis;
+use crate::domain::time::{duration_millis, now_millis};
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::storage::consumers::{ConsumerChanges, NewConsumer};
 use crate::storage::endpoints::{EndpointChanges, NewEndpoint};
 use crate::storage::entities::{consumer, endpoint, event_type as event_type_row};
 use crate::storage::event_types::{EventTypeChanges, NewEventType};
-use crate::storage::{consumers, endpoints, event_types};
+use crate::storage::{api_keys, consumers, endpoints, event_types, portal_sessions};
 use crate::wakeups::Notice;
 
 pub struct SubscriptionsService {
@@ -540,6 +541,55 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         self.endpoint_changed(&row.id).await;
         tracing::info!(endpoint_id = %row.id, reason = %reason, "endpoint disabled");
         Ok(Response::new(endpoint_message(row)?))
+    }
+
+    async fn create_portal_session(
+        &self,
+        request: Request<proto::CreatePortalSessionRequest>,
+    ) -> Result<Response<proto::CreatePortalSessionResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let Some(portal) = &self.state.portal else {
+            return Err(Error::FailedPrecondition(
+                "the consumer portal is off: start herald serve with --portal-addr".into(),
+            )
+            .into());
+        };
+        let consumer = self
+            .consumer_for(&principal, "consumer_id", &request.consumer_id)
+            .await?;
+        let requested = request
+            .lifetime
+            .as_ref()
+            .map(|lifetime| duration("lifetime", lifetime))
+            .transpose()?;
+        let lifetime = session_lifetime("lifetime", requested, portal.max_session)?;
+        let expires_at = now_millis().saturating_add(duration_millis(lifetime));
+        let session =
+            portal_sessions::create(&self.state.db.conn, &consumer.id, expires_at).await?;
+        tracing::info!(session_id = %session.key.id, consumer_id = %consumer.id, "portal session created");
+        Ok(Response::new(proto::CreatePortalSessionResponse {
+            session_id: session.key.id,
+            // The secret after `#`: browsers never send it to a server.
+            url: format!("{}/login#{}", portal.public_url, session.link_secret),
+            expires_at: timestamp(expires_at),
+        }))
+    }
+
+    async fn revoke_portal_session(
+        &self,
+        request: Request<proto::RevokePortalSessionRequest>,
+    ) -> Result<Response<proto::RevokePortalSessionResponse>, Status> {
+        let request = request.into_inner();
+        let id = required("session_id", &request.session_id)?;
+        let row = portal_sessions::get(&self.state.db.conn, id)
+            .await?
+            .ok_or_else(|| Error::not_found("portal session", id))?;
+        let row = api_keys::revoke(&self.state.db.conn, row).await?;
+        self.state.authenticator.forget_all();
+        self.state.handoff.wakeups().tell_now(Notice::ApiKeys).await;
+        tracing::info!(session_id = %row.id, "portal session revoked");
+        Ok(Response::new(proto::RevokePortalSessionResponse {}))
     }
 
     async fn create_event_type(

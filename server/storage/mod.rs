@@ -11,6 +11,7 @@ pub mod event_types;
 pub mod events;
 pub mod history;
 pub mod nodelay;
+pub mod portal_sessions;
 pub mod server_secrets;
 pub mod sql;
 pub mod stats;

@@ -130,6 +130,8 @@ impl TestDatabase {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The consumer portal's address, when the test turned it on.
+    pub portal_addr: Option<SocketAddr>,
     pub database: TestDatabase,
     /// The delivery engine, for tests that step it instead of waiting.
     pub dispatcher: herald::delivery::Dispatcher,
@@ -206,6 +208,7 @@ impl TestServer {
             .expect("herald starts");
         let addr = herald.grpc_addr().expect("grpc addr");
         let metrics_addr = herald.metrics_addr().expect("metrics addr");
+        let portal_addr = herald.portal_addr();
         let dispatcher = herald.dispatcher();
         let metrics = herald.metrics();
         let streams = herald.streams();
@@ -214,6 +217,7 @@ impl TestServer {
         TestServer {
             addr,
             metrics_addr,
+            portal_addr,
             database,
             dispatcher,
             metrics,

@@ -821,6 +821,7 @@ async fn both_databases_have_the_same_foreign_keys(backend: Backend) {
             cascade("api_keys", "consumer_id", "consumers"),
             cascade("endpoint_secrets", "endpoint_id", "endpoints"),
             cascade("endpoints", "consumer_id", "consumers"),
+            cascade("portal_links", "api_key_id", "api_keys"),
         ]
     );
     server.finish().await;

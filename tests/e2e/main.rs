@@ -19,6 +19,7 @@ mod grpcurl;
 mod lifecycle;
 mod listen;
 mod malformed;
+mod portal;
 mod process;
 mod publish;
 mod queue;
