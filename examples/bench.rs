@@ -32,6 +32,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use clap::{Parser, ValueEnum};
+
+#[path = "shared/fresh_database.rs"]
+mod fresh_database;
+use fresh_database::FreshDatabase;
 use herald::config::ServeConfig;
 use herald::serve::Herald;
 use herald_client::proto;
@@ -324,32 +328,12 @@ async fn main() {
     }
 
     // The database.
-    let temp_dir = tempfile::tempdir().expect("temporary directory");
-    let (database_url, postgres_name) = match args.database {
-        Backend::Sqlite => (
-            format!("sqlite://{}", temp_dir.path().join("herald.db").display()),
-            None,
-        ),
-        Backend::Postgres => {
-            let name = format!(
-                "herald_bench_{}",
-                ulid::Ulid::new().to_string().to_lowercase()
-            );
-            let admin = sea_orm::Database::connect(&args.postgres_url)
-                .await
-                .expect("connect to --postgres-url");
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                .await
-                .expect("create the benchmark database");
-            let _ = admin.close().await;
-            let base = args
-                .postgres_url
-                .rsplit_once('/')
-                .map_or(args.postgres_url.as_str(), |(base, _)| base);
-            (format!("{base}/{name}"), Some(name))
-        }
-    };
+    let database = FreshDatabase::create(
+        "herald_bench",
+        (args.database == Backend::Postgres).then_some(args.postgres_url.as_str()),
+    )
+    .await;
+    let database_url = database.url.clone();
 
     // The receiver.
     let total = args.warmup + args.events;
@@ -552,14 +536,7 @@ async fn main() {
         }
     }
     receiver_task.abort();
-    if let Some(name) = postgres_name
-        && let Ok(admin) = sea_orm::Database::connect(&args.postgres_url).await
-    {
-        let _ = admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
-        let _ = admin.close().await;
-    }
+    database.drop_it().await;
     if !complete {
         eprintln!("not every event arrived within {deadline:?}");
         std::process::exit(1);

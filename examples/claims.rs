@@ -27,6 +27,10 @@
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+
+#[path = "shared/fresh_database.rs"]
+mod fresh_database;
+use fresh_database::FreshDatabase;
 use herald::domain::ids::EndpointId;
 use herald::queue::{LeasePolicy, Queue};
 use herald::storage::Database;
@@ -75,35 +79,14 @@ async fn main() {
         eprintln!("--endpoints must be at least 3 and --backlog at least 10");
         std::process::exit(2);
     }
-    let temp_dir = tempfile::tempdir().expect("temporary directory");
-    let (url, postgres_name) = match args.database {
-        Backend::Sqlite => (
-            format!("sqlite://{}", temp_dir.path().join("herald.db").display()),
-            None,
-        ),
-        Backend::Postgres => {
-            let name = format!(
-                "herald_claims_{}",
-                ulid::Ulid::new().to_string().to_lowercase()
-            );
-            let admin = sea_orm::Database::connect(&args.postgres_url)
-                .await
-                .expect("connect to --postgres-url");
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                .await
-                .expect("create the benchmark database");
-            let _ = admin.close().await;
-            let base = args
-                .postgres_url
-                .rsplit_once('/')
-                .map_or(args.postgres_url.as_str(), |(base, _)| base);
-            (format!("{base}/{name}"), Some(name))
-        }
-    };
-    if args.explain
-        && let Some(name) = &postgres_name
-    {
+    let database = FreshDatabase::create(
+        "herald_claims",
+        (args.database == Backend::Postgres).then_some(args.postgres_url.as_str()),
+    )
+    .await;
+    let url = database.url.clone();
+    if args.explain && args.database == Backend::Postgres {
+        let name = url.rsplit('/').next().unwrap_or_default();
         let admin = sea_orm::Database::connect(&args.postgres_url)
             .await
             .expect("connect to --postgres-url");
@@ -190,13 +173,8 @@ async fn main() {
     let _ = db.conn.close().await;
     if args.keep {
         println!("kept: {url}");
-    } else if let Some(name) = postgres_name
-        && let Ok(admin) = sea_orm::Database::connect(&args.postgres_url).await
-    {
-        let _ = admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
-        let _ = admin.close().await;
+    } else {
+        database.drop_it().await;
     }
 }
 

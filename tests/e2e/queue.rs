@@ -14,6 +14,87 @@ use crate::both_backends;
 use crate::common::{Backend, TestDatabase};
 use crate::receiver::rows::{EndpointSpec, Rows};
 
+/// A fresh database: a queue on it (a node of its own), direct row access,
+/// and one consumer.
+struct Fixture {
+    database: TestDatabase,
+    storage: Database,
+    queue: Queue,
+    rows: Rows,
+    consumer_id: String,
+}
+
+fn lease() -> LeasePolicy {
+    LeasePolicy::new(Duration::from_secs(60), Duration::from_secs(15)).expect("lease")
+}
+
+impl Fixture {
+    async fn new(backend: Backend) -> Fixture {
+        let database = TestDatabase::new(backend).await;
+        let storage = Database::open(&database.url).await.expect("open database");
+        let queue = Queue::new(storage.clone(), lease());
+        let rows = Rows::open(&database.url).await;
+        let consumer_id = rows.consumer().await.id;
+        Fixture {
+            database,
+            storage,
+            queue,
+            rows,
+            consumer_id,
+        }
+    }
+
+    /// Another node on the same database.
+    async fn another_node(&self) -> Queue {
+        Queue::new(
+            Database::open(&self.database.url)
+                .await
+                .expect("open database"),
+            lease(),
+        )
+    }
+
+    /// A webhook endpoint of the consumer at `https://<host>/hook`.
+    async fn endpoint(&self, host: &str) -> String {
+        self.rows
+            .endpoint(
+                &self.consumer_id,
+                EndpointSpec::to(format!("https://{host}/hook")),
+            )
+            .await
+            .0
+    }
+
+    /// A pending delivery to `endpoint_id`, due now.
+    async fn publish(&self, endpoint_id: &str, payload: &str) -> String {
+        self.rows
+            .publish(&self.consumer_id, Some(endpoint_id), None, payload)
+            .await
+            .1
+    }
+
+    /// A pending delivery to a callback URL, due now.
+    async fn publish_callback(&self) -> String {
+        self.rows
+            .publish(
+                &self.consumer_id,
+                None,
+                Some("https://callback.example/"),
+                "{}",
+            )
+            .await
+            .1
+    }
+}
+
+/// The ids of claimed deliveries.
+fn ids(claimed: Vec<herald::queue::Claimed>) -> HashSet<String> {
+    claimed
+        .into_iter()
+        .map(|claimed| claimed.delivery.id.into_string())
+        .collect()
+}
+
 both_backends!(a_claim_skips_endpoints_whose_workers_are_full);
 
 /// The sweep passes the endpoints whose in-memory queues are full; their
@@ -21,44 +102,17 @@ both_backends!(a_claim_skips_endpoints_whose_workers_are_full);
 /// again), while other endpoints' and callbacks' are claimed as usual, and a
 /// later claim without the skip takes the rest.
 async fn a_claim_skips_endpoints_whose_workers_are_full(backend: Backend) {
-    let database = TestDatabase::new(backend).await;
-    let storage = Database::open(&database.url).await.expect("open database");
-    let lease = LeasePolicy::new(Duration::from_secs(60), Duration::from_secs(15)).expect("lease");
-    let queue = Queue::new(storage, lease);
-    let rows = Rows::open(&database.url).await;
-    let consumer = rows.consumer().await;
-    let (full, _) = rows
-        .endpoint(
-            &consumer.id,
-            EndpointSpec::to("https://full.example/hook".into()),
-        )
-        .await;
-    let (free, _) = rows
-        .endpoint(
-            &consumer.id,
-            EndpointSpec::to("https://free.example/hook".into()),
-        )
-        .await;
+    let fixture = Fixture::new(backend).await;
+    let full = fixture.endpoint("full.example").await;
+    let free = fixture.endpoint("free.example").await;
     let mut of_full = HashSet::new();
     let mut others = HashSet::new();
     for n in 0..3 {
         let payload = format!("{{\"n\":{n}}}");
-        of_full.insert(
-            rows.publish(&consumer.id, Some(&full), None, &payload)
-                .await
-                .1,
-        );
-        others.insert(
-            rows.publish(&consumer.id, Some(&free), None, &payload)
-                .await
-                .1,
-        );
+        of_full.insert(fixture.publish(&full, &payload).await);
+        others.insert(fixture.publish(&free, &payload).await);
     }
-    let callback = rows
-        .publish(&consumer.id, None, Some("https://callback.example/"), "{}")
-        .await
-        .1;
-    others.insert(callback);
+    others.insert(fixture.publish_callback().await);
 
     let now = now_millis();
     // As the sweep does: take the endpoints with due work first (where
@@ -68,25 +122,17 @@ async fn a_claim_skips_endpoints_whose_workers_are_full(backend: Backend) {
         EndpointId::from_stored(full.clone()),
         EndpointId::from_stored(free.clone()),
     ];
+    let queue = &fixture.queue;
     queue.own_endpoints(&[], &hints, now).await.expect("own");
-    let claimed: HashSet<String> = queue
+    let claimed = ids(queue
         .claim_due(now, 100, 100, &[EndpointId::from_stored(full.clone())])
         .await
-        .expect("claim")
-        .into_iter()
-        .map(|claimed| claimed.delivery.id.into_string())
-        .collect();
+        .expect("claim"));
     assert_eq!(claimed, others, "everything but the full endpoint's");
 
-    let rest: HashSet<String> = queue
-        .claim_due(now, 100, 100, &[])
-        .await
-        .expect("claim")
-        .into_iter()
-        .map(|claimed| claimed.delivery.id.into_string())
-        .collect();
+    let rest = ids(queue.claim_due(now, 100, 100, &[]).await.expect("claim"));
     assert_eq!(rest, of_full, "the skipped ones, once nothing is skipped");
-    database.drop_database().await;
+    fixture.database.drop_database().await;
 }
 
 /// Two nodes on PostgreSQL: the one that takes an endpoint first owns it
@@ -95,38 +141,15 @@ async fn a_claim_skips_endpoints_whose_workers_are_full(backend: Backend) {
 /// takes the endpoint over, with the deliveries the old owner still leased.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_at_a_time_owns_an_endpoint() {
-    let database = TestDatabase::new(Backend::Postgres).await;
-    let lease = LeasePolicy::new(Duration::from_secs(60), Duration::from_secs(15)).expect("lease");
-    let a = Queue::new(
-        Database::open(&database.url).await.expect("open database"),
-        lease,
-    );
-    let b = Queue::new(
-        Database::open(&database.url).await.expect("open database"),
-        lease,
-    );
-    let rows = Rows::open(&database.url).await;
-    let consumer = rows.consumer().await;
-    let (endpoint, _) = rows
-        .endpoint(
-            &consumer.id,
-            EndpointSpec::to("https://one.example/hook".into()),
-        )
-        .await;
+    let fixture = Fixture::new(Backend::Postgres).await;
+    let a = &fixture.queue;
+    let b = fixture.another_node().await;
+    let endpoint = fixture.endpoint("one.example").await;
     let endpoint_id = EndpointId::from_stored(endpoint.clone());
     let hints = [endpoint_id.clone()];
     let mut published = HashSet::new();
     for n in 0..4 {
-        published.insert(
-            rows.publish(
-                &consumer.id,
-                Some(&endpoint),
-                None,
-                &format!("{{\"n\":{n}}}"),
-            )
-            .await
-            .1,
-        );
+        published.insert(fixture.publish(&endpoint, &format!("{{\"n\":{n}}}")).await);
     }
     let now = now_millis();
     assert_eq!(
@@ -149,13 +172,7 @@ async fn one_node_at_a_time_owns_an_endpoint() {
             .is_empty(),
         "not B's"
     );
-    let claimed: HashSet<String> = a
-        .claim_due(now, 2, 100, &[])
-        .await
-        .expect("claim")
-        .into_iter()
-        .map(|claimed| claimed.delivery.id.into_string())
-        .collect();
+    let claimed = ids(a.claim_due(now, 2, 100, &[]).await.expect("claim"));
     assert_eq!(claimed.len(), 2);
 
     // A's ownership ends (a minute and more later, without renewal): B
@@ -166,13 +183,7 @@ async fn one_node_at_a_time_owns_an_endpoint() {
         b.own_endpoints(&[], &hints, later).await.expect("own"),
         vec![endpoint_id.clone()]
     );
-    let taken: HashSet<String> = b
-        .claim_due(later, 100, 100, &[])
-        .await
-        .expect("claim")
-        .into_iter()
-        .map(|claimed| claimed.delivery.id.into_string())
-        .collect();
+    let taken = ids(b.claim_due(later, 100, 100, &[]).await.expect("claim"));
     assert_eq!(taken, published, "all of them, A's leased ones included");
     // A's renewal now fails: it forgets the endpoint.
     a.own_endpoints(std::slice::from_ref(&endpoint_id), &[], later)
@@ -180,7 +191,7 @@ async fn one_node_at_a_time_owns_an_endpoint() {
         .expect("renew");
     assert!(!a.may_send(&endpoint_id, later + 1));
     assert!(b.may_send(&endpoint_id, later + 1));
-    database.drop_database().await;
+    fixture.database.drop_database().await;
 }
 
 both_backends!(claims_take_endpoints_in_turn_oldest_first);
@@ -190,37 +201,21 @@ both_backends!(claims_take_endpoints_in_turn_oldest_first);
 /// one waiting, and each endpoint's oldest deliveries go first.
 async fn claims_take_endpoints_in_turn_oldest_first(backend: Backend) {
     use sea_orm::ConnectionTrait;
-    let database = TestDatabase::new(backend).await;
-    let storage = Database::open(&database.url).await.expect("open database");
-    let lease = LeasePolicy::new(Duration::from_secs(60), Duration::from_secs(15)).expect("lease");
-    let queue = Queue::new(storage, lease);
-    let rows = Rows::open(&database.url).await;
-    let consumer = rows.consumer().await;
-    let (busy, _) = rows
-        .endpoint(
-            &consumer.id,
-            EndpointSpec::to("https://busy.example/hook".into()),
-        )
-        .await;
-    let (quiet, _) = rows
-        .endpoint(
-            &consumer.id,
-            EndpointSpec::to("https://quiet.example/hook".into()),
-        )
-        .await;
+    let fixture = Fixture::new(backend).await;
+    let queue = &fixture.queue;
+    let busy = fixture.endpoint("busy.example").await;
+    let quiet = fixture.endpoint("quiet.example").await;
     let mut of_busy = Vec::new();
     for n in 0..4 {
-        of_busy.push(
-            rows.publish(&consumer.id, Some(&busy), None, &format!("{{\"n\":{n}}}"))
-                .await
-                .1,
-        );
+        of_busy.push(fixture.publish(&busy, &format!("{{\"n\":{n}}}")).await);
     }
-    let of_quiet = rows.publish(&consumer.id, Some(&quiet), None, "{}").await.1;
+    let of_quiet = fixture.publish(&quiet, "{}").await;
     let now = now_millis();
     // Due a millisecond apart, in publish order.
     for (n, id) in of_busy.iter().enumerate() {
-        rows.db
+        fixture
+            .rows
+            .db
             .execute_unprepared(&format!(
                 "UPDATE deliveries SET next_attempt_at = {} WHERE id = '{id}'",
                 now - 1_000 + n as i64
@@ -233,12 +228,6 @@ async fn claims_take_endpoints_in_turn_oldest_first(backend: Backend) {
         EndpointId::from_stored(quiet.clone()),
     ];
     queue.own_endpoints(&[], &hints, now).await.expect("own");
-    let ids = |claimed: Vec<herald::queue::Claimed>| -> HashSet<String> {
-        claimed
-            .into_iter()
-            .map(|claimed| claimed.delivery.id.into_string())
-            .collect()
-    };
     let first = ids(queue.claim_due(now, 2, 1, &[]).await.expect("claim"));
     assert_eq!(
         first,
@@ -252,7 +241,7 @@ async fn claims_take_endpoints_in_turn_oldest_first(backend: Backend) {
         rest,
         HashSet::from([of_busy[2].clone(), of_busy[3].clone()])
     );
-    database.drop_database().await;
+    fixture.database.drop_database().await;
 }
 
 both_backends!(lapsed_and_leftover_leases_are_freed_for_the_claim);
@@ -263,30 +252,16 @@ both_backends!(lapsed_and_leftover_leases_are_freed_for_the_claim);
 /// another node is left alone.
 async fn lapsed_and_leftover_leases_are_freed_for_the_claim(backend: Backend) {
     use sea_orm::ConnectionTrait;
-    let database = TestDatabase::new(backend).await;
-    let storage = Database::open(&database.url).await.expect("open database");
-    let lease = LeasePolicy::new(Duration::from_secs(60), Duration::from_secs(15)).expect("lease");
-    let queue = Queue::new(storage.clone(), lease);
-    let rows = Rows::open(&database.url).await;
-    let consumer = rows.consumer().await;
-    let (endpoint, _) = rows
-        .endpoint(
-            &consumer.id,
-            EndpointSpec::to("https://lapsed.example/hook".into()),
-        )
-        .await;
-    let lapsed = rows
-        .publish(&consumer.id, Some(&endpoint), None, "{}")
-        .await
-        .1;
+    let fixture = Fixture::new(backend).await;
+    let queue = &fixture.queue;
+    let endpoint = fixture.endpoint("lapsed.example").await;
+    let lapsed = fixture.publish(&endpoint, "{}").await;
     // A callback's: no endpoint, so no ownership frees it.
-    let live = rows
-        .publish(&consumer.id, None, Some("https://cb.example/"), "{}")
-        .await
-        .1;
+    let live = fixture.publish_callback().await;
     let now = now_millis();
     for (id, expires_at) in [(&lapsed, now - 1_000), (&live, now + 600_000)] {
-        storage
+        fixture
+            .storage
             .conn
             .execute_unprepared(&format!(
                 "UPDATE deliveries SET lease_owner = 'node_gone', lease_expires_at = {expires_at} \
@@ -311,57 +286,31 @@ async fn lapsed_and_leftover_leases_are_freed_for_the_claim(backend: Backend) {
         "the endpoint that has free work again"
     );
     queue.own_endpoints(&[], &hints, now).await.expect("own");
-    let claimed: Vec<String> = queue
-        .claim_due(now, 10, 10, &[])
-        .await
-        .expect("claim")
-        .into_iter()
-        .map(|claimed| claimed.delivery.id.into_string())
-        .collect();
-    assert_eq!(claimed, vec![lapsed.clone()]);
+    let claimed = ids(queue.claim_due(now, 10, 10, &[]).await.expect("claim"));
+    assert_eq!(claimed, HashSet::from([lapsed.clone()]));
     let leftovers = queue.release_leftovers(now).await.expect("leftovers");
-    let claimed: Vec<String> = queue
-        .claim_due(now, 10, 10, &[])
-        .await
-        .expect("claim")
-        .into_iter()
-        .map(|claimed| claimed.delivery.id.into_string())
-        .collect();
+    let claimed = ids(queue.claim_due(now, 10, 10, &[]).await.expect("claim"));
     match backend {
         Backend::Sqlite => {
             assert!(leftovers.is_empty(), "a callback's, no endpoint's");
-            assert_eq!(claimed, vec![live]);
+            assert_eq!(claimed, HashSet::from([live]));
         }
         Backend::Postgres => {
             assert!(leftovers.is_empty(), "another node's live lease");
             assert!(claimed.is_empty());
         }
     }
-    database.drop_database().await;
+    fixture.database.drop_database().await;
 }
 
 /// PostgreSQL: work that no hint announced (its publisher crashed right
 /// after the commit) is found by the slow walk and then taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unowned_work_no_hint_announced_is_found() {
-    let database = TestDatabase::new(Backend::Postgres).await;
-    let lease = LeasePolicy::new(Duration::from_secs(60), Duration::from_secs(15)).expect("lease");
-    let queue = Queue::new(
-        Database::open(&database.url).await.expect("open database"),
-        lease,
-    );
-    let rows = Rows::open(&database.url).await;
-    let consumer = rows.consumer().await;
-    let (endpoint, _) = rows
-        .endpoint(
-            &consumer.id,
-            EndpointSpec::to("https://unannounced.example/hook".into()),
-        )
-        .await;
-    let delivery = rows
-        .publish(&consumer.id, Some(&endpoint), None, "{}")
-        .await
-        .1;
+    let fixture = Fixture::new(Backend::Postgres).await;
+    let queue = &fixture.queue;
+    let endpoint = fixture.endpoint("unannounced.example").await;
+    let delivery = fixture.publish(&endpoint, "{}").await;
     let now = now_millis();
     assert!(
         queue
@@ -377,15 +326,9 @@ async fn unowned_work_no_hint_announced_is_found() {
         queue.own_endpoints(&[], &found, now).await.expect("own"),
         found
     );
-    let claimed: Vec<String> = queue
-        .claim_due(now, 10, 10, &[])
-        .await
-        .expect("claim")
-        .into_iter()
-        .map(|claimed| claimed.delivery.id.into_string())
-        .collect();
-    assert_eq!(claimed, vec![delivery]);
-    database.drop_database().await;
+    let claimed = ids(queue.claim_due(now, 10, 10, &[]).await.expect("claim"));
+    assert_eq!(claimed, HashSet::from([delivery]));
+    fixture.database.drop_database().await;
 }
 
 both_backends!(a_claim_reads_only_what_it_takes);
@@ -399,19 +342,11 @@ async fn a_claim_reads_only_what_it_takes(backend: Backend) {
     use herald::storage::sql::Dialect;
     use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
     const EACH: i64 = 2_000;
-    let database = TestDatabase::new(backend).await;
-    let storage = Database::open(&database.url).await.expect("open database");
-    let rows = Rows::open(&database.url).await;
-    let consumer = rows.consumer().await;
+    let fixture = Fixture::new(backend).await;
+    let (storage, rows) = (&fixture.storage, &fixture.rows);
     let mut endpoints = Vec::new();
     for name in ["leased", "skipped", "disabled"] {
-        let (id, _) = rows
-            .endpoint(
-                &consumer.id,
-                EndpointSpec::to(format!("https://{name}.example/hook")),
-            )
-            .await;
-        endpoints.push(id);
+        endpoints.push(fixture.endpoint(&format!("{name}.example")).await);
     }
     rows.db
         .execute_unprepared(&format!(
@@ -421,7 +356,12 @@ async fn a_claim_reads_only_what_it_takes(backend: Backend) {
         .await
         .expect("disable");
     let (event_id, _) = rows
-        .publish(&consumer.id, None, Some("https://cb.example/"), "{}")
+        .publish(
+            &fixture.consumer_id,
+            None,
+            Some("https://cb.example/"),
+            "{}",
+        )
         .await;
     rows.db
         .execute_unprepared("DELETE FROM deliveries")
@@ -575,8 +515,7 @@ async fn a_claim_reads_only_what_it_takes(backend: Backend) {
         .expect("forget the explained owner");
     // Owned as a sweep would have it, without a takeover (which would free
     // the other node's leases).
-    let lease = LeasePolicy::new(Duration::from_secs(60), Duration::from_secs(15)).expect("lease");
-    let queue = Queue::new(storage.clone(), lease);
+    let queue = &fixture.queue;
     storage
         .conn
         .execute_unprepared(&format!(
@@ -591,5 +530,5 @@ async fn a_claim_reads_only_what_it_takes(backend: Backend) {
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 10);
-    database.drop_database().await;
+    fixture.database.drop_database().await;
 }
