@@ -20,7 +20,7 @@ mod pages;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -67,6 +67,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     });
     let app = axum::Router::new()
         .route("/", get(home))
+        .route("/endpoints/{id}", get(endpoint_page))
         .route("/login", get(login))
         .route("/session", post(open_session))
         .route("/assets/login.js", get(login_js))
@@ -205,6 +206,44 @@ async fn home(State(portal): State<Arc<Portal>>, headers: HeaderMap) -> Response
     match (consumer, endpoints) {
         (Ok(consumer), Ok(endpoints)) => pages::home(&consumer, &endpoints.endpoints),
         (Err(status), _) | (_, Err(status)) => pages::status(&status),
+    }
+}
+
+/// `GET /endpoints/{id}`: one endpoint, its signing secret (behind a
+/// disclosure) and, for a STREAM endpoint, the `herald listen` command.
+async fn endpoint_page(
+    State(portal): State<Arc<Portal>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let principal = match portal
+        .principal(&headers, "/herald.v1.Subscriptions/GetEndpoint")
+        .await
+    {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    let endpoint = portal
+        .call(
+            &principal,
+            proto::GetEndpointRequest { id: id.clone() },
+            |service, request| Box::pin(async move { service.get_endpoint(request).await }),
+        )
+        .await;
+    let endpoint = match endpoint {
+        Ok(endpoint) => endpoint,
+        Err(status) => return pages::status(&status),
+    };
+    let secret = portal
+        .call(
+            &principal,
+            proto::GetEndpointSecretRequest { id },
+            |service, request| Box::pin(async move { service.get_endpoint_secret(request).await }),
+        )
+        .await;
+    match secret {
+        Ok(secret) => pages::endpoint(&endpoint, &secret.secret),
+        Err(status) => pages::status(&status),
     }
 }
 

@@ -111,7 +111,8 @@ pub fn home(consumer: &proto::Consumer, endpoints: &[proto::Endpoint]) -> Respon
         };
         rows.push_str(&format!(
             "<tr><td><code>{target}</code><br><small>{description}</small></td>\
-             <td class=\"{class}\">{state}</td><td>{events}</td><td><code>{id}</code></td></tr>",
+             <td class=\"{class}\">{state}</td><td>{events}</td>\
+             <td><a href=\"/endpoints/{id}\"><code>{id}</code></a></td></tr>",
             target = escape(&target),
             description = escape(&endpoint.description),
             class = if endpoint.enabled { "on" } else { "off" },
@@ -135,6 +136,58 @@ pub fn home(consumer: &proto::Consumer, endpoints: &[proto::Endpoint]) -> Respon
             "<header><h1>Webhooks</h1><span>{name}</span></header>\
              <main><h2>Endpoints</h2>{table}</main>",
             name = escape(name),
+        ),
+    )
+}
+
+/// One endpoint: what it receives, its signing secret behind a disclosure
+/// (no script needed), and for a STREAM endpoint how to receive it.
+pub fn endpoint(endpoint: &proto::Endpoint, secret: &str) -> Response {
+    let stream = endpoint.kind == proto::EndpointKind::Stream as i32;
+    let target = if stream {
+        "stream: events wait for `herald listen` (or a Subscribe call)".to_owned()
+    } else {
+        endpoint.url.clone()
+    };
+    let events = if endpoint.event_types.is_empty() {
+        "all events".to_owned()
+    } else {
+        endpoint.event_types.join(", ")
+    };
+    let state = if endpoint.enabled {
+        "enabled".to_owned()
+    } else {
+        format!("disabled: {}", endpoint.disabled_reason)
+    };
+    let listen = if stream {
+        format!(
+            "<h2>Receive it</h2><p>Forward each event to a local server; it is \
+             acknowledged when that server answers 2xx.</p>\
+             <pre><code>HERALD_URL=&lt;the provider&#39;s Herald address&gt; \
+             HERALD_TOKEN=&lt;your API key&gt; \\\n  herald listen --endpoint {id} \
+             --forward-to http://localhost:3000/webhooks</code></pre>",
+            id = escape(&endpoint.id),
+        )
+    } else {
+        String::new()
+    };
+    page(
+        StatusCode::OK,
+        "Endpoint",
+        &format!(
+            "<header><h1>Webhooks</h1><a href=\"/\">All endpoints</a></header><main>\
+             <h2>{target}</h2><dl><dt>Id</dt><dd><code>{id}</code></dd>\
+             <dt>Description</dt><dd>{description}</dd><dt>State</dt><dd>{state}</dd>\
+             <dt>Events</dt><dd>{events}</dd></dl>\
+             <details><summary>Signing secret</summary><p><code>{secret}</code></p>\
+             <p>Verify each delivery's <code>webhook-signature</code> with it \
+             (Standard Webhooks).</p></details>{listen}</main>",
+            target = escape(&target),
+            id = escape(&endpoint.id),
+            description = escape(&endpoint.description),
+            state = escape(&state),
+            events = escape(&events),
+            secret = escape(secret),
         ),
     )
 }

@@ -224,6 +224,55 @@ async fn a_magic_link_opens_one_consumers_portal_once(backend: Backend) {
         "CONSUMER",
     );
 
+    // An endpoint's page: its secret behind a disclosure; another
+    // tenant's endpoint does not exist here.
+    let page_of = |id: String| {
+        let client = client.clone();
+        let cookie = cookie.clone();
+        async move {
+            let response = client
+                .get(format!("http://{portal}/endpoints/{id}"))
+                .header(COOKIE, cookie)
+                .send()
+                .await
+                .expect("GET /endpoints/{id}");
+            (response.status(), response.text().await.expect("page"))
+        }
+    };
+    let (status, page) = page_of(endpoint_of["acme"].clone()).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("https://acme.example/hooks") && page.contains("whsec_"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("herald listen"),
+        "a webhook endpoint: {page}"
+    );
+    let (status, page) = page_of(endpoint_of["globex"].clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{page}");
+    assert!(
+        !page.contains("globex.example") && !page.contains("whsec_"),
+        "{page}"
+    );
+    let stream = subscriptions
+        .create_endpoint(proto::CreateEndpointRequest {
+            consumer_id: "acme".into(),
+            kind: proto::EndpointKind::Stream as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("create stream endpoint")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    let (status, page) = page_of(stream.id.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(&format!("herald listen --endpoint {}", stream.id)),
+        "{page}"
+    );
+
     // Out-of-bounds requests say which field and why.
     assert_status(
         subscriptions
