@@ -155,8 +155,9 @@ impl Engine {
 const LAPSE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// At start and every `sweep_interval` (or when woken): claim due
-/// deliveries and route them; now and then update the queue-depth gauge and
-/// renew the leases of work held in memory.
+/// deliveries and route them; each second free lapsed leases and look for
+/// unowned work; now and then update the queue-depth gauge and renew the
+/// leases of work held in memory.
 async fn sweep(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.settings.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

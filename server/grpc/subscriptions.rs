@@ -62,7 +62,6 @@ impl SubscriptionsService {
         Ok(row)
     }
 
-    /// The endpoint named in `id`, if `principal` may see it.
     /// An endpoint changed: this node's engine reads it again, and the
     /// other nodes are told before the caller is answered (a rotated secret
     /// signs the next delivery, whichever node sends it).
@@ -96,6 +95,7 @@ impl SubscriptionsService {
             .await;
     }
 
+    /// The endpoint named in `id`, if `principal` may see it.
     async fn endpoint_for(&self, principal: &Principal, id: &str) -> Result<endpoint::Model> {
         let id = required("id", id)?;
         let row = endpoints::get(&self.state.db.conn, id)

@@ -18,9 +18,11 @@
 //!   of large fan-outs).
 //!
 //! A claim is a lease on the row: `lease_owner` (a node, or one stream
-//! subscription) and `lease_expires_at`. A lapsed lease makes the row
-//! claimable again, by anyone; on PostgreSQL `FOR UPDATE SKIP LOCKED` keeps
-//! competing claims of several nodes from ever taking the same row at once.
+//! subscription) and `lease_expires_at`. Webhook claims take only unleased
+//! rows: a lapsed webhook lease is freed first (`Queue::release_lapsed`,
+//! each second), a stream's is taken over by the next subscription claim;
+//! on PostgreSQL `FOR UPDATE SKIP LOCKED` keeps competing claims of several
+//! nodes from ever taking the same row at once.
 
 pub mod fanout;
 pub mod health;
