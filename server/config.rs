@@ -147,6 +147,22 @@ pub struct ServeConfig {
     /// The longest portal session CreatePortalSession may make.
     #[arg(long, env = "HERALD_PORTAL_MAX_SESSION", value_parser = humantime::parse_duration, default_value = "12h")]
     pub portal_max_session: Duration,
+    /// The provider's name, shown in the portal's header and titles.
+    #[arg(long, env = "HERALD_PORTAL_NAME", default_value = "Webhooks")]
+    pub portal_name: String,
+    /// The provider's logo (an https:// image URL), shown in the portal's
+    /// header.
+    #[arg(long, env = "HERALD_PORTAL_LOGO_URL")]
+    pub portal_logo_url: Option<String>,
+    /// The portal's accent colour (`#rrggbb`).
+    #[arg(long, env = "HERALD_PORTAL_ACCENT", default_value = "#3b5bdb")]
+    pub portal_accent: String,
+    /// Origins that may embed the portal in a frame (comma-separated, e.g.
+    /// `https://dashboard.example.com`). Set, the session cookie is sent in
+    /// their frames (`SameSite=None; Secure`), so serve the portal over
+    /// HTTPS (or on localhost). Default: no framing at all.
+    #[arg(long, env = "HERALD_PORTAL_FRAME_ANCESTORS", value_delimiter = ',')]
+    pub portal_frame_ancestors: Vec<String>,
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// A bootstrap admin key (`hk_…`). Without it and with no admin key stored,
@@ -300,6 +316,16 @@ impl ServeConfig {
             public_url: public_url.trim_end_matches('/').to_owned(),
             max_session: self.portal_max_session,
         }
+    }
+
+    /// The portal's brand and framing rules, checked.
+    pub fn portal_look(&self) -> Result<crate::domain::portal::PortalLook, String> {
+        crate::domain::portal::PortalLook::parse(
+            &self.portal_name,
+            self.portal_logo_url.as_deref(),
+            &self.portal_accent,
+            &self.portal_frame_ancestors,
+        )
     }
 
     /// Where endpoints may point (`--allow-http`, `--allow-target-cidr`):

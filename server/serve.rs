@@ -78,6 +78,8 @@ pub struct Herald {
     metrics_listener: TcpListener,
     /// The consumer portal's, when `--portal-addr` is set.
     portal_listener: Option<TcpListener>,
+    /// The portal's brand and framing rules.
+    portal_look: crate::domain::portal::PortalLook,
     /// The delivery engine, started by [`Herald::serve`].
     engine: crate::delivery::Engine,
     metrics: Arc<Metrics>,
@@ -123,6 +125,7 @@ impl Herald {
         metrics_listener: TcpListener,
     ) -> Result<Herald, StartError> {
         crate::install_crypto_provider();
+        let portal_look = config.portal_look().map_err(StartError::Config)?;
         let portal_listener = match config.portal_addr {
             Some(address) => {
                 Some(
@@ -233,6 +236,7 @@ impl Herald {
             grpc_listener,
             metrics_listener,
             portal_listener,
+            portal_look,
             engine,
             metrics,
             generated_admin_token,
@@ -297,6 +301,7 @@ impl Herald {
             tokio::spawn(crate::portal::serve(
                 listener,
                 self.state.clone(),
+                self.portal_look,
                 shutdown.clone(),
             ))
         });

@@ -77,7 +77,7 @@ fn status_message(status: DeliveryStatus) -> proto::DeliveryStatus {
 
 /// What ListDeliveries filters by: `Ok(None)` for any status, `Err(())`
 /// for CANCELLED, which no delivery has (Herald cancels nothing yet).
-fn status_filter(raw: i32) -> Result<Result<Option<DeliveryStatus>, ()>> {
+fn status_filter(field: &str, raw: i32) -> Result<Result<Option<DeliveryStatus>, ()>> {
     match proto::DeliveryStatus::try_from(raw) {
         Ok(proto::DeliveryStatus::Unspecified) => Ok(Ok(None)),
         Ok(proto::DeliveryStatus::Pending) => Ok(Ok(Some(DeliveryStatus::Pending))),
@@ -85,7 +85,7 @@ fn status_filter(raw: i32) -> Result<Result<Option<DeliveryStatus>, ()>> {
         Ok(proto::DeliveryStatus::Failed) => Ok(Ok(Some(DeliveryStatus::Failed))),
         Ok(proto::DeliveryStatus::Cancelled) => Ok(Err(())),
         Err(_) => Err(Error::invalid(
-            "status",
+            field,
             format!("{raw} is not a DeliveryStatus"),
         )),
     }
@@ -286,11 +286,16 @@ impl proto::events_server::Events for EventsService {
             Some(own) => Some(own.to_owned()),
             None => consumer_id,
         };
+        let Ok(delivery_status) = status_filter("delivery_status", request.delivery_status)? else {
+            // No delivery is ever cancelled.
+            return Ok(Response::new(proto::ListEventsResponse::default()));
+        };
         let query = store::EventQuery {
             consumer_id,
             event_types,
             since,
             until,
+            delivery_status,
         };
         let rows = store::list(&self.state.db.conn, &query, &page).await?;
         let (rows, next_page_token) = page.finish(rows, |row| row.id.clone());
@@ -307,7 +312,7 @@ impl proto::events_server::Events for EventsService {
         let principal = Principal::of(&request)?;
         let request = request.into_inner();
         let page = PageRequest::parse(request.page_size, &request.page_token)?;
-        let Ok(status) = status_filter(request.status)? else {
+        let Ok(status) = status_filter("status", request.status)? else {
             // No delivery is ever cancelled: an empty page, after the same
             // checks as any other filter.
             if let Some(id) = optional(request.event_id) {

@@ -43,6 +43,19 @@ pub struct SubscriptionsService {
 }
 
 impl SubscriptionsService {
+    /// Revokes a portal session's key, here at once and on every node
+    /// within a notice (RevokePortalSession, and the portal's sign-out).
+    pub async fn end_portal_session(&self, session_id: &str) -> Result<()> {
+        let row = portal_sessions::get(&self.state.db.conn, session_id)
+            .await?
+            .ok_or_else(|| Error::not_found("portal session", session_id))?;
+        let row = api_keys::revoke(&self.state.db.conn, row).await?;
+        self.state.authenticator.forget_all();
+        self.state.handoff.wakeups().tell_now(Notice::ApiKeys).await;
+        tracing::info!(session_id = %row.id, "portal session ended");
+        Ok(())
+    }
+
     pub fn new(state: Arc<AppState>) -> Self {
         SubscriptionsService { state }
     }
@@ -582,13 +595,7 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
     ) -> Result<Response<proto::RevokePortalSessionResponse>, Status> {
         let request = request.into_inner();
         let id = required("session_id", &request.session_id)?;
-        let row = portal_sessions::get(&self.state.db.conn, id)
-            .await?
-            .ok_or_else(|| Error::not_found("portal session", id))?;
-        let row = api_keys::revoke(&self.state.db.conn, row).await?;
-        self.state.authenticator.forget_all();
-        self.state.handoff.wakeups().tell_now(Notice::ApiKeys).await;
-        tracing::info!(session_id = %row.id, "portal session revoked");
+        self.end_portal_session(id).await?;
         Ok(Response::new(proto::RevokePortalSessionResponse {}))
     }
 

@@ -12,68 +12,156 @@
 //! login page's script exchanges it (`POST /session`) and takes it out of
 //! the address bar.
 //!
+//! Pages work without scripts (plain links and forms); the only scripts
+//! open a session and keep the message log live. A form that changes
+//! something carries the session's form token (`domain::portal::form_token`)
+//! and must come from the portal's own pages (`Origin`, `Sec-Fetch-Site`).
+//!
+//! - `pages`: the page shell and shared pieces; `forms`: reading forms;
+//! - `endpoints`: list, create, edit, enable/disable, delete, secret
+//!   rotation, test events, replay;
+//! - `messages`: the message log, an event's deliveries and attempts,
+//!   redelivery; `live`: new events pushed to an open log (SSE);
+//! - `catalogue`: the provider's event types.
+//!
 //! Everything the pages need is in the binary (`assets/`); the Content
-//! Security Policy allows nothing else.
+//! Security Policy allows nothing else (but the provider's logo).
 
+mod catalogue;
+mod endpoints;
+mod forms;
+mod live;
+mod messages;
 mod pages;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::portal::{PortalLook, form_token, form_token_matches};
 use crate::domain::time::now_millis;
 use crate::grpc::AppState;
 use crate::grpc::auth::Principal;
+use crate::grpc::events::EventsService;
 use crate::grpc::subscriptions::SubscriptionsService;
-use crate::proto;
-use crate::proto::subscriptions_server::Subscriptions;
 use crate::storage::portal_sessions::{self, Exchange};
+use forms::Form;
+use pages::Chrome;
 
 /// The session cookie's name.
 const COOKIE: &str = "herald_portal";
-/// Requests that change something must carry this header: a cross-site
-/// form cannot, and a cross-site script would need a CORS preflight that
-/// the portal never answers.
-const CSRF_HEADER: &str = "x-herald-portal";
+/// The login script's request must carry this header: a cross-site form
+/// cannot, and a cross-site script would need a CORS preflight that the
+/// portal never answers.
+const LOGIN_HEADER: &str = "x-herald-portal";
 /// A link's secret is 43 characters; anything much longer is not one.
 const MAX_SECRET: usize = 128;
 
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-                   connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
-
-struct Portal {
+/// Shared by every request.
+pub struct Portal {
     state: Arc<AppState>,
     subscriptions: SubscriptionsService,
-    /// Cookies get `Secure` when customers reach the portal over HTTPS.
+    events: EventsService,
+    look: PortalLook,
+    /// The Content-Security-Policy of every response.
+    csp: HeaderValue,
+    /// Cookies get `Secure` when customers reach the portal over HTTPS, or
+    /// when another site may frame it (`SameSite=None` requires it).
     secure: bool,
+    /// The origin customers use (`--portal-public-url`), which a form's
+    /// `Origin` may name besides the request's own `Host`.
+    public_origin: Option<String>,
+    /// Open live message logs (`live`).
+    live: live::LiveLogs,
+    /// Ends live logs when the server stops (they would hold the graceful
+    /// shutdown open).
+    shutdown: CancellationToken,
+}
+
+/// One request's session: who it acts as, and the token its forms carry.
+pub struct Session {
+    principal: Principal,
+    consumer_id: String,
+    form_token: String,
 }
 
 /// Serves the portal until `shutdown`.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
-    let secure = state
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    look: PortalLook,
+    shutdown: CancellationToken,
+) {
+    let public_url = state
         .portal
         .as_ref()
-        .is_some_and(|portal| portal.public_url.starts_with("https://"));
+        .map(|portal| portal.public_url.clone());
+    let public_origin = public_url
+        .as_deref()
+        .and_then(|url| url::Url::parse(url).ok())
+        .map(|url| url.origin().ascii_serialization());
+    let secure = public_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("https://"))
+        || look.embeddable();
+    let csp = match HeaderValue::from_str(&content_security_policy(&look)) {
+        Ok(csp) => csp,
+        Err(err) => {
+            tracing::error!(error = %err, "the portal's Content-Security-Policy is not a header value");
+            return;
+        }
+    };
     let portal = Arc::new(Portal {
         subscriptions: SubscriptionsService::new(state.clone()),
+        events: EventsService::new(state.clone()),
         state,
+        look,
+        csp,
         secure,
+        public_origin,
+        live: live::LiveLogs::default(),
+        shutdown: shutdown.clone(),
     });
     let app = axum::Router::new()
-        .route("/", get(home))
-        .route("/endpoints/{id}", get(endpoint_page))
+        .route("/", get(endpoints::list))
+        .route("/endpoints", post(endpoints::create))
+        .route("/endpoints/new", get(endpoints::new_form))
+        .route(
+            "/endpoints/{id}",
+            get(endpoints::show).post(endpoints::update),
+        )
+        .route("/endpoints/{id}/edit", get(endpoints::edit_form))
+        .route("/endpoints/{id}/enable", post(endpoints::enable))
+        .route("/endpoints/{id}/disable", post(endpoints::disable))
+        .route(
+            "/endpoints/{id}/delete",
+            get(endpoints::delete_form).post(endpoints::delete),
+        )
+        .route("/endpoints/{id}/rotate", post(endpoints::rotate))
+        .route("/endpoints/{id}/replay", post(endpoints::replay))
+        .route("/messages", get(messages::list))
+        .route("/messages/live", get(live::stream))
+        .route("/messages/{id}", get(messages::show))
+        .route("/messages/{id}/redeliver", post(messages::redeliver))
+        .route("/event-types", get(catalogue::list))
         .route("/login", get(login))
         .route("/session", post(open_session))
+        .route("/logout", post(logout))
         .route("/assets/login.js", get(login_js))
+        .route("/assets/live.js", get(live_js))
         .route("/assets/portal.css", get(stylesheet))
+        .route("/assets/brand.css", get(brand))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(safe_headers))
+        .layer(axum::middleware::map_response_with_state(
+            portal.clone(),
+            safe_headers,
+        ))
         .with_state(portal);
     if let Err(err) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -83,19 +171,36 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     }
 }
 
-/// Headers on every response: nothing from elsewhere, no framing, no
-/// caching, no referrer.
-async fn safe_headers(mut response: Response) -> Response {
+/// Nothing from elsewhere but the provider's logo; framing only by the
+/// origins `--portal-frame-ancestors` names.
+fn content_security_policy(look: &PortalLook) -> String {
+    let images = match &look.logo_url {
+        Some(url) => format!("'self' {}", url.origin().ascii_serialization()),
+        None => "'self'".to_owned(),
+    };
+    let ancestors = if look.frame_ancestors.is_empty() {
+        "'none'".to_owned()
+    } else {
+        look.frame_ancestors.join(" ")
+    };
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src {images}; \
+         connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors {ancestors}"
+    )
+}
+
+/// Headers on every response: nothing from elsewhere, framing only as
+/// configured, no caching, no referrer.
+async fn safe_headers(State(portal): State<Arc<Portal>>, mut response: Response) -> Response {
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, portal.csp.clone());
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !portal.look.embeddable() {
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -104,26 +209,47 @@ async fn safe_headers(mut response: Response) -> Response {
     response
 }
 
-async fn login_js() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+fn asset(content_type: &'static str, body: impl Into<String>) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
+}
+
+async fn login_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
         include_str!("assets/login.js"),
     )
 }
 
-async fn stylesheet() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
-        include_str!("assets/portal.css"),
+async fn live_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/live.js"),
     )
 }
 
-async fn not_found() -> Response {
-    pages::message(StatusCode::NOT_FOUND, "Not found", "There is no such page.")
+async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", include_str!("assets/portal.css"))
 }
 
-async fn login() -> Response {
-    pages::login()
+/// The provider's accent colour (checked to be `#rgb`/`#rrggbb`).
+async fn brand(State(portal): State<Arc<Portal>>) -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        format!(":root {{ --accent: {}; }}\n", portal.look.accent),
+    )
+}
+
+async fn not_found(State(portal): State<Arc<Portal>>) -> Response {
+    pages::message(
+        &portal.chrome(None),
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no such page.",
+    )
+}
+
+async fn login(State(portal): State<Arc<Portal>>) -> Response {
+    pages::login(&portal.chrome(None))
 }
 
 /// `POST /session`: the link's secret (the body) for the session cookie.
@@ -132,7 +258,7 @@ async fn open_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !headers.contains_key(CSRF_HEADER) {
+    if !headers.contains_key(LOGIN_HEADER) {
         return (StatusCode::FORBIDDEN, "missing x-herald-portal header").into_response();
     }
     let secret = match std::str::from_utf8(&body) {
@@ -143,15 +269,11 @@ async fn open_session(
     match portal_sessions::exchange(&portal.state.db.conn, secret, now).await {
         Ok(Exchange::Opened { token, expires_at }) => {
             let max_age = (expires_at.saturating_sub(now) / 1000).max(0);
-            let secure = if portal.secure { "; Secure" } else { "" };
-            let cookie = format!(
-                "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"
-            );
-            match HeaderValue::from_str(&cookie) {
-                Ok(cookie) => {
+            match portal.cookie(&token, max_age) {
+                Some(cookie) => {
                     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
                 }
-                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             }
         }
         Ok(Exchange::Refused(refusal)) => {
@@ -171,118 +293,200 @@ async fn open_session(
     }
 }
 
-/// `GET /`: the consumer's endpoints.
-async fn home(State(portal): State<Arc<Portal>>, headers: HeaderMap) -> Response {
-    let principal = match portal
-        .principal(&headers, "/herald.v1.Subscriptions/ListEndpoints")
-        .await
-    {
-        Ok(principal) => principal,
+/// `POST /logout`: ends the session for good (its key is revoked, so the
+/// cookie is worthless even if kept) and drops the cookie.
+async fn logout(State(portal): State<Arc<Portal>>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = Form::parse(&body);
+    let session = match portal.form_session(&headers, &form).await {
+        Ok(session) => session,
         Err(response) => return response,
     };
-    let Some(consumer_id) = principal.confined_to().map(str::to_owned) else {
-        return pages::session_ended();
-    };
-    let consumer = portal
-        .call(
-            &principal,
-            proto::GetConsumerRequest {
-                id: consumer_id.clone(),
-            },
-            |service, request| Box::pin(async move { service.get_consumer(request).await }),
-        )
+    let ended = portal
+        .subscriptions
+        .end_portal_session(&session.principal.key_id)
         .await;
-    let endpoints = portal
-        .call(
-            &principal,
-            proto::ListEndpointsRequest {
-                consumer_id,
-                page_size: 100,
-                ..Default::default()
-            },
-            |service, request| Box::pin(async move { service.list_endpoints(request).await }),
-        )
-        .await;
-    match (consumer, endpoints) {
-        (Ok(consumer), Ok(endpoints)) => pages::home(&consumer, &endpoints.endpoints),
-        (Err(status), _) | (_, Err(status)) => pages::status(&status),
+    if let Err(err) = ended {
+        tracing::warn!(error = %crate::error::chain(&err), "ending a portal session failed");
+        return pages::message(
+            &portal.chrome(Some(&session)),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Something went wrong",
+            "Your session could not be ended; please try again in a moment.",
+        );
     }
+    let mut response = pages::message(
+        &portal.chrome(None),
+        StatusCode::OK,
+        "Signed out",
+        "Your session has ended. Open a new link from the provider's dashboard to come back.",
+    );
+    if let Some(cookie) = portal.cookie("", 0) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
-/// `GET /endpoints/{id}`: one endpoint, its signing secret (behind a
-/// disclosure) and, for a STREAM endpoint, the `herald listen` command.
-async fn endpoint_page(
-    State(portal): State<Arc<Portal>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let principal = match portal
-        .principal(&headers, "/herald.v1.Subscriptions/GetEndpoint")
-        .await
-    {
-        Ok(principal) => principal,
-        Err(response) => return response,
-    };
-    let endpoint = portal
-        .call(
-            &principal,
-            proto::GetEndpointRequest { id: id.clone() },
-            |service, request| Box::pin(async move { service.get_endpoint(request).await }),
-        )
-        .await;
-    let endpoint = match endpoint {
-        Ok(endpoint) => endpoint,
-        Err(status) => return pages::status(&status),
-    };
-    let secret = portal
-        .call(
-            &principal,
-            proto::GetEndpointSecretRequest { id },
-            |service, request| Box::pin(async move { service.get_endpoint_secret(request).await }),
-        )
-        .await;
-    match secret {
-        Ok(secret) => pages::endpoint(&endpoint, &secret.secret),
-        Err(status) => pages::status(&status),
-    }
-}
-
+/// Future of an in-process service call.
 type ServiceFuture<'a, R> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>> + Send + 'a>,
 >;
 
+/// Calls `service.method(message)` in-process as the session's principal:
+/// `call!(portal, session, subscriptions.get_endpoint(request))`.
+macro_rules! call {
+    ($portal:expr, $session:expr, $service:ident . $method:ident ($message:expr)) => {
+        $portal
+            .call(
+                &$session,
+                &$portal.$service,
+                $message,
+                |service, request| Box::pin(async move { service.$method(request).await }),
+            )
+            .await
+    };
+}
+pub(crate) use call;
+
 impl Portal {
-    /// The session's principal, through the same check as a gRPC call of
-    /// `path`; otherwise the page that says the session ended.
-    async fn principal(&self, headers: &HeaderMap, path: &str) -> Result<Principal, Response> {
+    /// The page shell's inputs; `session` adds navigation and sign-out.
+    fn chrome<'a>(&'a self, session: Option<&'a Session>) -> Chrome<'a> {
+        Chrome {
+            look: &self.look,
+            form_token: session.map(|session| session.form_token.as_str()),
+        }
+    }
+
+    /// The session cookie: `HttpOnly`, and `SameSite=Strict` unless other
+    /// sites may frame the portal (their frames would not send it).
+    fn cookie(&self, token: &str, max_age: i64) -> Option<HeaderValue> {
+        let same_site = if self.look.embeddable() {
+            "None"
+        } else {
+            "Strict"
+        };
+        let secure = if self.secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{COOKIE}={token}; HttpOnly; SameSite={same_site}; Path=/; Max-Age={max_age}{secure}"
+        ))
+        .ok()
+    }
+
+    /// The request's session, through the same check as a gRPC call of a
+    /// CONSUMER key; otherwise the page that says the session ended.
+    async fn session(&self, headers: &HeaderMap) -> Result<Session, Response> {
+        let ended = || pages::session_ended(&self.chrome(None));
         let Some(token) = session_token(headers) else {
-            return Err(pages::session_ended());
+            return Err(ended());
         };
         let mut bearer = http::HeaderMap::new();
         let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {token}")) else {
-            return Err(pages::session_ended());
+            return Err(ended());
         };
         bearer.insert(http::header::AUTHORIZATION, value);
-        self.state
+        // Every page calls Subscriptions and Events methods open to any
+        // key; this path stands for them in the one permission table.
+        let principal = self
+            .state
             .authenticator
-            .authenticate(&bearer, path)
+            .authenticate(&bearer, "/herald.v1.Subscriptions/GetEndpoint")
             .await
-            .map_err(|_| pages::session_ended())
+            .map_err(|_| ended())?;
+        let Some(consumer_id) = principal.confined_to().map(str::to_owned) else {
+            // Only portal sessions (CONSUMER keys) open the portal.
+            return Err(ended());
+        };
+        Ok(Session {
+            principal,
+            consumer_id,
+            form_token: form_token(token),
+        })
     }
 
-    /// Calls a Subscriptions method in-process as `principal`.
-    async fn call<T, R>(
+    /// The session of a request that changes something: it must come from
+    /// one of the portal's own pages and carry the session's form token.
+    async fn form_session(&self, headers: &HeaderMap, form: &Form) -> Result<Session, Response> {
+        let session = self.session(headers).await?;
+        let refused = |text: &str| {
+            pages::message(
+                &self.chrome(Some(&session)),
+                StatusCode::FORBIDDEN,
+                "This form cannot be sent",
+                text,
+            )
+        };
+        if !self.same_origin(headers) {
+            return Err(refused("It did not come from this portal's pages."));
+        }
+        let Some(token) = session_token(headers) else {
+            return Err(refused("Your session has ended."));
+        };
+        if !form_token_matches(token, form.get("form_token")) {
+            return Err(refused(
+                "The page it came from is out of date: reload it and try again.",
+            ));
+        }
+        Ok(session)
+    }
+
+    /// Whether a request came from the portal's own pages, by what the
+    /// browser says (`Sec-Fetch-Site`, `Origin`); clients that say nothing
+    /// still need the form token.
+    fn same_origin(&self, headers: &HeaderMap) -> bool {
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        if let Some(site) = header("sec-fetch-site")
+            && !matches!(site, "same-origin" | "none")
+        {
+            return false;
+        }
+        let Some(origin) = header("origin") else {
+            return true;
+        };
+        let host = header("host").unwrap_or_default();
+        let own = [format!("http://{host}"), format!("https://{host}")];
+        own.iter().any(|own| own == origin) || self.public_origin.as_deref() == Some(origin)
+    }
+
+    /// Calls a service method in-process as `session`'s principal (see
+    /// [`call!`]).
+    async fn call<S, T, R>(
         &self,
-        principal: &Principal,
+        session: &Session,
+        service: &S,
         message: T,
-        method: impl for<'a> FnOnce(&'a SubscriptionsService, tonic::Request<T>) -> ServiceFuture<'a, R>,
+        method: impl for<'a> FnOnce(&'a S, tonic::Request<T>) -> ServiceFuture<'a, R>,
     ) -> Result<R, tonic::Status> {
         let mut request = tonic::Request::new(message);
-        request.extensions_mut().insert(principal.clone());
-        method(&self.subscriptions, request)
+        request.extensions_mut().insert(session.principal.clone());
+        method(service, request)
             .await
             .map(tonic::Response::into_inner)
     }
+
+    /// The page for a form body beyond [`forms::MAX_FORM_BYTES`].
+    fn too_large(&self) -> Response {
+        pages::message(
+            &self.chrome(None),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Too large",
+            "The form is larger than the portal accepts.",
+        )
+    }
+
+    /// The page for a refused or failed call.
+    fn failed(&self, session: &Session, status: &tonic::Status) -> Response {
+        pages::status(&self.chrome(Some(session)), status)
+    }
+}
+
+/// After a form: back to `to` (a page of the portal, so a reload does not
+/// send the form again).
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+/// The body of a form, or the page saying it is too large.
+fn read_form(body: &Bytes) -> Option<Form> {
+    (body.len() <= forms::MAX_FORM_BYTES).then(|| Form::parse(body))
 }
 
 /// The session token from the `Cookie` header.
@@ -312,5 +516,28 @@ mod tests {
         assert_eq!(session_token(&headers), Some("hk_abc"));
         headers.insert(header::COOKIE, HeaderValue::from_static("herald_portal="));
         assert_eq!(session_token(&headers), None);
+    }
+
+    #[test]
+    fn the_policy_names_only_the_logo_and_the_framers() {
+        let plain = content_security_policy(&PortalLook::default());
+        assert!(plain.contains("img-src 'self';"), "{plain}");
+        assert!(plain.ends_with("frame-ancestors 'none'"), "{plain}");
+        let look = PortalLook::parse(
+            "Acme",
+            Some("https://cdn.acme.example/a/logo.png"),
+            "#123456",
+            &["https://dash.acme.example".to_owned()],
+        )
+        .expect("valid look");
+        let branded = content_security_policy(&look);
+        assert!(
+            branded.contains("img-src 'self' https://cdn.acme.example;"),
+            "{branded}"
+        );
+        assert!(
+            branded.ends_with("frame-ancestors https://dash.acme.example"),
+            "{branded}"
+        );
     }
 }

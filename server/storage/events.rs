@@ -2,7 +2,7 @@
 //! and in pages. (Publishing writes events in `publish::store`; the
 //! delivery queue, `crate::queue`, owns the deliveries' writes.)
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -57,6 +57,8 @@ pub struct EventQuery {
     pub since: Option<i64>,
     /// Created before (epoch ms).
     pub until: Option<i64>,
+    /// Only events with a delivery in this status.
+    pub delivery_status: Option<DeliveryStatus>,
 }
 
 /// Events newest first, one page (by id descending: ids are ULIDs, so this is
@@ -101,6 +103,23 @@ pub async fn list(
     }
     if let Some(until) = query.until {
         select = select.filter(event::Column::CreatedAt.lt(until));
+    }
+    if let Some(status) = query.delivery_status {
+        // Correlated on the event: the deliveries-by-event index answers
+        // it per candidate event, newest first, until the page is full.
+        select = select.filter(Expr::exists(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(delivery::Entity)
+                .and_where(
+                    Expr::col((delivery::Entity, delivery::Column::EventId))
+                        .equals((event::Entity, event::Column::Id)),
+                )
+                .and_where(
+                    Expr::col((delivery::Entity, delivery::Column::Status)).eq(status.as_str()),
+                )
+                .to_owned(),
+        ));
     }
     if let Some(after) = &page.after {
         select = select.filter(event::Column::Id.lt(after.as_str()));

@@ -183,6 +183,13 @@ impl StreamHub {
         }
     }
 
+    /// Events committed on this node from now on: the live tails' feed,
+    /// and a nudge for the portal's live message log (which reads what is
+    /// new from the database, so it sees other nodes' events too).
+    pub fn published(&self) -> broadcast::Receiver<Arc<event::Model>> {
+        self.events.subscribe()
+    }
+
     /// Ack: settles these deliveries of `endpoint_id` that are still
     /// pending, frees the window slots of the subscriptions on this node
     /// that were sent them, and counts them; returns how many it settled.

@@ -23,6 +23,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 pub enum Reply {
     Status(u16),
+    /// A status with this body.
+    Body(u16, &'static str),
     /// A status with one extra header (`Retry-After`, `Location`).
     WithHeader(u16, &'static str, String),
     /// Never answers (for 30 s).
@@ -178,6 +180,10 @@ async fn handle(
         Reply::Status(code) => Response::builder()
             .status(status(code))
             .body(Body::from("received"))
+            .expect("response"),
+        Reply::Body(code, body) => Response::builder()
+            .status(status(code))
+            .body(Body::from(body))
             .expect("response"),
         Reply::WithHeader(code, name, value) => Response::builder()
             .status(status(code))
