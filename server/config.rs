@@ -147,6 +147,10 @@ pub struct ServeConfig {
     /// The longest portal session CreatePortalSession may make.
     #[arg(long, env = "HERALD_PORTAL_MAX_SESSION", value_parser = humantime::parse_duration, default_value = "12h")]
     pub portal_max_session: Duration,
+    /// The gRPC address customers reach Herald at, for the `herald listen`
+    /// command the portal shows. Default: `http(s)://<--grpc-addr>`.
+    #[arg(long, env = "HERALD_PORTAL_GRPC_URL")]
+    pub portal_grpc_url: Option<String>,
     /// The provider's name, shown in the portal's header and titles.
     #[arg(long, env = "HERALD_PORTAL_NAME", default_value = "Webhooks")]
     pub portal_name: String,
@@ -305,16 +309,30 @@ impl ServeConfig {
     }
 
     /// What portal links are made of, for a portal listening on `bound`
-    /// (the address `--portal-addr` gave, its port chosen if it said 0).
-    pub fn portal_links(&self, bound: SocketAddr) -> crate::domain::portal::PortalLinks {
-        let addr = bound;
+    /// (the address `--portal-addr` gave, its port chosen if it said 0),
+    /// for a gRPC server listening on `grpc`.
+    pub fn portal_links(
+        &self,
+        bound: SocketAddr,
+        grpc: SocketAddr,
+    ) -> crate::domain::portal::PortalLinks {
         let public_url = self
             .portal_public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+            .unwrap_or_else(|| format!("http://{bound}"));
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let grpc_url = self
+            .portal_grpc_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{grpc}"));
         crate::domain::portal::PortalLinks {
             public_url: public_url.trim_end_matches('/').to_owned(),
             max_session: self.portal_max_session,
+            grpc_url,
         }
     }
 

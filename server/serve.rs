@@ -228,7 +228,8 @@ impl Herald {
             portal: portal_listener
                 .as_ref()
                 .and_then(|listener| listener.local_addr().ok())
-                .map(|bound| config.portal_links(bound)),
+                .zip(grpc_listener.local_addr().ok())
+                .map(|(bound, grpc)| config.portal_links(bound, grpc)),
         });
         Ok(Herald {
             config,

@@ -5,13 +5,17 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// What CreatePortalSession needs of the portal's configuration.
+/// What CreatePortalSession and the portal's pages hand out: links, and
+/// the address of the API.
 #[derive(Debug, Clone)]
 pub struct PortalLinks {
     /// Where customers reach the portal, without a trailing `/`.
     pub public_url: String,
     /// The longest session (`--portal-max-session`).
     pub max_session: Duration,
+    /// Where customers reach the gRPC API (`--portal-grpc-url`), for the
+    /// `herald listen` command the portal shows.
+    pub grpc_url: String,
 }
 
 /// A session lasts this long unless the provider asks otherwise.

@@ -522,7 +522,7 @@ pub async fn show(
         "{notice}{summary}{secret}{listen}{deliveries}{actions}",
         summary = summary(&endpoint),
         secret = secret_section(&session, &endpoint, &secret),
-        listen = listen_section(&endpoint),
+        listen = listen_section(&portal, &endpoint),
         deliveries = deliveries_section(&endpoint, &deliveries, &query.status),
         actions = actions_section(&session, &endpoint),
     );
@@ -598,17 +598,23 @@ fn secret_section(session: &Session, endpoint: &proto::Endpoint, secret: &str) -
     )
 }
 
-fn listen_section(endpoint: &proto::Endpoint) -> String {
+fn listen_section(portal: &Portal, endpoint: &proto::Endpoint) -> String {
     if endpoint.kind != proto::EndpointKind::Stream as i32 {
         return String::new();
     }
+    let server = portal
+        .state
+        .portal
+        .as_ref()
+        .map_or("", |links| links.grpc_url.as_str());
     format!(
         "<section aria-labelledby=\"listen\"><h2 id=\"listen\">Receive it</h2>\
          <p>Events wait for you until you connect. Forward each one to a local server; \
-         it is acknowledged when that server answers 2xx.</p>\
-         <pre><code>HERALD_URL=&lt;the provider&#39;s Herald address&gt; \
-         HERALD_TOKEN=&lt;your API key&gt; \\\n  herald listen --endpoint {id} \
+         it is acknowledged when that server answers 2xx. <code>HERALD_TOKEN</code> is the \
+         API key the provider gave you for this.</p>\
+         <pre><code id=\"listen-command\">herald listen --server {server} --endpoint {id} \
          --forward-to http://localhost:3000/webhooks</code></pre></section>",
+        server = escape(server),
         id = escape(&endpoint.id),
     )
 }

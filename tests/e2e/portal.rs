@@ -269,7 +269,11 @@ async fn a_magic_link_opens_one_consumers_portal_once(backend: Backend) {
     let (status, page) = page_of(stream.id.clone()).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(
-        page.contains(&format!("herald listen --endpoint {}", stream.id)),
+        page.contains(&format!(
+            "herald listen --server {} --endpoint {}",
+            server.url(),
+            stream.id
+        )),
         "{page}"
     );
 
