@@ -401,6 +401,50 @@ async fn replay_and_redeliver_requeue_deliveries(backend: Backend) {
         .deliveries;
     assert_eq!(failed.len(), 3);
     assert!(failed.iter().all(|d| d.next_attempt_at.is_none()));
+    // ListEvents by delivery status: the events with a failed delivery.
+    let events_with = |status: i32| {
+        let server = &server;
+        async move {
+            server
+                .events(ADMIN_TOKEN)
+                .await
+                .list_events(proto::ListEventsRequest {
+                    consumer_id: "acme".into(),
+                    delivery_status: status,
+                    ..Default::default()
+                })
+                .await
+                .map(|response| {
+                    let mut ids: Vec<String> = response
+                        .into_inner()
+                        .events
+                        .into_iter()
+                        .map(|event| event.id)
+                        .collect();
+                    ids.sort();
+                    ids
+                })
+        }
+    };
+    let mut sorted_ids = event_ids.clone();
+    sorted_ids.sort();
+    assert_eq!(
+        events_with(DeliveryStatus::Failed as i32)
+            .await
+            .expect("failed"),
+        sorted_ids
+    );
+    assert!(
+        events_with(DeliveryStatus::Succeeded as i32)
+            .await
+            .expect("succeeded")
+            .is_empty()
+    );
+    assert_status(
+        events_with(99).await,
+        Code::InvalidArgument,
+        "delivery_status",
+    );
 
     // Replay since the future replays nothing; since the epoch, all three.
     let none = events
@@ -435,6 +479,12 @@ async fn replay_and_redeliver_requeue_deliveries(backend: Backend) {
         .into_inner()
         .deliveries;
     assert_eq!(pending.len(), 3);
+    assert!(
+        events_with(DeliveryStatus::Failed as i32)
+            .await
+            .expect("failed")
+            .is_empty()
+    );
     assert!(
         pending
             .iter()
