@@ -7,6 +7,8 @@ mod common;
 mod admin;
 mod architecture;
 mod authorization;
+#[cfg(target_os = "linux")]
+mod browser;
 mod chaos;
 mod client;
 mod cluster;
