@@ -22,6 +22,8 @@
     reason = "helpers for the scenarios to come, like common.rs"
 )]
 
+mod portal;
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
