@@ -255,7 +255,8 @@ impl Browser {
     }
 
     /// Replaces the value of the field whose `<label>` reads `label` (by
-    /// `for=` or wrapped in it) with `text`.
+    /// `for=` or wrapped in it; a label's own text before any markup in it
+    /// counts) with `text`.
     pub async fn fill_labelled(&self, label: &str, text: &str) {
         let field = self.labelled(label).await;
         type_into(&field, text, label).await;
@@ -283,11 +284,11 @@ impl Browser {
     pub async fn labelled(&self, label: &str) -> Element {
         let literal = xpath_literal(label);
         let fields = "self::input or self::select or self::textarea";
-        let xpath = format!(
-            "//*[{fields}][@id=//label[normalize-space(.)={literal}]/@for] | \
-             //label[normalize-space(.)={literal} or \
-             normalize-space(text())={literal}]//*[{fields}]"
-        );
+        // The whole label, or its own text before any markup in it
+        // (`URL <small>(webhooks only)</small>` reads as "URL").
+        let label =
+            format!("label[normalize-space(.)={literal} or normalize-space(text())={literal}]");
+        let xpath = format!("//*[{fields}][@id=//{label}/@for] | //{label}//*[{fields}]");
         self.wait_for_element(
             Locator::XPath(&xpath),
             &format!("a field labelled {label:?}"),
