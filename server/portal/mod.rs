@@ -157,6 +157,7 @@ pub async fn serve(
         .route("/assets/live.js", get(live_js))
         .route("/assets/portal.css", get(stylesheet))
         .route("/assets/brand.css", get(brand))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(not_found)
         .layer(axum::middleware::map_response_with_state(
             portal.clone(),
@@ -190,7 +191,7 @@ fn content_security_policy(look: &PortalLook) -> String {
 }
 
 /// Headers on every response: nothing from elsewhere, framing only as
-/// configured, no caching, no referrer.
+/// configured, no caching, no referrer to other sites.
 async fn safe_headers(State(portal): State<Arc<Portal>>, mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, portal.csp.clone());
@@ -201,9 +202,11 @@ async fn safe_headers(State(portal): State<Arc<Portal>>, mut response: Response)
     if !portal.look.embeddable() {
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
+    // Links out of the portal carry no referrer; its own requests carry
+    // their origin, which form checks read.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
@@ -414,7 +417,7 @@ impl Portal {
                 text,
             )
         };
-        if !self.same_origin(headers) {
+        if !from_own_pages(headers, self.public_origin.as_deref()) {
             return Err(refused("It did not come from this portal's pages."));
         }
         let Some(token) = session_token(headers) else {
@@ -426,24 +429,6 @@ impl Portal {
             ));
         }
         Ok(session)
-    }
-
-    /// Whether a request came from the portal's own pages, by what the
-    /// browser says (`Sec-Fetch-Site`, `Origin`); clients that say nothing
-    /// still need the form token.
-    fn same_origin(&self, headers: &HeaderMap) -> bool {
-        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-        if let Some(site) = header("sec-fetch-site")
-            && !matches!(site, "same-origin" | "none")
-        {
-            return false;
-        }
-        let Some(origin) = header("origin") else {
-            return true;
-        };
-        let host = header("host").unwrap_or_default();
-        let own = [format!("http://{host}"), format!("https://{host}")];
-        own.iter().any(|own| own == origin) || self.public_origin.as_deref() == Some(origin)
     }
 
     /// Calls a service method in-process as `session`'s principal (see
@@ -489,6 +474,30 @@ fn read_form(body: &Bytes) -> Option<Form> {
     (body.len() <= forms::MAX_FORM_BYTES).then(|| Form::parse(body))
 }
 
+/// Whether a request came from the portal's own pages, by what the browser
+/// says (`Sec-Fetch-Site`, `Origin`): its own origin is the request's
+/// `Host` or `--portal-public-url`'s. Clients that say nothing still need
+/// the form token.
+fn from_own_pages(headers: &HeaderMap, public_origin: Option<&str>) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    if let Some(site) = header("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return false;
+    }
+    let Some(origin) = header("origin") else {
+        return true;
+    };
+    // A browser says `null` for a form sent from a page that carries no
+    // referrer; its `Sec-Fetch-Site` then says where it came from.
+    if origin == "null" {
+        return header("sec-fetch-site") == Some("same-origin");
+    }
+    let host = header("host").unwrap_or_default();
+    let own = [format!("http://{host}"), format!("https://{host}")];
+    own.iter().any(|own| own == origin) || public_origin == Some(origin)
+}
+
 /// The session token from the `Cookie` header.
 fn session_token(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -516,6 +525,48 @@ mod tests {
         assert_eq!(session_token(&headers), Some("hk_abc"));
         headers.insert(header::COOKIE, HeaderValue::from_static("herald_portal="));
         assert_eq!(session_token(&headers), None);
+    }
+
+    #[test]
+    fn forms_count_only_from_the_portals_own_pages() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static("portal.test:8080"));
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        let public = Some("https://hooks.acme.example");
+        for (pairs, expected) in [
+            (vec![], true),
+            (vec![("origin", "http://portal.test:8080")], true),
+            (vec![("origin", "https://hooks.acme.example")], true),
+            (vec![("origin", "https://evil.example")], false),
+            (
+                vec![("origin", "null"), ("sec-fetch-site", "same-origin")],
+                true,
+            ),
+            (vec![("origin", "null")], false),
+            (
+                vec![("origin", "null"), ("sec-fetch-site", "cross-site")],
+                false,
+            ),
+            (vec![("sec-fetch-site", "same-site")], false),
+            (
+                vec![
+                    ("sec-fetch-site", "same-origin"),
+                    ("origin", "https://evil.example"),
+                ],
+                false,
+            ),
+        ] {
+            assert_eq!(
+                from_own_pages(&headers(&pairs), public),
+                expected,
+                "{pairs:?}"
+            );
+        }
     }
 
     #[test]
