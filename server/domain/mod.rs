@@ -2,8 +2,9 @@
 //! type is built by a `parse` that enforces its rule and names the offending
 //! field on failure; once a value exists it is valid, so handlers and
 //! storage never check it again. Besides: typed ids (`ids`), delivery states
-//! and attempt outcomes (`delivery`), the SSRF target policy (`target`) and
-//! the idempotency rule (`idempotency`). Nothing here knows about gRPC or
+//! and attempt outcomes (`delivery`), the SSRF target policy (`target`),
+//! the idempotency rule (`idempotency`) and how an endpoint's health report
+//! buckets its attempts (`health`). Nothing here knows about gRPC or
 //! the database.
 
 pub mod api_key;
@@ -11,6 +12,7 @@ pub mod consumer;
 pub mod delivery;
 pub mod endpoint;
 pub mod event_type;
+pub mod health;
 pub mod idempotency;
 pub mod ids;
 pub mod page;
