@@ -327,6 +327,10 @@ mod tests {
             Access::AnyKey
         );
         assert_eq!(
+            required_access("/herald.v1.Events/GetEndpointHealth"),
+            Access::AnyKey
+        );
+        assert_eq!(
             required_access("/unknown.Service/Method"),
             Access::AdminOnly
         );

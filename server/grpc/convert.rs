@@ -45,6 +45,15 @@ pub fn duration(field: &str, duration: &prost_types::Duration) -> Result<std::ti
     ))
 }
 
+/// Milliseconds to a protobuf duration (negative ones as zero).
+pub fn duration_message(millis: i64) -> prost_types::Duration {
+    let millis = millis.max(0);
+    prost_types::Duration {
+        seconds: millis / 1000,
+        nanos: ((millis % 1000) * 1_000_000) as i32,
+    }
+}
+
 /// A JSON object of strings, as stored, to a protobuf map. Rows are written by
 /// Herald, so a malformed document is a bug, reported as internal.
 pub fn string_map(json: &str) -> Result<HashMap<String, String>> {
@@ -96,5 +105,14 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn durations_keep_their_milliseconds() {
+        let message = duration_message(150_001);
+        assert_eq!((message.seconds, message.nanos), (150, 1_000_000));
+        let back = duration("d", &message).expect("not negative");
+        assert_eq!(back, std::time::Duration::from_millis(150_001));
+        assert_eq!(duration_message(-5), prost_types::Duration::default());
     }
 }

@@ -13,19 +13,22 @@ use tonic::{Request, Response, Status};
 
 use super::AppState;
 use super::auth::Principal;
-use super::convert::{millis, optional_timestamp, required, timestamp};
+use super::convert::{duration, duration_message, millis, optional_timestamp, required, timestamp};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
+use crate::domain::health::Buckets;
 use crate::domain::ids::{self, EndpointId, EventId};
 use crate::domain::page::PageRequest;
+use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::publish::{EventInput, Published};
 use crate::queue::{Delivery, Target};
 use crate::storage::entities::{attempt, endpoint, event};
 use crate::storage::events as store;
-use crate::storage::{consumers, endpoints};
+use crate::storage::health::AttemptHealth;
+use crate::storage::{consumers, endpoints, health};
 
 pub struct EventsService {
     state: Arc<AppState>,
@@ -140,6 +143,52 @@ fn attempt_message(row: attempt::Model) -> proto::Attempt {
         response_body: row.response_body,
         succeeded: row.succeeded,
         url: row.url,
+    }
+}
+
+fn health_bucket(bucket: &crate::domain::health::Bucket) -> proto::HealthBucket {
+    proto::HealthBucket {
+        start: timestamp(bucket.start),
+        attempts: bucket.attempts,
+        succeeded: bucket.succeeded,
+        failed: bucket.failed,
+        average_duration_ms: bucket.average_duration_ms(),
+        max_duration_ms: bucket.duration_max_ms,
+    }
+}
+
+fn health_message(
+    endpoint: &endpoint::Model,
+    buckets: &Buckets,
+    health: AttemptHealth,
+) -> proto::GetEndpointHealthResponse {
+    let (last_failure_at, status_code, error_class) = match health.last_failure {
+        Some(failure) => (
+            Some(failure.at),
+            failure
+                .status_code
+                .and_then(|code| u32::try_from(code).ok())
+                .unwrap_or(0),
+            failure.error_class.unwrap_or_default(),
+        ),
+        None => (None, 0, String::new()),
+    };
+    proto::GetEndpointHealthResponse {
+        endpoint_id: endpoint.id.clone(),
+        bucket_width: Some(duration_message(buckets.width())),
+        buckets: health.buckets.iter().map(health_bucket).collect(),
+        attempts: health.totals.attempts,
+        succeeded: health.totals.succeeded,
+        failed: health.totals.failed,
+        average_duration_ms: health.totals.average_duration_ms(),
+        failure_streak: u32::try_from(health.failure_streak).unwrap_or(u32::MAX),
+        last_success_at: optional_timestamp(health.last_success_at),
+        last_failure_at: optional_timestamp(last_failure_at),
+        last_failure_status_code: status_code,
+        last_failure_error_class: error_class,
+        failing_since: optional_timestamp(endpoint.failing_since),
+        enabled: endpoint.enabled,
+        disabled_reason: endpoint.disabled_reason.clone().unwrap_or_default(),
     }
 }
 
@@ -456,5 +505,22 @@ impl proto::events_server::Events for EventsService {
             .await?;
         tracing::info!(endpoint_id, replayed, "replay scheduled");
         Ok(Response::new(proto::ReplayResponse { replayed }))
+    }
+    async fn get_endpoint_health(
+        &self,
+        request: Request<proto::GetEndpointHealthRequest>,
+    ) -> Result<Response<proto::GetEndpointHealthResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let endpoint_id = required("endpoint_id", &request.endpoint_id)?;
+        let window = request
+            .window
+            .as_ref()
+            .map(|window| duration("window", window))
+            .transpose()?;
+        let buckets = Buckets::parse("window", window, now_millis())?;
+        let endpoint = self.visible_endpoint(&principal, endpoint_id).await?;
+        let health = health::of_endpoint(&self.state.db.conn, &endpoint.id, &buckets).await?;
+        Ok(Response::new(health_message(&endpoint, &buckets, health)))
     }
 }

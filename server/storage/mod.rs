@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod entities;
 pub mod event_types;
 pub mod events;
+pub mod health;
 pub mod history;
 pub mod nodelay;
 pub mod portal_sessions;
