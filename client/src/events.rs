@@ -203,6 +203,19 @@ impl Herald {
         ListAttempts::new(self.clone(), proto::ListAttemptsRequest::default())
     }
 
+    /// How an endpoint's attempts went lately: 24 equal buckets over the
+    /// last day (another window with [`GetEndpointHealth::window`]), totals
+    /// and the current failure streak.
+    pub fn endpoint_health(&self, endpoint_id: impl Into<String>) -> GetEndpointHealth {
+        GetEndpointHealth {
+            client: self.clone(),
+            request: proto::GetEndpointHealthRequest {
+                endpoint_id: endpoint_id.into(),
+                window: None,
+            },
+        }
+    }
+
     /// Delivers one event to one endpoint again, now, whatever its earlier
     /// outcome. Not retried (a retry would deliver twice).
     pub async fn redeliver(
@@ -233,6 +246,34 @@ impl Herald {
         })
         .await
         .map(|response| response.replayed)
+    }
+}
+
+/// A `GetEndpointHealth` call; made by [`Herald::endpoint_health`].
+#[derive(Debug, Clone)]
+#[must_use = "a request builder does nothing until `.send()`"]
+pub struct GetEndpointHealth {
+    client: Herald,
+    request: proto::GetEndpointHealthRequest,
+}
+
+impl GetEndpointHealth {
+    /// How far back the buckets reach (at least 1 hour, at most 7 days;
+    /// 24 hours by default). Each of the 24 buckets is a 24th of it.
+    pub fn window(mut self, window: std::time::Duration) -> GetEndpointHealth {
+        self.request.window = Some(crate::time::duration(window));
+        self
+    }
+
+    /// Reads the health. A read: retried on `UNAVAILABLE`.
+    pub async fn send(self) -> Result<proto::GetEndpointHealthResponse> {
+        self.client
+            .unary(true, self.request, |channel, request| async move {
+                EventsClient::new(channel)
+                    .get_endpoint_health(request)
+                    .await
+            })
+            .await
     }
 }
 

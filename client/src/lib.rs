@@ -139,7 +139,9 @@ pub mod proto {
 pub use admin::{CreateApiKey, ListApiKeys};
 pub use client::{Herald, HeraldBuilder, Page};
 pub use error::{Code, Error, Result};
-pub use events::{ListAttempts, ListDeliveries, ListEvents, NewEvent, Payload, Publish};
+pub use events::{
+    GetEndpointHealth, ListAttempts, ListDeliveries, ListEvents, NewEvent, Payload, Publish,
+};
 pub use proto::{
     ApiKey, ApiKeyScope, Attempt, Consumer, Delivery, DeliveryStatus, Endpoint, EndpointKind,
     Event, EventType, StreamEvent,
