@@ -18,6 +18,7 @@ mod delivery;
 mod events_api;
 mod fairness;
 mod grpcurl;
+mod health;
 mod lifecycle;
 mod listen;
 mod malformed;
