@@ -42,10 +42,12 @@ pub struct LastFailure {
     pub error_class: Option<String>,
 }
 
+// The statements are public for the test that reads their plans.
+
 /// Per bucket and outcome: `$1` endpoint, `$2` the first bucket's start, `$3`
 /// the last one's end, `$4` the width. `SUM` of an `integer` is a `bigint` on
 /// PostgreSQL (of a `bigint` it would be `numeric`).
-const TALLIES: &str = "\
+pub const TALLIES: &str = "\
     SELECT TRUE AS ok, (attempted_at - $2) / $4 AS bucket, COUNT(*) AS attempts, \
            SUM(duration_ms) AS duration_sum, MAX(duration_ms) AS duration_max \
       FROM attempts \
@@ -59,7 +61,7 @@ const TALLIES: &str = "\
      GROUP BY 2";
 
 /// `$1` endpoint: the latest success's time and the latest failure.
-const LATEST: &str = "\
+pub const LATEST: &str = "\
     SELECT (SELECT attempted_at FROM attempts \
              WHERE endpoint_id = $1 AND succeeded = TRUE \
              ORDER BY attempted_at DESC LIMIT 1) AS last_success_at, \
@@ -70,7 +72,7 @@ const LATEST: &str = "\
                   ORDER BY attempted_at DESC LIMIT 1) AS f ON 1 = 1";
 
 /// `$1` endpoint, `$2` after this time, `$3` at most this many.
-const FAILURES_AFTER: &str = "\
+pub const FAILURES_AFTER: &str = "\
     SELECT COUNT(*) FROM (SELECT 1 AS one FROM attempts \
                            WHERE endpoint_id = $1 AND succeeded = FALSE AND attempted_at > $2 \
                            LIMIT $3) AS streak";

@@ -5,12 +5,16 @@
 
 use std::time::Duration;
 
+use herald::domain::health::Buckets;
 use herald::domain::ids;
 use herald::domain::time::now_millis;
 use herald::storage::entities::attempt;
+use herald::storage::health as health_sql;
 use herald_client::proto::{self, ApiKeyScope, DeliveryStatus};
 use prost_types::Timestamp;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, Statement,
+};
 use tonic::Code;
 
 use crate::both_backends;
@@ -26,6 +30,7 @@ both_backends!(
     old_attempts_fall_in_their_buckets_and_make_the_streak,
     an_endpoint_without_attempts_has_24_empty_buckets,
     consumer_keys_and_bad_requests,
+    a_busy_endpoint_is_read_through_its_index,
 );
 
 const HOUR: i64 = 3_600_000;
@@ -531,6 +536,167 @@ async fn consumer_keys_and_bad_requests(backend: Backend) {
         health(&mut admin, &own, Some(Duration::from_secs(window)))
             .await
             .expect("the bounds are allowed");
+    }
+    server.finish().await;
+}
+
+/// Writes `count` attempts of `endpoint_id` in one statement, one every
+/// `spacing` ms back from `newest`; every tenth failed (500), durations
+/// 0 to 299 ms.
+async fn insert_many(
+    db: &DatabaseConnection,
+    endpoint_id: &str,
+    newest: i64,
+    spacing: i64,
+    count: i64,
+) {
+    let rows = match db.get_database_backend() {
+        DatabaseBackend::Postgres => "SELECT g FROM generate_series(1, $3::bigint) AS g",
+        _ => {
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < $3) \
+              SELECT g FROM s"
+        }
+    };
+    let sql = format!(
+        "INSERT INTO attempts (id, delivery_id, event_id, endpoint_id, url, attempted_at, \
+           duration_ms, status_code, error_class, response_body, succeeded) \
+         SELECT $1 || '_' || CAST(g AS TEXT), 'dlv_bulk', 'evt_bulk', $1, 'http://127.0.0.1:9/hook', \
+                $2 - g * $4, CAST(g % 300 AS INTEGER), \
+                CASE WHEN g % 10 = 0 THEN 500 ELSE 200 END, NULL, '', g % 10 <> 0 \
+           FROM ({rows}) AS n"
+    );
+    db.execute_raw(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        sql,
+        vec![
+            endpoint_id.into(),
+            newest.into(),
+            count.into(),
+            spacing.into(),
+        ],
+    ))
+    .await
+    .expect("insert attempts in bulk");
+}
+
+/// The plan of one of the health statements, as text.
+async fn plan(db: &DatabaseConnection, sql: &str, values: Vec<sea_orm::Value>) -> String {
+    let backend = db.get_database_backend();
+    let explain = match backend {
+        DatabaseBackend::Postgres => format!("EXPLAIN {sql}"),
+        _ => format!("EXPLAIN QUERY PLAN {sql}"),
+    };
+    db.query_all_raw(Statement::from_sql_and_values(backend, explain, values))
+        .await
+        .expect("explain")
+        .into_iter()
+        .map(|row| {
+            let column = if backend == DatabaseBackend::Postgres {
+                "QUERY PLAN"
+            } else {
+                "detail"
+            };
+            row.try_get::<String>("", column).expect("a plan line")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A busy endpoint among others: its totals are exact, and every statement
+/// reads it through `attempts_by_endpoint_time`, never by scanning the
+/// table. `HERALD_TEST_HEALTH_ATTEMPTS` (default 10,000) sets how many
+/// attempts it has in the day (the others have nine times as many between
+/// them), and the time of a call is printed: a way to measure.
+async fn a_busy_endpoint_is_read_through_its_index(backend: Backend) {
+    let count: i64 = std::env::var("HERALD_TEST_HEALTH_ATTEMPTS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10_000);
+    let server = TestServer::start(backend).await;
+    let fixtures = Fixtures::open(&server).await;
+    let consumer = fixtures.consumer("acme").await;
+    let busy = fixtures.endpoint(&consumer, EndpointSpec::default()).await;
+    let db = &fixtures.db;
+    let now = now_millis();
+    // Within the last 23 hours, so within the day's buckets whenever the
+    // call comes.
+    let spacing = (23 * HOUR / count).max(1);
+    insert_many(db, &busy, now, spacing, count).await;
+    for _ in 0..9 {
+        let other = fixtures.endpoint(&consumer, EndpointSpec::default()).await;
+        insert_many(db, &other, now, spacing, count).await;
+    }
+    if backend == Backend::Postgres {
+        // What autovacuum does in a while: statistics, and the visibility
+        // map that lets index-only scans skip the table.
+        db.execute_unprepared("VACUUM ANALYZE attempts")
+            .await
+            .expect("vacuum");
+    } else {
+        db.execute_unprepared("ANALYZE").await.expect("analyze");
+    }
+
+    let mut events = server.events(ADMIN_TOKEN).await;
+    let mut timings = Vec::new();
+    let mut response = None;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        response = Some(health(&mut events, &busy, None).await.expect("health"));
+        timings.push(started.elapsed());
+    }
+    timings.sort();
+    eprintln!(
+        "GetEndpointHealth, {backend:?}, {count} attempts in the day of {} in the table: median {:?}, slowest {:?}",
+        count * 10,
+        timings[2],
+        timings[4]
+    );
+    let response = response.expect("five calls");
+    let failed = count / 10;
+    assert_eq!(response.attempts, u64::try_from(count).expect("positive"));
+    assert_eq!(response.failed, u64::try_from(failed).expect("positive"));
+    assert_eq!(
+        response.failure_streak, 0,
+        "the newest attempt (g = 1) succeeded"
+    );
+    assert_eq!(millis(&response.last_success_at), Some(now - spacing));
+    assert_eq!(
+        millis(&response.last_failure_at),
+        Some(now - 10 * spacing),
+        "g = 10"
+    );
+
+    let window = Buckets::parse("window", None, now).expect("a day");
+    let endpoint = || sea_orm::Value::from(busy.clone());
+    for (name, sql, values) in [
+        (
+            "tallies",
+            health_sql::TALLIES,
+            vec![
+                endpoint(),
+                window.start().into(),
+                window.end().into(),
+                window.width().into(),
+            ],
+        ),
+        ("latest", health_sql::LATEST, vec![endpoint()]),
+        (
+            "streak",
+            health_sql::FAILURES_AFTER,
+            vec![endpoint(), (now - HOUR).into(), 10_000i64.into()],
+        ),
+    ] {
+        let plan = plan(db, sql, values).await;
+        assert!(
+            plan.contains("attempts_by_endpoint_time"),
+            "{name} reads the index:\n{plan}"
+        );
+        for scan in ["Seq Scan", "SCAN attempts", "Bitmap Heap Scan"] {
+            assert!(
+                !plan.contains(scan),
+                "{name} does not scan the table:\n{plan}"
+            );
+        }
     }
     server.finish().await;
 }
