@@ -473,6 +473,26 @@ async fn consumer_keys_and_bad_requests(backend: Backend) {
         .expect("its own endpoint");
     assert_eq!(response.endpoint_id, own);
 
+    // The same through the client crate.
+    let client = herald_client::Herald::connect(server.url())
+        .token(&token)
+        .await
+        .expect("connect the client");
+    let two_hours = client
+        .endpoint_health(&own)
+        .window(Duration::from_secs(2 * 3600))
+        .send()
+        .await
+        .expect("its own endpoint, through the client");
+    assert_eq!(width_millis(&two_hours), 300_000, "two hours in 24 buckets");
+    assert_eq!(two_hours.buckets.len(), 24);
+    let refused = client
+        .endpoint_health(&foreign)
+        .send()
+        .await
+        .expect_err("another tenant's endpoint, through the client");
+    assert_eq!(refused.code(), herald_client::Code::NotFound);
+
     // Another tenant's endpoint reads exactly as one that does not exist.
     let hidden = health(&mut mine, &foreign, None)
         .await
