@@ -500,6 +500,17 @@ pub async fn show(
         Ok(secret) => secret.secret,
         Err(status) => return portal.failed(&session, &status),
     };
+    let health = match call!(
+        portal,
+        session,
+        events.get_endpoint_health(proto::GetEndpointHealthRequest {
+            endpoint_id: id.clone(),
+            window: None,
+        })
+    ) {
+        Ok(health) => health,
+        Err(status) => return portal.failed(&session, &status),
+    };
     let status_filter = status_of(&query.status);
     let deliveries = match call!(
         portal,
@@ -519,8 +530,9 @@ pub async fn show(
         .map(pages::notice)
         .unwrap_or_default();
     let body = format!(
-        "{notice}{summary}{secret}{listen}{deliveries}{actions}",
+        "{notice}{summary}{health}{secret}{listen}{deliveries}{actions}",
         summary = summary(&endpoint),
+        health = super::health::section(&endpoint, &health),
         secret = secret_section(&session, &endpoint, &secret),
         listen = listen_section(&portal, &endpoint),
         deliveries = deliveries_section(&endpoint, &deliveries, &query.status),

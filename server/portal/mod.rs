@@ -30,6 +30,7 @@
 mod catalogue;
 mod endpoints;
 mod forms;
+mod health;
 mod live;
 mod messages;
 mod pages;

@@ -712,6 +712,19 @@ async fn a_customer_manages_endpoints_and_messages_in_the_portal(backend: Backen
     })
     .await;
 
+    // The endpoint's health: one success and three failures in a row.
+    let (status, page) = visitor.get(&format!("/endpoints/{}", endpoint.id)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("<strong>25%</strong> (1 of 4 attempts)"),
+        "{page}"
+    );
+    assert!(
+        page.contains("3 failed attempts in a row") && page.contains("got HTTP 500"),
+        "{page}"
+    );
+    assert!(page.contains("<svg class=\"chart\""), "{page}");
+
     // The log: filters by status and type; nothing of globex.
     let (status, page) = visitor.get("/messages").await;
     assert_eq!(status, StatusCode::OK, "{page}");
@@ -807,6 +820,11 @@ async fn a_customer_manages_endpoints_and_messages_in_the_portal(backend: Backen
     let disabled = acme_endpoints().await.pop().expect("endpoint");
     assert!(!disabled.enabled);
     assert_eq!(disabled.disabled_reason, "disabled in the portal");
+    let (_, page) = visitor.get(&format!("/endpoints/{}", endpoint.id)).await;
+    assert!(
+        page.contains("<strong>Disabled</strong>: disabled in the portal."),
+        "{page}"
+    );
     let (status, _) = visitor
         .post(&format!("/endpoints/{}/enable", endpoint.id), &[])
         .await;
