@@ -6,7 +6,7 @@ use futures_util::Stream;
 
 use crate::proto::subscriptions_client::SubscriptionsClient;
 use crate::proto::{self, Consumer, Endpoint, EndpointKind, EventType};
-use crate::{Herald, Result};
+use crate::{Herald, Payload, Result};
 
 impl Herald {
     /// Registers a consumer with the caller's own `uid` (which must be new:
@@ -544,6 +544,14 @@ impl CreateEventType {
         self
     }
 
+    /// An example payload, shown to consumers and sent by a test event of
+    /// this type that names no payload. The server holds it to the rules of
+    /// a published payload, and to the schema if there is one.
+    pub fn example(mut self, example: impl Into<Payload>) -> CreateEventType {
+        self.request.example = example.into().as_str().to_owned();
+        self
+    }
+
     /// Creates the event type. Not retried.
     pub async fn send(self) -> Result<EventType> {
         self.client
@@ -571,9 +579,23 @@ impl UpdateEventType {
         self
     }
 
-    /// Sets the JSON Schema; an empty string removes it.
+    /// Sets the JSON Schema; an empty string removes it. The server refuses
+    /// a schema the type's example does not satisfy, unless this update
+    /// also sets a matching example (or removes it).
     pub fn schema(mut self, schema: impl Into<String>) -> UpdateEventType {
         self.request.schema = Some(schema.into());
+        self
+    }
+
+    /// Sets the example payload (see [`CreateEventType::example`]).
+    pub fn example(mut self, example: impl Into<Payload>) -> UpdateEventType {
+        self.request.example = Some(example.into().as_str().to_owned());
+        self
+    }
+
+    /// Removes the example payload.
+    pub fn remove_example(mut self) -> UpdateEventType {
+        self.request.example = Some(String::new());
         self
     }
 

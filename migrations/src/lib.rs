@@ -25,6 +25,7 @@ mod m20261202_000007_endpoint_owners;
 mod m20261203_000008_claim_indexes;
 mod m20261203_000009_api_key_expiry;
 mod m20261203_000010_portal_links;
+mod m20261204_000011_event_type_example;
 mod m20261204_000012_attempts_by_endpoint_time;
 
 pub struct Migrator;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000008_claim_indexes::Migration),
             Box::new(m20261203_000009_api_key_expiry::Migration),
             Box::new(m20261203_000010_portal_links::Migration),
+            Box::new(m20261204_000011_event_type_example::Migration),
             Box::new(m20261204_000012_attempts_by_endpoint_time::Migration),
         ]
     }

@@ -31,6 +31,7 @@ use crate::domain::secret::{SigningSecret, parse_rotation_grace};
 use crate::domain::time::{duration_millis, now_millis};
 use crate::error::{Error, Result};
 use crate::proto;
+use crate::publish::ExampleCheck;
 use crate::storage::consumers::{ConsumerChanges, NewConsumer};
 use crate::storage::endpoints::{EndpointChanges, NewEndpoint};
 use crate::storage::entities::{consumer, endpoint, event_type as event_type_row};
@@ -185,10 +186,18 @@ fn event_type_message(row: event_type_row::Model) -> proto::EventType {
         name: row.name,
         description: row.description,
         schema: row.schema.unwrap_or_default(),
+        example: row.example.unwrap_or_default(),
         archived: row.archived,
         created_at: timestamp(row.created_at),
         updated_at: timestamp(row.updated_at),
     }
+}
+
+/// An event type's example as a request gives it: empty (or blank) means
+/// none, which in an update removes it. Its rules are checked by
+/// `Publisher::check_example`, which knows the payload limits.
+fn optional_example(example: String) -> Option<String> {
+    (!example.trim().is_empty()).then_some(example)
 }
 
 /// UNSPECIFIED means WEBHOOK, so that a create naming only a URL does what it says.
@@ -608,7 +617,15 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
             name: event_type::parse_name("name", &request.name)?,
             description: event_type::parse_description("description", &request.description)?,
             schema: event_type::parse_schema("schema", &request.schema)?,
+            example: optional_example(request.example),
         };
+        self.state.publisher.check_example(ExampleCheck {
+            event_type: &new_event_type.name,
+            schema: new_event_type.schema.as_deref(),
+            schema_changed: true,
+            example: new_event_type.example.as_deref(),
+            example_changed: true,
+        })?;
         let row = event_types::insert(&self.state.db.conn, new_event_type).await?;
         // Publishing may have cached the name as unregistered (anything goes).
         self.event_type_changed(&row.name).await;
@@ -653,8 +670,26 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
                 .schema
                 .map(|schema| event_type::parse_schema("schema", &schema))
                 .transpose()?,
+            example: request.example.map(optional_example),
             archived: request.archived,
         };
+        // The pair the type is left with must hold together, whichever of
+        // the two this call changes. Two concurrent updates, one of each,
+        // are each checked against the other's old value (the catalogue is
+        // an administrator's, changed rarely and by hand).
+        self.state.publisher.check_example(ExampleCheck {
+            event_type: &current.name,
+            schema: match &changes.schema {
+                Some(schema) => schema.as_deref(),
+                None => current.schema.as_deref(),
+            },
+            schema_changed: changes.schema.is_some(),
+            example: match &changes.example {
+                Some(example) => example.as_deref(),
+                None => current.example.as_deref(),
+            },
+            example_changed: changes.example.is_some(),
+        })?;
         let row = event_types::update(&self.state.db.conn, current, changes).await?;
         // A new schema or archive flag applies to this node's next publish.
         self.event_type_changed(&row.name).await;

@@ -36,7 +36,7 @@ use crate::queue::Queue;
 use crate::storage::Database;
 use crate::storage::entities::event;
 
-pub use validate::IDEMPOTENCY_KEY_MAX_CHARS;
+pub use validate::{ExampleCheck, IDEMPOTENCY_KEY_MAX_CHARS};
 
 /// Most events accepted by one PublishBatch call.
 pub const MAX_BATCH_EVENTS: usize = 1000;
@@ -141,6 +141,13 @@ impl Publisher {
             prepared.push(self.validator.prepare(Some(index), input).await?);
         }
         self.submit(prepared).await
+    }
+
+    /// Checks an event type's example against the payload rules and its
+    /// schema (see [`PublisherConfig::check_example`]); the catalogue
+    /// calls it before it stores a create or an update.
+    pub fn check_example(&self, check: ExampleCheck<'_>) -> Result<()> {
+        self.validator.config().check_example(check)
     }
 
     /// Forgets what this node cached about an event type, so that a change to

@@ -195,6 +195,10 @@ impl Validator {
         Ok(consumer.id)
     }
 
+    pub fn config(&self) -> &PublisherConfig {
+        &self.config
+    }
+
     /// Forgets a consumer reference (the committer found it gone).
     pub fn forget_consumer(&self, reference: &str) {
         lock(&self.consumers).remove(reference);
@@ -413,18 +417,104 @@ fn check_against_schema(
 ) -> Result<()> {
     let value: serde_json::Value = serde_json::from_str(payload)
         .map_err(|err| Error::invalid(field, format!("is not valid JSON ({err})")))?;
-    schema.validate(&value).map_err(|violation| {
+    match first_violation(&value, schema) {
+        None => Ok(()),
+        Some(violation) => Err(Error::invalid(
+            field,
+            format!("does not match the schema of {event_type:?}: {violation}"),
+        )),
+    }
+}
+
+/// The first way `value` breaks `schema`, with where (`at /amount: …`).
+fn first_violation(value: &serde_json::Value, schema: &jsonschema::Validator) -> Option<String> {
+    schema.validate(value).err().map(|violation| {
         let path = violation.instance_path().to_string();
         let path = if path.is_empty() {
             "/".to_owned()
         } else {
             path
         };
-        Error::invalid(
-            field,
-            format!("does not match the schema of {event_type:?}: at {path}: {violation}"),
-        )
+        format!("at {path}: {violation}")
     })
+}
+
+/// What a create or update of an event type leaves it with, for
+/// [`PublisherConfig::check_example`]: the values after the call, and which
+/// of them the call changes.
+#[derive(Debug, Clone, Copy)]
+pub struct ExampleCheck<'a> {
+    pub event_type: &'a str,
+    /// The JSON Schema the type has after the call (already checked to
+    /// compile by `domain::event_type::parse_schema`, or stored).
+    pub schema: Option<&'a str>,
+    pub schema_changed: bool,
+    /// The example the type has after the call.
+    pub example: Option<&'a str>,
+    pub example_changed: bool,
+}
+
+impl PublisherConfig {
+    /// Holds an event type's example to what a publish of the type would
+    /// accept, so that an example shown to consumers is never one Herald
+    /// would refuse, and a test event sending it never fails on it.
+    ///
+    /// A new example gets every payload rule (size, nesting depth, JSON,
+    /// the schema after the call); a refusal names `example`. A new schema
+    /// with the stored example kept is refused, naming `schema`, when the
+    /// example does not satisfy it: the schema is what the call changed,
+    /// and a schema that makes the catalogue's own example wrong is more
+    /// likely a mistake than the example is. The caller fixes it by setting
+    /// a matching example (or removing it, `example: ""`) in the same call.
+    /// The size and depth of a kept example are not checked again: they
+    /// were checked when it was stored.
+    pub fn check_example(&self, check: ExampleCheck<'_>) -> Result<()> {
+        let Some(example) = check.example else {
+            return Ok(());
+        };
+        if !check.example_changed && !check.schema_changed {
+            return Ok(());
+        }
+        let schema = match check.schema {
+            Some(text) => Some(event_type::compile_schema(text).map_err(|reason| {
+                Error::FailedPrecondition(format!(
+                    "the JSON Schema of event type {:?} does not compile: {reason}",
+                    check.event_type
+                ))
+            })?),
+            None => None,
+        };
+        if check.example_changed {
+            check_payload_size("example", example, self.max_payload_bytes)?;
+            check_payload_depth("example", example)?;
+            return match &schema {
+                Some(schema) => check_against_schema("example", example, check.event_type, schema),
+                None => check_json("example", example),
+            };
+        }
+        let Some(schema) = schema else {
+            return Ok(());
+        };
+        let value: serde_json::Value = serde_json::from_str(example).map_err(|err| {
+            Error::internal_from(
+                format!(
+                    "the stored example of event type {:?} is not JSON",
+                    check.event_type
+                ),
+                err,
+            )
+        })?;
+        match first_violation(&value, &schema) {
+            None => Ok(()),
+            Some(violation) => Err(Error::invalid(
+                "schema",
+                format!(
+                    "the stored example of {:?} does not satisfy it ({violation}); set a matching example in the same call, or remove it with an empty example",
+                    check.event_type
+                ),
+            )),
+        }
+    }
 }
 
 /// What makes two requests with one idempotency key "the same": type,
@@ -520,6 +610,134 @@ mod tests {
         let message = err.to_string();
         assert!(message.starts_with("payload: "), "{message}");
         assert!(message.contains("/amount"), "{message}");
+    }
+
+    fn publisher_config(max_payload_bytes: usize) -> PublisherConfig {
+        PublisherConfig {
+            max_payload_bytes,
+            target_policy: Default::default(),
+            max_pending_fan_outs: 1,
+        }
+    }
+
+    const AMOUNT_SCHEMA: &str = r#"{"type":"object","required":["amount"]}"#;
+
+    fn example_check<'a>(
+        schema: Option<&'a str>,
+        schema_changed: bool,
+        example: Option<&'a str>,
+        example_changed: bool,
+    ) -> ExampleCheck<'a> {
+        ExampleCheck {
+            event_type: "invoice.paid",
+            schema,
+            schema_changed,
+            example,
+            example_changed,
+        }
+    }
+
+    #[test]
+    fn a_new_example_follows_the_payload_rules_and_the_schema() {
+        let config = publisher_config(32);
+        let refused = |check: ExampleCheck<'_>| config.check_example(check).expect_err("refused");
+        for (example, needle) in [
+            ("{", "example: is not valid JSON"),
+            ("1e400", "example: is not valid JSON"),
+            (
+                r#"{"pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+                "example: is 43 bytes, over the limit of 32",
+            ),
+        ] {
+            let message = refused(example_check(None, false, Some(example), true)).to_string();
+            assert!(message.starts_with(needle), "{example}: {message}");
+        }
+        let deep = "[".repeat(65);
+        let message = publisher_config(1024)
+            .check_example(example_check(None, false, Some(&deep), true))
+            .expect_err("too deep")
+            .to_string();
+        assert!(message.starts_with("example: nests arrays"), "{message}");
+        let message =
+            refused(example_check(Some(AMOUNT_SCHEMA), false, Some("{}"), true)).to_string();
+        assert!(
+            message.starts_with("example: does not match the schema"),
+            "{message}"
+        );
+        // Against the schema the call leaves, new or stored alike.
+        let message =
+            refused(example_check(Some(AMOUNT_SCHEMA), true, Some("{}"), true)).to_string();
+        assert!(message.starts_with("example: "), "{message}");
+        assert!(
+            config
+                .check_example(example_check(
+                    Some(AMOUNT_SCHEMA),
+                    false,
+                    Some(r#"{"amount":1}"#),
+                    true
+                ))
+                .is_ok()
+        );
+        assert!(
+            config
+                .check_example(example_check(None, false, Some("[1]"), true))
+                .is_ok()
+        );
+        assert!(
+            config
+                .check_example(example_check(Some(AMOUNT_SCHEMA), true, None, true))
+                .is_ok(),
+            "no example"
+        );
+    }
+
+    #[test]
+    fn a_new_schema_must_fit_the_kept_example() {
+        let config = publisher_config(32);
+        let err = config
+            .check_example(example_check(Some(AMOUNT_SCHEMA), true, Some("{}"), false))
+            .expect_err("the kept example breaks the new schema");
+        assert!(matches!(err, Error::InvalidArgument(_)));
+        let message = err.to_string();
+        assert!(
+            message.starts_with("schema: the stored example"),
+            "{message}"
+        );
+        assert!(message.contains("amount"), "{message}");
+        assert!(
+            config
+                .check_example(example_check(
+                    Some(AMOUNT_SCHEMA),
+                    true,
+                    Some(r#"{"amount":1}"#),
+                    false
+                ))
+                .is_ok()
+        );
+        // A kept example is not held again to a limit lowered since it was
+        // stored, and nothing is checked when neither changes.
+        let stored = r#"{"amount": 1, "note": "longer than thirty-two bytes"}"#;
+        assert!(
+            config
+                .check_example(example_check(
+                    Some(AMOUNT_SCHEMA),
+                    true,
+                    Some(stored),
+                    false
+                ))
+                .is_ok()
+        );
+        assert!(
+            config
+                .check_example(example_check(Some(AMOUNT_SCHEMA), false, Some("{}"), false))
+                .is_ok()
+        );
+        assert!(
+            config
+                .check_example(example_check(None, true, Some("{}"), false))
+                .is_ok(),
+            "schema removed"
+        );
     }
 
     #[test]

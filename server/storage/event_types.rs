@@ -18,6 +18,8 @@ pub struct NewEventType {
     pub description: String,
     /// JSON Schema text, already checked to be a JSON object.
     pub schema: Option<String>,
+    /// An example payload, already checked to be JSON that satisfies `schema`.
+    pub example: Option<String>,
 }
 
 /// The fields an update sets; `None` leaves the stored value alone.
@@ -26,6 +28,8 @@ pub struct EventTypeChanges {
     pub description: Option<String>,
     /// `Some(None)` removes the schema.
     pub schema: Option<Option<String>>,
+    /// `Some(None)` removes the example.
+    pub example: Option<Option<String>>,
     pub archived: Option<bool>,
 }
 
@@ -42,6 +46,7 @@ pub async fn insert(
         name: Set(new_event_type.name),
         description: Set(new_event_type.description),
         schema: Set(new_event_type.schema),
+        example: Set(new_event_type.example),
         archived: Set(false),
         created_at: Set(now),
         updated_at: Set(now),
@@ -90,6 +95,9 @@ pub async fn update(
     }
     if let Some(schema) = changes.schema {
         row.schema = Set(schema);
+    }
+    if let Some(example) = changes.example {
+        row.example = Set(example);
     }
     if let Some(archived) = changes.archived {
         row.archived = Set(archived);

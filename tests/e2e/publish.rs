@@ -116,6 +116,7 @@ pub mod fixtures {
                 name: Set(name.to_owned()),
                 description: Set(String::new()),
                 schema: Set(schema.map(str::to_owned)),
+                example: Set(None),
                 archived: Set(archived),
                 created_at: Set(now),
                 updated_at: Set(now),

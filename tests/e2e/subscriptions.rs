@@ -1181,6 +1181,7 @@ async fn event_types_round_trip(backend: Backend) {
             name: "invoice.paid".into(),
             description: "An invoice was paid".into(),
             schema: schema.into(),
+            ..Default::default()
         })
         .await
         .expect("create event type")
@@ -1222,6 +1223,7 @@ async fn event_types_round_trip(backend: Backend) {
                 name: name.into(),
                 description: String::new(),
                 schema: schema.into(),
+                ..Default::default()
             })
             .await;
         if let Err(status) = &result {
@@ -1370,6 +1372,7 @@ async fn event_type_schemas_must_compile(backend: Backend) {
                 name: "invoice.paid".into(),
                 description: String::new(),
                 schema: schema.into(),
+                ..Default::default()
             })
             .await;
         if let Err(status) = &result {
@@ -1399,6 +1402,7 @@ async fn event_type_schemas_must_compile(backend: Backend) {
             name: "invoice.paid".into(),
             description: String::new(),
             schema: schema.into(),
+            ..Default::default()
         })
         .await
         .expect("a schema whose $ref resolves is accepted");
@@ -1478,6 +1482,7 @@ async fn event_type_changes_apply_at_once_on_their_node(backend: Backend) {
                 name: name.clone(),
                 description: String::new(),
                 schema: integer_amount.into(),
+                ..Default::default()
             })
             .await
             .expect("create event type");

@@ -8,6 +8,8 @@ pub struct Model {
     pub description: String,
     /// JSON Schema text.
     pub schema: Option<String>,
+    /// An example payload (JSON text) that satisfies `schema`, if any.
+    pub example: Option<String>,
     pub archived: bool,
     pub created_at: i64,
     pub updated_at: i64,
