@@ -234,6 +234,29 @@ impl Herald {
         .map(|response| response.delivery.unwrap_or_default())
     }
 
+    /// Sends a test event to one endpoint (`ep_…`) and to no other, whatever
+    /// its event type filter: a real event of the endpoint's consumer,
+    /// signed and retried like any other. Without
+    /// [`event_type`](SendTestEvent::event_type) or
+    /// [`payload`](SendTestEvent::payload) the server picks them from the
+    /// endpoint's filter and the catalogue's examples.
+    ///
+    /// ```no_run
+    /// # async fn example(herald: herald_client::Herald) -> herald_client::Result<()> {
+    /// let sent = herald.send_test_event("ep_01J...").send().await?;
+    /// println!("{} via delivery {}", sent.event.unwrap_or_default().id, sent.delivery_id);
+    /// # Ok(()) }
+    /// ```
+    pub fn send_test_event(&self, endpoint_id: impl Into<String>) -> SendTestEvent {
+        SendTestEvent {
+            client: self.clone(),
+            request: proto::SendTestEventRequest {
+                endpoint_id: endpoint_id.into(),
+                ..Default::default()
+            },
+        }
+    }
+
     /// Delivers again every failed delivery of an endpoint created at or
     /// after `since`; returns how many were scheduled.
     pub async fn replay(&self, endpoint_id: impl Into<String>, since: SystemTime) -> Result<u32> {
@@ -272,6 +295,39 @@ impl GetEndpointHealth {
                 EventsClient::new(channel)
                     .get_endpoint_health(request)
                     .await
+            })
+            .await
+    }
+}
+
+/// A `SendTestEvent` call; made by [`Herald::send_test_event`].
+#[derive(Debug, Clone)]
+#[must_use = "a request builder does nothing until `.send()`"]
+pub struct SendTestEvent {
+    client: Herald,
+    request: proto::SendTestEventRequest,
+}
+
+impl SendTestEvent {
+    /// The event type (`invoice.paid`); by default the first exact type of
+    /// the endpoint's filter that has an example, else `herald.test`.
+    pub fn event_type(mut self, event_type: impl Into<String>) -> SendTestEvent {
+        self.request.event_type = event_type.into();
+        self
+    }
+
+    /// The payload; by default the type's example, else a small object
+    /// naming the endpoint.
+    pub fn payload(mut self, payload: impl Into<Payload>) -> SendTestEvent {
+        self.request.payload = payload.into().0;
+        self
+    }
+
+    /// Sends it. Not retried: each call sends a new event.
+    pub async fn send(self) -> Result<proto::SendTestEventResponse> {
+        self.client
+            .unary(false, self.request, |channel, request| async move {
+                EventsClient::new(channel).send_test_event(request).await
             })
             .await
     }

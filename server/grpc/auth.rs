@@ -322,6 +322,11 @@ mod tests {
             required_access("/herald.v1.Subscriptions/CreateEndpoint"),
             Access::AnyKey
         );
+        // A consumer tests its own endpoints (the handler confines it).
+        assert_eq!(
+            required_access("/herald.v1.Events/SendTestEvent"),
+            Access::AnyKey
+        );
         assert_eq!(
             required_access("/herald.v1.Streams/Subscribe"),
             Access::AnyKey

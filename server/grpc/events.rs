@@ -3,7 +3,8 @@
 //!
 //! The auth layer admits only ADMIN and PUBLISHER keys to Publish and
 //! PublishBatch. Every other method takes any key; a CONSUMER key sees only its
-//! own consumer's events, deliveries and attempts, and anything else reads as
+//! own consumer's events, deliveries and attempts, and sends test events
+//! (SendTestEvent) only to its own endpoints; anything else reads as
 //! NOT_FOUND.
 
 use std::collections::HashMap;
@@ -47,6 +48,7 @@ fn event_input(request: proto::PublishRequest) -> EventInput {
         payload: request.payload,
         idempotency_key: request.idempotency_key,
         callback_url: request.callback_url,
+        only_endpoint: None,
     }
 }
 
@@ -522,5 +524,34 @@ impl proto::events_server::Events for EventsService {
         let endpoint = self.visible_endpoint(&principal, endpoint_id).await?;
         let health = health::of_endpoint(&self.state.db.conn, &endpoint.id, &buckets).await?;
         Ok(Response::new(health_message(&endpoint, &buckets, health)))
+    }
+
+    /// Any key (the permission table's default for Events); a CONSUMER key
+    /// only for its own consumer's endpoints, another's being NOT_FOUND as
+    /// in GetEndpoint. The event's defaults and its one target are the
+    /// publisher's (`Publisher::send_test_event`).
+    async fn send_test_event(
+        &self,
+        request: Request<proto::SendTestEventRequest>,
+    ) -> Result<Response<proto::SendTestEventResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let request = request.into_inner();
+        let endpoint_id = required("endpoint_id", &request.endpoint_id)?;
+        let endpoint = self.visible_endpoint(&principal, endpoint_id).await?;
+        let sent = self
+            .state
+            .publisher
+            .send_test_event(&endpoint, request.event_type, request.payload)
+            .await?;
+        tracing::info!(
+            event_id = %sent.published.event.id,
+            delivery_id = %sent.delivery_id,
+            endpoint_id,
+            "test event sent"
+        );
+        Ok(Response::new(proto::SendTestEventResponse {
+            event: Some(event_message(&sent.published.event)),
+            delivery_id: sent.delivery_id.into_string(),
+        }))
     }
 }

@@ -38,7 +38,7 @@ use super::validate::{Prepared, Validator};
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::idempotency::{self, EarlierUse, Verdict};
-use crate::domain::ids::{self, EndpointId, EventId};
+use crate::domain::ids::{self, DeliveryId, EndpointId, EventId};
 use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
 use crate::handoff::{Committed, Handoff};
@@ -203,7 +203,7 @@ impl Committer {
                         .events_published(outcome.new_events.len() as u64);
                 }
                 self.handoff
-                    .published(outcome.deliveries, outcome.new_events, outcome.fanned_out);
+                    .published(outcome.deliveries, outcome.tailed, outcome.fanned_out);
                 Ok(outcome.results)
             }
             Err(err) => {
@@ -416,6 +416,8 @@ fn judged_expired(row: &idempotency_key::Model, now: i64) -> bool {
 pub struct Outcome {
     results: Vec<Published>,
     new_events: Vec<Arc<event::Model>>,
+    /// The new events live tails see: all but those for one endpoint.
+    tailed: Vec<Arc<event::Model>>,
     deliveries: Vec<Committed>,
     /// Some events' deliveries are written apart (see `FAN_OUT_APART`).
     fanned_out: bool,
@@ -425,6 +427,9 @@ pub struct Outcome {
 struct Planned {
     results: Vec<Published>,
     events: Vec<Arc<event::Model>>,
+    /// The events a live tail of their consumer may see: a test event is
+    /// for its one endpoint, not for whoever watches the consumer.
+    tailed: Vec<Arc<event::Model>>,
     keys: Vec<idempotency_key::Model>,
     fan_outs: Vec<FanOutRow>,
     deliveries: Vec<Committed>,
@@ -452,6 +457,7 @@ impl Write {
         Outcome {
             results: planned.results,
             new_events: planned.events,
+            tailed: planned.tailed,
             deliveries: planned.deliveries,
             fanned_out,
         }
@@ -493,6 +499,7 @@ impl Planner<'_> {
         let mut planned = Planned {
             results: Vec::with_capacity(job.len()),
             events: Vec::new(),
+            tailed: Vec::new(),
             keys: Vec::new(),
             deliveries: Vec::new(),
             fan_outs: Vec::new(),
@@ -530,6 +537,7 @@ impl Planner<'_> {
                             event: earlier.event,
                             duplicate: true,
                             deliveries: earlier.deliveries,
+                            only_delivery: None,
                         });
                         continue;
                     }
@@ -557,7 +565,16 @@ impl Planner<'_> {
                 callback_url: prepared.callback_url.clone(),
                 created_at: self.now,
             });
-            let count = self.fan_out(prepared, &event, apart, &mut planned)?;
+            let (count, only_delivery) = self.fan_out(prepared, &event, apart, &mut planned)?;
+            if let Some(endpoint_id) = &prepared.only_endpoint
+                && only_delivery.is_none()
+            {
+                // The caller saw the endpoint enabled; this group's read
+                // no longer finds it among the consumer's enabled ones.
+                return Err(Error::FailedPrecondition(format!(
+                    "endpoint_id: endpoint {endpoint_id} was disabled or deleted while the test event was sent; nothing was stored"
+                )));
+            }
             if let Some(pair) = pair {
                 planned.keys.push(idempotency_key::Model {
                     consumer_id: pair.0.clone(),
@@ -577,10 +594,14 @@ impl Planner<'_> {
                 ));
             }
             planned.events.push(event.clone());
+            if prepared.only_endpoint.is_none() {
+                planned.tailed.push(event.clone());
+            }
             planned.results.push(Published {
                 event,
                 duplicate: false,
                 deliveries: count,
+                only_delivery,
             });
         }
         // Only a job that succeeds claims its keys for the rest of the group,
@@ -672,16 +693,19 @@ impl Planner<'_> {
     /// deliveries are leased to this node, whose hot path tries them at
     /// once, except those of congested endpoints and those this node may
     /// not send (see [`Planner::hot`]), which a sweep claims; stream
-    /// deliveries wait for a subscription to claim them.
+    /// deliveries wait for a subscription to claim them. Returns how many
+    /// there are and, for an event for one endpoint, the id of its
+    /// delivery (`None` when that endpoint is not among the enabled ones).
     fn fan_out(
         &self,
         prepared: &Prepared,
         event: &Arc<event::Model>,
         apart: bool,
         planned: &mut Planned,
-    ) -> Result<u32> {
+    ) -> Result<(u32, Option<DeliveryId>)> {
         let event_id = EventId::from_stored(event.id.clone());
         let mut count = 0;
+        let mut only_delivery = None;
         let mut targets = Vec::new();
         for target in self.matching(prepared) {
             let stream = target.kind == EndpointKind::Stream;
@@ -700,13 +724,17 @@ impl Planner<'_> {
             } else {
                 Waiting::ThisNode
             };
+            let delivery = self.queue.new_delivery(
+                event_id.clone(),
+                DeliveryTarget::Endpoint(target.id.clone()),
+                self.now,
+                waiting,
+            );
+            if prepared.only_endpoint.is_some() {
+                only_delivery = Some(delivery.id.clone());
+            }
             planned.deliveries.push(Committed {
-                delivery: self.queue.new_delivery(
-                    event_id.clone(),
-                    DeliveryTarget::Endpoint(target.id.clone()),
-                    self.now,
-                    waiting,
-                ),
+                delivery,
                 event: event.clone(),
                 stream,
             });
@@ -732,7 +760,7 @@ impl Planner<'_> {
             });
             count += 1;
         }
-        Ok(count)
+        Ok((count, only_delivery))
     }
 
     /// Whether a webhook delivery to `target` may take this node's hot path:
@@ -753,13 +781,25 @@ impl Planner<'_> {
         fans_out_apart(job.len(), deliveries)
     }
 
-    /// The consumer's enabled endpoints whose filter matches the event.
+    /// The consumer's enabled endpoints that receive the event.
     fn matching<'p>(&'p self, prepared: &'p Prepared) -> impl Iterator<Item = &'p Target> + 'p {
         self.targets
             .get(&prepared.consumer_id)
             .into_iter()
             .flatten()
-            .filter(|target| target.filter.matches(&prepared.event_type))
+            .filter(|target| target.receives(&prepared.event_type, prepared.only_endpoint.as_ref()))
+    }
+}
+
+impl Target {
+    /// Whether an event of `event_type` goes to this endpoint: by its
+    /// filter, unless the event is for `only` one endpoint (a test event),
+    /// which then receives it whatever its filter, and no other does.
+    fn receives(&self, event_type: &str, only: Option<&EndpointId>) -> bool {
+        match only {
+            Some(only) => self.id == *only,
+            None => self.filter.matches(event_type),
+        }
     }
 }
 
@@ -767,6 +807,46 @@ impl Planner<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn target(id: &str, patterns: &[&str]) -> Target {
+        Target {
+            id: EndpointId::from_stored(id.to_owned()),
+            kind: EndpointKind::Webhook,
+            filter: EventTypeFilter::from_stored(
+                patterns.iter().map(|pattern| pattern.to_string()).collect(),
+            ),
+            ordered: false,
+        }
+    }
+
+    #[test]
+    fn ordinary_events_go_where_filters_say() {
+        let invoices = target("ep_invoices", &["invoice.*"]);
+        let everything = target("ep_everything", &[]);
+        let users = target("ep_users", &["user.created"]);
+        assert!(invoices.receives("invoice.paid", None));
+        assert!(everything.receives("invoice.paid", None));
+        assert!(!users.receives("invoice.paid", None));
+        assert!(users.receives("user.created", None));
+    }
+
+    #[test]
+    fn an_event_for_one_endpoint_goes_there_only_whatever_the_filters() {
+        let only = EndpointId::from_stored("ep_users".to_owned());
+        let invoices = target("ep_invoices", &["invoice.*"]);
+        let everything = target("ep_everything", &[]);
+        let users = target("ep_users", &["user.created"]);
+        assert!(
+            users.receives("herald.test", Some(&only)),
+            "the named endpoint receives a type its filter leaves out"
+        );
+        assert!(users.receives("user.created", Some(&only)));
+        assert!(
+            !everything.receives("herald.test", Some(&only)),
+            "an endpoint taking everything does not receive it"
+        );
+        assert!(!invoices.receives("invoice.paid", Some(&only)));
+    }
 
     #[test]
     fn one_event_to_many_endpoints_goes_apart() {

@@ -12,6 +12,10 @@
 //!   write per many events is what makes thousands of events per second
 //!   possible on a database that syncs each commit to disk.
 //! - `store`: the committer's statements.
+//! - `test_event`: SendTestEvent's defaults (type and payload from the
+//!   endpoint's filter and the catalogue's examples); the event then takes
+//!   the same path as any other, aimed at its one endpoint
+//!   ([`EventInput::only_endpoint`]).
 //!
 //! Architecture invariants: an event is acknowledged only after the write
 //! holding it, its idempotency row and all its deliveries has committed;
@@ -20,6 +24,7 @@
 
 mod commit;
 mod store;
+mod test_event;
 mod validate;
 
 use std::sync::Arc;
@@ -28,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::ids::{DeliveryId, EndpointId};
 use crate::domain::target::TargetPolicy;
 use crate::error::{Error, Result};
 use crate::handoff::Handoff;
@@ -36,6 +42,7 @@ use crate::queue::Queue;
 use crate::storage::Database;
 use crate::storage::entities::event;
 
+pub use test_event::{TEST_EVENT_TYPE, TestEvent};
 pub use validate::{ExampleCheck, IDEMPOTENCY_KEY_MAX_CHARS};
 
 /// Most events accepted by one PublishBatch call.
@@ -57,6 +64,11 @@ pub struct EventInput {
     pub idempotency_key: String,
     /// Empty for none.
     pub callback_url: String,
+    /// Deliver to this endpoint of the consumer only, whatever its event
+    /// type filter, and to no other endpoint (a test event, see
+    /// [`Publisher::send_test_event`]). `None`, what every Publish and
+    /// PublishBatch request gets, fans out by filter as usual.
+    pub only_endpoint: Option<EndpointId>,
 }
 
 /// The outcome of one published event.
@@ -68,6 +80,9 @@ pub struct Published {
     pub duplicate: bool,
     /// How many deliveries the event has (had, for a duplicate).
     pub deliveries: u32,
+    /// The delivery to [`EventInput::only_endpoint`], for an event that
+    /// named one; `None` otherwise.
+    pub only_delivery: Option<DeliveryId>,
 }
 
 /// Settings of the publisher.
@@ -85,6 +100,8 @@ pub struct PublisherConfig {
 pub struct Publisher {
     jobs: mpsc::Sender<commit::Job>,
     validator: Arc<validate::Validator>,
+    /// For the catalogue reads of a test event's defaults.
+    db: Database,
 }
 
 impl Publisher {
@@ -104,7 +121,7 @@ impl Publisher {
         let max_pending_fan_outs = config.max_pending_fan_outs;
         let validator = Arc::new(validate::Validator::new(db.clone(), config));
         let parts = commit::Parts {
-            db,
+            db: db.clone(),
             queue,
             handoff,
             validator: validator.clone(),
@@ -112,7 +129,14 @@ impl Publisher {
             max_pending_fan_outs,
         };
         let handle = commit::spawn(parts, receiver, stop);
-        (Publisher { jobs, validator }, handle)
+        (
+            Publisher {
+                jobs,
+                validator,
+                db,
+            },
+            handle,
+        )
     }
 
     /// Publishes one event (Publish). Errors name the request's fields.

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::{EventInput, PublisherConfig};
 use crate::domain::event_type;
+use crate::domain::ids::EndpointId;
 use crate::error::{Error, Result};
 use crate::storage::{Database, consumers, event_types};
 
@@ -54,6 +55,8 @@ pub struct Prepared {
     /// Hex SHA-256 of type, payload and callback URL: what "the same request"
     /// means for an idempotency key.
     pub request_hash: String,
+    /// See [`EventInput::only_endpoint`].
+    pub only_endpoint: Option<EndpointId>,
 }
 
 impl Prepared {
@@ -143,6 +146,13 @@ impl Validator {
                     .to_string(),
             ),
         };
+        if input.only_endpoint.is_some() && (idempotency_key.is_some() || callback_url.is_some()) {
+            // A key's "same request" does not cover the target, and a
+            // callback would be a second delivery: neither fits one.
+            return Err(Error::internal(
+                "an event for one endpoint came with an idempotency key or a callback URL",
+            ));
+        }
         let type_info = self.event_type(&event_type).await?;
         match type_info.as_deref() {
             Some(info) if info.archived => {
@@ -175,6 +185,7 @@ impl Validator {
             idempotency_key,
             callback_url,
             request_hash,
+            only_endpoint: input.only_endpoint,
         })
     }
 

@@ -82,6 +82,25 @@ pub async fn list(
     Ok(query.limit(page.fetch_limit()).all(db).await?)
 }
 
+/// Of the types named in `names`, those that are not archived and have an
+/// example, in no particular order: the candidates for a test event's type
+/// (`crate::publish`'s `send_test_event`), read in one query whatever the
+/// length of the endpoint's filter.
+pub async fn with_examples(
+    db: &impl ConnectionTrait,
+    names: &[String],
+) -> Result<Vec<event_type::Model>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(EventTypes::find()
+        .filter(event_type::Column::Name.is_in(names.iter().map(String::as_str)))
+        .filter(event_type::Column::Archived.eq(false))
+        .filter(event_type::Column::Example.is_not_null())
+        .all(db)
+        .await?)
+}
+
 /// Writes only the changed columns.
 pub async fn update(
     db: &impl ConnectionTrait,
