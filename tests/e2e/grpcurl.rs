@@ -45,6 +45,20 @@ async fn an_operator_can_list_call_and_is_refused_without_a_key() {
     let (ok, out, err) = blocking(&["-plaintext", &addr, "describe", "herald.v1.Endpoint"]).await;
     assert!(ok, "describe failed: {err}");
     assert!(out.contains("event_types"), "{out}");
+    // The test event RPC and the catalogue's example are documented for
+    // operators, through reflection alone.
+    let (ok, out, err) = blocking(&[
+        "-plaintext",
+        &addr,
+        "describe",
+        "herald.v1.Events.SendTestEvent",
+    ])
+    .await;
+    assert!(ok, "describe failed: {err}");
+    assert!(out.contains("test event to one endpoint"), "{out}");
+    let (ok, out, err) = blocking(&["-plaintext", &addr, "describe", "herald.v1.EventType"]).await;
+    assert!(ok, "describe failed: {err}");
+    assert!(out.contains("string example = 7"), "{out}");
 
     let (ok, out, err) = blocking(&[
         "-plaintext",

@@ -30,4 +30,5 @@ mod receiver;
 mod scale_out;
 mod streams;
 mod subscriptions;
+mod test_events;
 mod tls;
