@@ -58,8 +58,16 @@ fn entry(event_type: &proto::EventType) -> String {
             escape(&pretty(&event_type.schema))
         )
     };
+    let example = if event_type.example.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<h3>Example</h3><pre class=\"payload\"><code>{}</code></pre>",
+            escape(&pretty(&event_type.example))
+        )
+    };
     format!(
-        "<section class=\"event-type\" id=\"{name}\"><h2><code>{name}</code></h2><p>{description}</p>{schema}</section>",
+        "<section class=\"event-type\" id=\"{name}\"><h2><code>{name}</code></h2><p>{description}</p>{example}{schema}</section>",
         name = escape(&event_type.name),
         description = if event_type.description.is_empty() {
             "-".to_owned()

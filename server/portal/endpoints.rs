@@ -571,7 +571,8 @@ fn summary(endpoint: &proto::Endpoint) -> String {
     };
     format!(
         "<div class=\"title\"><h1><code>{target}</code></h1>\
-         <a class=\"button\" href=\"/endpoints/{id}/edit\">Edit</a></div>\
+         <span class=\"actions\"><a class=\"button\" href=\"/endpoints/{id}/test\">Send a test event</a>\
+         <a class=\"button\" href=\"/endpoints/{id}/edit\">Edit</a></span></div>\
          <dl class=\"facts\"><dt>Id</dt><dd><code>{id}</code></dd>\
          <dt>Description</dt><dd>{description}</dd>\
          <dt>State</dt><dd class=\"{class}\">{state}</dd>\

@@ -19,7 +19,7 @@
 //!
 //! - `pages`: the page shell and shared pieces; `forms`: reading forms;
 //! - `endpoints`: list, create, edit, enable/disable, delete, secret
-//!   rotation, test events, replay;
+//!   rotation, replay; `test_event`: a test event and its first attempt;
 //! - `messages`: the message log, an event's deliveries and attempts,
 //!   redelivery; `live`: new events pushed to an open log (SSE);
 //! - `catalogue`: the provider's event types.
@@ -34,6 +34,7 @@ mod health;
 mod live;
 mod messages;
 mod pages;
+mod test_event;
 
 use std::sync::Arc;
 
@@ -146,6 +147,10 @@ pub async fn serve(
         )
         .route("/endpoints/{id}/rotate", post(endpoints::rotate))
         .route("/endpoints/{id}/replay", post(endpoints::replay))
+        .route(
+            "/endpoints/{id}/test",
+            get(test_event::form).post(test_event::send),
+        )
         .route("/messages", get(messages::list))
         .route("/messages/live", get(live::stream))
         .route("/messages/{id}", get(messages::show))

@@ -782,6 +782,62 @@ async fn a_customer_manages_endpoints_and_messages_in_the_portal(backend: Backen
         .await;
     assert_eq!(received[before].header("webhook-id"), paid);
 
+    // A test event: the catalogue's example, to this endpoint only, and
+    // its first attempt shown at once.
+    server
+        .subscriptions(ADMIN_TOKEN)
+        .await
+        .update_event_type(proto::UpdateEventTypeRequest {
+            name: "invoice.paid".into(),
+            example: Some(r#"{"invoice":"in_example","amount":42}"#.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("an example");
+    let (status, page) = visitor.get("/event-types").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("An invoice was paid") && page.contains("&quot;amount&quot;: 42"),
+        "{page}"
+    );
+    let (status, page) = visitor
+        .get(&format!("/endpoints/{}/test", endpoint.id))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let before = receiver.received().len();
+    let (status, page) = visitor
+        .post(
+            &format!("/endpoints/{}/test", endpoint.id),
+            &[("event_type", "invoice.paid"), ("payload", "")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Delivered: your endpoint answered 2xx.") && page.contains("HTTP 200"),
+        "{page}"
+    );
+    let received = receiver.received();
+    assert_eq!(received.len(), before + 1, "the attempt shown was made");
+    assert_eq!(
+        received[before].body,
+        br#"{"invoice":"in_example","amount":42}"#.to_vec()
+    );
+    assert!(
+        page.contains(received[before].header("webhook-id")),
+        "{page}"
+    );
+    let (status, page) = visitor
+        .post(
+            &format!("/endpoints/{}/test", endpoint.id),
+            &[("payload", "{not json")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("payload") && page.contains("{not json"),
+        "{page}"
+    );
+
     // Live: an open log is sent the next event without a reload.
     let (_, page) = visitor.get("/messages").await;
     let live = page
