@@ -641,7 +641,7 @@ fn deliveries_section(
     for delivery in &deliveries.deliveries {
         rows.push_str(&format!(
             "<tr><td><a href=\"/messages/{event}\"><code>{event}</code></a></td><td>{event_type}</td>\
-             <td>{badge}</td><td>{attempts}</td><td>{last}</td><td>{next}</td></tr>",
+             <td>{badge}</td><td>{attempts}</td><td class=\"wide\">{last}</td><td class=\"wide\">{next}</td></tr>",
             event = escape(&delivery.event_id),
             event_type = escape(&delivery.event_type),
             badge = pages::delivery_badge(delivery.status),
@@ -668,7 +668,7 @@ fn deliveries_section(
         format!(
             "<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Event</th>\
              <th scope=\"col\">Type</th><th scope=\"col\">Status</th><th scope=\"col\">Attempts</th>\
-             <th scope=\"col\">Last attempt</th><th scope=\"col\">Next attempt</th></tr></thead>\
+             <th scope=\"col\" class=\"wide\">Last attempt</th><th scope=\"col\" class=\"wide\">Next attempt</th></tr></thead>\
              <tbody>{rows}</tbody></table></div>"
         )
     };

@@ -138,12 +138,15 @@ fn chart(health: &proto::GetEndpointHealthResponse) -> String {
         }
     }
     let latency = if line.len() > 1 {
-        format!("<polyline class=\"lat\" points=\"{}\"/>", line.join(" "))
+        format!(
+            "<polyline class=\"lat\" vector-effect=\"non-scaling-stroke\" points=\"{}\"/>",
+            line.join(" ")
+        )
     } else {
         String::new()
     };
     format!(
-        "<svg class=\"chart\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" \
+        "<svg class=\"chart\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" preserveAspectRatio=\"none\" role=\"img\" \
          aria-labelledby=\"chart-title\"><title id=\"chart-title\">Attempts per hour over the \
          last 24 hours (succeeded in green, failed in red) and average latency (line; slowest \
          {slowest} ms)</title>{bars}{latency}</svg>\
@@ -161,7 +164,7 @@ fn table(health: &proto::GetEndpointHealthResponse) -> String {
         .filter(|bucket| bucket.attempts > 0)
         .map(|bucket| {
             format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td><td>{} ms</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=\"wide\">{}</td><td>{}</td><td>{} ms</td><td class=\"wide\">{} ms</td></tr>",
                 pages::time(bucket.start.as_ref()),
                 bucket.attempts,
                 bucket.succeeded,
@@ -176,8 +179,8 @@ fn table(health: &proto::GetEndpointHealthResponse) -> String {
     }
     format!(
         "<details><summary>The numbers</summary><div class=\"scroll\"><table><thead><tr>\
-         <th scope=\"col\">From</th><th scope=\"col\">Attempts</th><th scope=\"col\">Succeeded</th>\
-         <th scope=\"col\">Failed</th><th scope=\"col\">Average</th><th scope=\"col\">Longest</th>\
+         <th scope=\"col\">From</th><th scope=\"col\">Attempts</th><th scope=\"col\" class=\"wide\">Succeeded</th>\
+         <th scope=\"col\">Failed</th><th scope=\"col\">Average</th><th scope=\"col\" class=\"wide\">Longest</th>\
          </tr></thead><tbody>{rows}</tbody></table></div></details>"
     )
 }
