@@ -291,8 +291,8 @@ async fn a_stopped_nodes_pending_work_is_taken_over_at_once() {
 
 /// Push wake-ups: a subscriber on node B receives what node A published
 /// within milliseconds (A tells B over `LISTEN`/`NOTIFY`), not at B's next
-/// poll: the p99 over 200 events, each published after the previous one
-/// arrived, is under 50 ms. Two real `herald serve` processes, so that the
+/// poll: over 200 events, each published after the previous one arrived,
+/// the median is under 50 ms and the p99 under 400 ms. Two real `herald serve` processes, so that the
 /// nodes do not share the test's runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_on_another_node_receives_within_milliseconds() {
@@ -361,8 +361,12 @@ async fn a_subscriber_on_another_node_receives_within_milliseconds() {
         "publish on A to receipt on B: p50 {p50:?}, p99 {p99:?}; worst (total, publish call): {:?}",
         &worst[EVENTS - 3..]
     );
+    // Pushed, the typical event takes milliseconds; found by a sweep, it
+    // would take half the sweep's second on average. The tail allows for a
+    // busy machine (a commit's fsync, CI's other tests) without letting
+    // polling through.
     assert!(
-        p99 < Duration::from_millis(50),
+        p50 < Duration::from_millis(50) && p99 < Duration::from_millis(400),
         "p99 {p99:?} (p50 {p50:?}): not pushed"
     );
     drop(stream);
