@@ -150,7 +150,8 @@ pub use proto::{
 pub use retry::{Backoff, RetryPolicy};
 pub use streams::{HandlerError, Message, Subscriber};
 pub use subscriptions::{
-    CreateConsumer, CreateEndpoint, CreateEventType, ListConsumers, ListEndpoints, ListEventTypes,
-    RotateEndpointSecret, UpdateConsumer, UpdateEndpoint, UpdateEventType,
+    CreateConsumer, CreateEndpoint, CreateEventType, CreatePortalSession, ListConsumers,
+    ListEndpoints, ListEventTypes, RotateEndpointSecret, UpdateConsumer, UpdateEndpoint,
+    UpdateEventType,
 };
 pub use webhook::{VerifiedWebhook, Webhook, WebhookError};

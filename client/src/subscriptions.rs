@@ -177,6 +177,33 @@ impl Herald {
         .map(|response| response.secret)
     }
 
+    /// A one-time link to the consumer portal for one consumer (id or uid),
+    /// for a session of an hour unless `.lifetime(..)` says otherwise. Needs
+    /// a server started with `--portal-addr`.
+    pub fn create_portal_session(&self, consumer_id: impl Into<String>) -> CreatePortalSession {
+        CreatePortalSession {
+            client: self.clone(),
+            request: proto::CreatePortalSessionRequest {
+                consumer_id: consumer_id.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Ends a portal session (`session_id` from the link's answer) at once.
+    pub async fn revoke_portal_session(&self, session_id: impl Into<String>) -> Result<()> {
+        let request = proto::RevokePortalSessionRequest {
+            session_id: session_id.into(),
+        };
+        self.unary(true, request, |channel, request| async move {
+            SubscriptionsClient::new(channel)
+                .revoke_portal_session(request)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Turns delivery back on and clears the disabled reason.
     pub async fn enable_endpoint(&self, id: impl Into<String>) -> Result<Endpoint> {
         let request = proto::EnableEndpointRequest { id: id.into() };
@@ -517,6 +544,35 @@ impl RotateEndpointSecret {
             .unary(false, self.request, |channel, request| async move {
                 SubscriptionsClient::new(channel)
                     .rotate_endpoint_secret(request)
+                    .await
+            })
+            .await
+    }
+}
+
+/// A `CreatePortalSession` call; made by [`Herald::create_portal_session`].
+#[derive(Debug, Clone)]
+#[must_use = "a request builder does nothing until `.send()`"]
+pub struct CreatePortalSession {
+    client: Herald,
+    request: proto::CreatePortalSessionRequest,
+}
+
+impl CreatePortalSession {
+    /// How long the session lasts: at least a minute, at most the server's
+    /// `--portal-max-session`.
+    pub fn lifetime(mut self, lifetime: Duration) -> CreatePortalSession {
+        self.request.lifetime = Some(crate::time::duration(lifetime));
+        self
+    }
+
+    /// Creates it; the answer's `url` is the link (it works once). Not
+    /// retried: a second session would be made.
+    pub async fn send(self) -> Result<proto::CreatePortalSessionResponse> {
+        self.client
+            .unary(false, self.request, |channel, request| async move {
+                SubscriptionsClient::new(channel)
+                    .create_portal_session(request)
                     .await
             })
             .await

@@ -360,8 +360,75 @@ async fn sessions_need_the_portal_on() {
 
 both_backends!(
     a_customer_manages_endpoints_and_messages_in_the_portal,
-    the_portal_wears_the_providers_brand
+    the_portal_wears_the_providers_brand,
+    the_client_crate_makes_and_ends_portal_sessions
 );
+
+/// A provider's Rust service makes a customer's link with the client crate,
+/// and ends the session.
+async fn the_client_crate_makes_and_ends_portal_sessions(backend: Backend) {
+    let server = TestServer::start_with(backend, |config| {
+        config.portal_addr = Some("127.0.0.1:0".parse().expect("address"));
+    })
+    .await;
+    let herald = herald_client::Herald::connect(server.url())
+        .token(ADMIN_TOKEN)
+        .await
+        .expect("connect");
+    herald
+        .create_consumer("acme")
+        .send()
+        .await
+        .expect("consumer");
+    let session = herald
+        .create_portal_session("acme")
+        .lifetime(std::time::Duration::from_secs(600))
+        .send()
+        .await
+        .expect("a session");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs() as i64;
+    let expires = session.expires_at.expect("an expiry").seconds;
+    assert!(
+        (now + 590..=now + 610).contains(&expires),
+        "{expires} from {now}"
+    );
+    let portal = server.portal_addr.expect("the portal is on");
+    let client = http();
+    let opened = open(&client, portal, secret_of(&session.url)).await;
+    assert_eq!(opened.status(), StatusCode::NO_CONTENT);
+    let cookie = opened.headers()[SET_COOKIE]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_owned();
+    assert_eq!(home(&client, portal, Some(&cookie)).await.0, StatusCode::OK);
+    herald
+        .revoke_portal_session(&session.session_id)
+        .await
+        .expect("revoke");
+    assert_eq!(
+        home(&client, portal, Some(&cookie)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let error = herald
+        .create_portal_session("acme")
+        .lifetime(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .expect_err("too short");
+    assert_eq!(
+        error.code(),
+        herald_client::Code::InvalidArgument,
+        "{error}"
+    );
+    assert!(error.to_string().contains("lifetime"), "{error}");
+    server.finish().await;
+}
 
 /// A signed-in portal as a browser would use it: the session cookie on
 /// every request, and the form token of the last page on every form.
