@@ -711,7 +711,10 @@ fn actions_section(session: &Session, endpoint: &proto::Endpoint) -> String {
          <label for=\"since\">Deliver again every failed delivery of the last</label>\
          <select id=\"since\" name=\"since\"><option value=\"1h\">hour</option>\
          <option value=\"24h\" selected>24 hours</option><option value=\"7d\">7 days</option>\
-         <option value=\"30d\">30 days</option></select><button type=\"submit\">Replay failed</button></form>\
+         <option value=\"30d\">30 days</option></select>\
+         <label for=\"since_time\">or since (UTC)</label>\
+         <input type=\"datetime-local\" id=\"since_time\" name=\"since_time\">\
+         <button type=\"submit\">Replay failed</button></form>\
          <div class=\"actions\">{toggle} <a class=\"danger\" href=\"/endpoints/{id}/delete\">Delete…</a></div>\
          </section>"
     )
@@ -892,6 +895,17 @@ pub async fn rotate(
     )
 }
 
+/// Where a replay starts: the exact UTC time when one is given, else the
+/// chosen period back from `now`.
+fn replay_since(form: &Form, now: i64) -> Result<i64, String> {
+    if let Some(since) = forms::parse_time("since_time", form.get("since_time"))? {
+        return Ok(since);
+    }
+    forms::period_millis(form.get("since"))
+        .map(|back| now.saturating_sub(back))
+        .ok_or_else(|| "since: must be one of 1h, 24h, 7d, 30d".to_owned())
+}
+
 /// `POST /endpoints/{id}/replay`: Replay of every failed delivery since the
 /// chosen period began.
 pub async fn replay(
@@ -907,15 +921,17 @@ pub async fn replay(
         Ok(session) => session,
         Err(response) => return response,
     };
-    let Some(back) = forms::period_millis(form.get("since")) else {
-        return pages::message(
-            &portal.chrome(Some(&session)),
-            StatusCode::BAD_REQUEST,
-            "Something went wrong",
-            "since: must be one of 1h, 24h, 7d, 30d",
-        );
+    let since = match replay_since(&form, crate::domain::time::now_millis()) {
+        Ok(since) => since,
+        Err(error) => {
+            return pages::message(
+                &portal.chrome(Some(&session)),
+                StatusCode::BAD_REQUEST,
+                "Something went wrong",
+                &error,
+            );
+        }
     };
-    let since = crate::domain::time::now_millis().saturating_sub(back);
     let replayed = call!(
         portal,
         session,
@@ -941,5 +957,27 @@ pub async fn replay(
             ),
         ),
         Err(status) => portal.failed(&session, &status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_starts_at_the_given_time_or_the_period_back() {
+        let now = 10 * 86_400_000;
+        let form = |body: &str| Form::parse(body.as_bytes());
+        assert_eq!(replay_since(&form("since=24h"), now), Ok(now - 86_400_000));
+        assert_eq!(
+            replay_since(&form("since=24h&since_time=1970-01-02T00:00"), now),
+            Ok(86_400_000)
+        );
+        assert!(replay_since(&form("since=forever"), now).is_err());
+        assert!(
+            replay_since(&form("since=1h&since_time=soon"), now)
+                .expect_err("not a time")
+                .contains("since_time")
+        );
     }
 }
