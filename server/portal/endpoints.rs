@@ -13,7 +13,7 @@ use axum::response::Response;
 
 use super::forms::{self, Form};
 use super::pages::{self, Section, escape, hidden_token};
-use super::{Portal, Session, call, read_form, see_other};
+use super::{Portal, Session, call, see_other};
 use crate::proto;
 use crate::proto::events_server::Events;
 use crate::proto::subscriptions_server::Subscriptions;
@@ -351,11 +351,8 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = read_form(&body) else {
-        return portal.too_large();
-    };
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let (session, form) = match portal.form(&headers, &body).await {
+        Ok(sent) => sent,
         Err(response) => return response,
     };
     let values = EndpointForm::read(&form);
@@ -433,11 +430,8 @@ pub async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = read_form(&body) else {
-        return portal.too_large();
-    };
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let (session, form) = match portal.form(&headers, &body).await {
+        Ok(sent) => sent,
         Err(response) => return response,
     };
     let values = EndpointForm::read(&form);
@@ -727,11 +721,8 @@ pub async fn enable(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = read_form(&body) else {
-        return portal.too_large();
-    };
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let (session, _) = match portal.form(&headers, &body).await {
+        Ok(sent) => sent,
         Err(response) => return response,
     };
     match call!(
@@ -751,11 +742,8 @@ pub async fn disable(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = read_form(&body) else {
-        return portal.too_large();
-    };
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let (session, _) = match portal.form(&headers, &body).await {
+        Ok(sent) => sent,
         Err(response) => return response,
     };
     match call!(
@@ -814,11 +802,8 @@ pub async fn delete(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = read_form(&body) else {
-        return portal.too_large();
-    };
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let (session, _) = match portal.form(&headers, &body).await {
+        Ok(sent) => sent,
         Err(response) => return response,
     };
     match call!(
@@ -839,11 +824,8 @@ pub async fn rotate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = read_form(&body) else {
-        return portal.too_large();
-    };
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let (session, form) = match portal.form(&headers, &body).await {
+        Ok(sent) => sent,
         Err(response) => return response,
     };
     let grace = match form.get("grace").parse::<i64>() {
@@ -914,11 +896,8 @@ pub async fn replay(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = read_form(&body) else {
-        return portal.too_large();
-    };
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let (session, form) = match portal.form(&headers, &body).await {
+        Ok(sent) => sent,
         Err(response) => return response,
     };
     let since = match replay_since(&form, crate::domain::time::now_millis()) {

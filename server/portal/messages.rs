@@ -9,9 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
-use super::forms::{self, Form};
+use super::forms;
 use super::pages::{self, Section, escape, hidden_token};
-use super::{Portal, Session, call, read_form, see_other};
+use super::{Portal, Session, call, see_other};
 use crate::domain::time::now_millis;
 use crate::grpc::convert::timestamp;
 use crate::proto;
@@ -450,17 +450,10 @@ pub async fn redeliver(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = read_form(&body) else {
-        return portal.too_large();
-    };
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let (session, form) = match portal.form(&headers, &body).await {
+        Ok(sent) => sent,
         Err(response) => return response,
     };
-    redeliver_for(&portal, &session, &id, &form).await
-}
-
-async fn redeliver_for(portal: &Portal, session: &Session, id: &str, form: &Form) -> Response {
     match call!(
         portal,
         session,
@@ -470,7 +463,7 @@ async fn redeliver_for(portal: &Portal, session: &Session, id: &str, form: &Form
         })
     ) {
         Ok(_) => see_other(&format!("/messages/{id}?done=redelivered")),
-        Err(status) => portal.failed(session, &status),
+        Err(status) => portal.failed(&session, &status),
     }
 }
 

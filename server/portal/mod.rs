@@ -305,9 +305,8 @@ async fn open_session(
 /// `POST /logout`: ends the session for good (its key is revoked, so the
 /// cookie is worthless even if kept) and drops the cookie.
 async fn logout(State(portal): State<Arc<Portal>>, headers: HeaderMap, body: Bytes) -> Response {
-    let form = Form::parse(&body);
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let session = match portal.form(&headers, &body).await {
+        Ok((session, _)) => session,
         Err(response) => return response,
     };
     let ended = portal
@@ -437,6 +436,22 @@ impl Portal {
         Ok(session)
     }
 
+    /// A form's body and the session it was sent in (see
+    /// [`Portal::form_session`]), or the page saying why it does not count.
+    async fn form(&self, headers: &HeaderMap, body: &Bytes) -> Result<(Session, Form), Response> {
+        if body.len() > forms::MAX_FORM_BYTES {
+            return Err(pages::message(
+                &self.chrome(None),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Too large",
+                "The form is larger than the portal accepts.",
+            ));
+        }
+        let form = Form::parse(body);
+        let session = self.form_session(headers, &form).await?;
+        Ok((session, form))
+    }
+
     /// Calls a service method in-process as `session`'s principal (see
     /// [`call!`]).
     async fn call<S, T, R>(
@@ -453,16 +468,6 @@ impl Portal {
             .map(tonic::Response::into_inner)
     }
 
-    /// The page for a form body beyond [`forms::MAX_FORM_BYTES`].
-    fn too_large(&self) -> Response {
-        pages::message(
-            &self.chrome(None),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Too large",
-            "The form is larger than the portal accepts.",
-        )
-    }
-
     /// The page for a refused or failed call.
     fn failed(&self, session: &Session, status: &tonic::Status) -> Response {
         pages::status(&self.chrome(Some(session)), status)
@@ -473,11 +478,6 @@ impl Portal {
 /// send the form again).
 fn see_other(to: &str) -> Response {
     Redirect::to(to).into_response()
-}
-
-/// The body of a form, or the page saying it is too large.
-fn read_form(body: &Bytes) -> Option<Form> {
-    (body.len() <= forms::MAX_FORM_BYTES).then(|| Form::parse(body))
 }
 
 /// Whether a request came from the portal's own pages, by what the browser

@@ -13,7 +13,7 @@ use axum::response::Response;
 
 use super::messages::{attempt_row, pretty};
 use super::pages::{self, Section, escape, hidden_token};
-use super::{Portal, Session, call, read_form};
+use super::{Portal, Session, call};
 use crate::proto;
 use crate::proto::events_server::Events;
 use crate::proto::subscriptions_server::Subscriptions;
@@ -126,11 +126,8 @@ pub async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(form) = read_form(&body) else {
-        return portal.too_large();
-    };
-    let session = match portal.form_session(&headers, &form).await {
-        Ok(session) => session,
+    let (session, form) = match portal.form(&headers, &body).await {
+        Ok(sent) => sent,
         Err(response) => return response,
     };
     let event_type = form.get("event_type");
