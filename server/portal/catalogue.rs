@@ -4,21 +4,17 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::messages::pretty;
 use super::pages::{self, Section, escape};
-use super::{Portal, call};
+use super::{Portal, Session, call};
 use crate::proto;
 use crate::proto::subscriptions_server::Subscriptions;
 
 /// `GET /event-types`.
-pub async fn list(State(portal): State<Arc<Portal>>, headers: HeaderMap) -> Response {
-    let session = match portal.session(&headers).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
+pub async fn list(State(portal): State<Arc<Portal>>, session: Session) -> Response {
     let types = match call!(
         portal,
         session,

@@ -44,13 +44,9 @@ pub struct PageQuery {
 /// `GET /`: the consumer's endpoints.
 pub async fn list(
     State(portal): State<Arc<Portal>>,
-    headers: HeaderMap,
+    session: Session,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    let session = match portal.session(&headers).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
     let consumer = call!(
         portal,
         session,
@@ -327,11 +323,7 @@ async fn refused(
 }
 
 /// `GET /endpoints/new`.
-pub async fn new_form(State(portal): State<Arc<Portal>>, headers: HeaderMap) -> Response {
-    let session = match portal.session(&headers).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
+pub async fn new_form(State(portal): State<Arc<Portal>>, session: Session) -> Response {
     match catalogue(&portal, &session).await {
         Ok(catalogue) => endpoint_form(
             &portal,
@@ -399,12 +391,8 @@ pub async fn create(
 pub async fn edit_form(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    session: Session,
 ) -> Response {
-    let session = match portal.session(&headers).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
     let endpoint = call!(
         portal,
         session,
@@ -471,13 +459,9 @@ pub async fn update(
 pub async fn show(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    session: Session,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    let session = match portal.session(&headers).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
     let endpoint = match call!(
         portal,
         session,
@@ -763,12 +747,8 @@ pub async fn disable(
 pub async fn delete_form(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    session: Session,
 ) -> Response {
-    let session = match portal.session(&headers).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
     let endpoint = match call!(
         portal,
         session,

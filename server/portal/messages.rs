@@ -94,13 +94,9 @@ impl Filters {
 /// `GET /messages`: the log.
 pub async fn list(
     State(portal): State<Arc<Portal>>,
-    headers: HeaderMap,
+    session: Session,
     Query(filters): Query<Filters>,
 ) -> Response {
-    let session = match portal.session(&headers).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
     let catalogue = call!(
         portal,
         session,
@@ -281,13 +277,9 @@ fn filter_form(filters: &Filters, catalogue: &[proto::EventType]) -> String {
 pub async fn show(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    session: Session,
     Query(filters): Query<Filters>,
 ) -> Response {
-    let session = match portal.session(&headers).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
     match event_page(&portal, &session, &id, &filters.done).await {
         Ok(response) => response,
         Err(status) => portal.failed(&session, &status),

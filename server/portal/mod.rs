@@ -474,6 +474,19 @@ impl Portal {
     }
 }
 
+/// A page's session, as a handler argument: the request is answered with
+/// the page saying the session ended when it has none.
+impl axum::extract::FromRequestParts<Arc<Portal>> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        portal: &Arc<Portal>,
+    ) -> Result<Session, Response> {
+        portal.session(&parts.headers).await
+    }
+}
+
 /// After a form: back to `to` (a page of the portal, so a reload does not
 /// send the form again).
 fn see_other(to: &str) -> Response {

@@ -28,12 +28,8 @@ const LOOK_EVERY: Duration = Duration::from_millis(100);
 pub async fn form(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    session: Session,
 ) -> Response {
-    let session = match portal.session(&headers).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
     match form_page(&portal, &session, &id, "", "", None).await {
         Ok(response) => response,
         Err(status) => portal.failed(&session, &status),
