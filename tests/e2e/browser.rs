@@ -80,6 +80,24 @@ impl Browser {
     /// Starts Chromium at [`DESKTOP`] size; `test` names the folder its
     /// screenshots go to (emptied first).
     pub async fn start(test: &str) -> Browser {
+        Browser::start_with(test, &[]).await
+    }
+
+    /// Starts Chromium as the reader's system asks for dark pages
+    /// (`prefers-color-scheme: dark`).
+    pub async fn start_dark(test: &str) -> Browser {
+        Browser::start_with(
+            test,
+            &[
+                "--force-dark-mode",
+                "--blink-settings=preferredColorScheme=0",
+            ],
+        )
+        .await
+    }
+
+    /// Starts Chromium with `extra` flags besides the usual ones.
+    async fn start_with(test: &str, extra: &[&str]) -> Browser {
         for program in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 Path::new(program).exists(),
@@ -92,6 +110,7 @@ impl Browser {
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|&flag| flag.into()).collect();
         args.push(format!("--user-data-dir={}", profile.path().display()));
         args.push(format!("--window-size={},{}", DESKTOP.0, DESKTOP.1));
+        args.extend(extra.iter().map(|&flag| flag.to_owned()));
         let capabilities: Capabilities = match json!({
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": CHROMIUM, "args": args },

@@ -483,3 +483,60 @@ async fn a_customer_does_everything_in_chromium(backend: Backend) {
 fn server_portal(server: &TestServer) -> String {
     format!("http://{}", server.portal_addr.expect("the portal is on"))
 }
+
+/// Dark mode: where the reader's system asks for it, the pages are dark
+/// with light text (system colours), and the accent stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run's browser step runs it"]
+async fn the_portal_reads_in_dark_mode() {
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.portal_addr = Some("127.0.0.1:0".parse().expect("address"));
+    })
+    .await;
+    let (acme, _) = consumer_with_endpoint(&server, "acme").await;
+    let link = server
+        .subscriptions(ADMIN_TOKEN)
+        .await
+        .create_portal_session(proto::CreatePortalSessionRequest {
+            consumer_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create portal session")
+        .into_inner()
+        .url;
+    let browser = Browser::start_dark("dark").await;
+    browser.goto(&link).await;
+    browser.wait_for_text("h1", "Endpoints").await;
+    browser.wait_for_text("main", &acme.url).await;
+    let dark = browser
+        .script("return window.matchMedia('(prefers-color-scheme: dark)').matches")
+        .await;
+    assert_eq!(
+        dark,
+        serde_json::json!(true),
+        "the browser asks for dark pages"
+    );
+    // Luminance (0-255) of the page's background and of its text.
+    let luminance = |property: &str| {
+        format!(
+            "const [r, g, b] = getComputedStyle(document.body).{property}
+               .match(/\\d+/g).map(Number);
+             return Math.round(0.2126 * r + 0.7152 * g + 0.0722 * b);"
+        )
+    };
+    let background = browser.script(&luminance("backgroundColor")).await;
+    let text = browser.script(&luminance("color")).await;
+    let (background, text) = (
+        background.as_u64().expect("a number"),
+        text.as_u64().expect("a number"),
+    );
+    assert!(
+        background < 80 && text > 170,
+        "dark background {background}, light text {text}"
+    );
+    browser.screenshot("endpoints-dark").await;
+    browser.assert_no_console_errors().await;
+    browser.close().await;
+    server.finish().await;
+}
