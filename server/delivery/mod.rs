@@ -11,9 +11,9 @@
 //! - `writer`: records attempt outcomes in batches, one transaction each.
 //! - `shared`, `messages`, `settings`: the state the tasks share, what they
 //!   send each other, and the engine's settings.
-//! - `outcome`, `schedule`, `rate_limit`, `signing`: rules, pure and
-//!   unit-tested (what an attempt means, when to retry, how fast to send,
-//!   how to sign).
+//! - `outcome`, `schedule`, `signing`: rules, pure and unit-tested (what
+//!   an attempt means, when to retry, how to sign); how fast to send is
+//!   `crate::domain::rate_limit`'s token bucket.
 //! - `http_client`: the shared reqwest client with the SSRF-checking resolver.
 //! - `outbound`: the node's budget of requests in flight, and each
 //!   consumer's share of it.
@@ -33,7 +33,6 @@ mod http_client;
 mod messages;
 mod outbound;
 mod outcome;
-mod rate_limit;
 mod retention;
 mod router;
 mod schedule;

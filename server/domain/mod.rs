@@ -3,8 +3,9 @@
 //! field on failure; once a value exists it is valid, so handlers and
 //! storage never check it again. Besides: typed ids (`ids`), delivery states
 //! and attempt outcomes (`delivery`), the SSRF target policy (`target`),
-//! the idempotency rule (`idempotency`) and how an endpoint's health report
-//! buckets its attempts (`health`). Nothing here knows about gRPC or
+//! the idempotency rule (`idempotency`), how an endpoint's health report
+//! buckets its attempts (`health`) and the token bucket behind rate limits
+//! (`rate_limit`). Nothing here knows about gRPC or
 //! the database.
 
 pub mod api_key;
@@ -17,6 +18,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod page;
 pub mod portal;
+pub mod rate_limit;
 pub mod secret;
 pub mod target;
 pub mod time;
