@@ -261,6 +261,12 @@ pub struct ServeConfig {
     /// one consumer cannot fill the database's write time.
     #[arg(long, env = "HERALD_MAX_PENDING_FAN_OUTS", default_value_t = 4)]
     pub max_pending_fan_outs: u64,
+    /// Test events (SendTestEvent) one consumer may send per minute, in a
+    /// burst of as many, refilling evenly (10: one every 6 s); beyond,
+    /// RESOURCE_EXHAUSTED. Counted on each node: N nodes allow up to N
+    /// times as many. 0 refuses test events.
+    #[arg(long, env = "HERALD_MAX_TEST_EVENTS_PER_MINUTE", default_value_t = 10)]
+    pub max_test_events_per_minute: u32,
     /// Endpoints one consumer may have.
     #[arg(
         long,

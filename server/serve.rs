@@ -212,6 +212,7 @@ impl Herald {
                 max_payload_bytes: config.max_payload_bytes,
                 target_policy: config.target_policy(),
                 max_pending_fan_outs: config.max_pending_fan_outs,
+                max_test_events_per_minute: config.max_test_events_per_minute,
             },
             publish_stop.clone(),
         );

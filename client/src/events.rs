@@ -239,7 +239,9 @@ impl Herald {
     /// signed and retried like any other. Without
     /// [`event_type`](SendTestEvent::event_type) or
     /// [`payload`](SendTestEvent::payload) the server picks them from the
-    /// endpoint's filter and the catalogue's examples.
+    /// endpoint's filter and the catalogue's examples. Each consumer may
+    /// send only so many a minute (10 by default); beyond, the call fails
+    /// with `RESOURCE_EXHAUSTED`, saying when to try again.
     ///
     /// ```no_run
     /// # async fn example(herald: herald_client::Herald) -> herald_client::Result<()> {

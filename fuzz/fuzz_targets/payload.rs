@@ -77,6 +77,7 @@ fn config(max_payload_bytes: usize) -> PublisherConfig {
         max_payload_bytes,
         target_policy: TargetPolicy::default(),
         max_pending_fan_outs: 0,
+        max_test_events_per_minute: 0,
     }
 }
 

@@ -16,6 +16,8 @@
 //!   endpoint's filter and the catalogue's examples); the event then takes
 //!   the same path as any other, aimed at its one endpoint
 //!   ([`EventInput::only_endpoint`]).
+//! - `test_event_limit`: the bound on each consumer's test events
+//!   (`--max-test-events-per-minute`), kept in memory on each node.
 //!
 //! Architecture invariants: an event is acknowledged only after the write
 //! holding it, its idempotency row and all its deliveries has committed;
@@ -25,6 +27,7 @@
 mod commit;
 mod store;
 mod test_event;
+mod test_event_limit;
 mod validate;
 
 use std::sync::Arc;
@@ -43,6 +46,7 @@ use crate::storage::Database;
 use crate::storage::entities::event;
 
 pub use test_event::{TEST_EVENT_TYPE, TestEvent};
+pub use test_event_limit::TestEventLimits;
 pub use validate::{ExampleCheck, IDEMPOTENCY_KEY_MAX_CHARS};
 
 /// Most events accepted by one PublishBatch call.
@@ -93,6 +97,9 @@ pub struct PublisherConfig {
     /// Large fan-outs of one consumer still being written before its next
     /// one is refused (`--max-pending-fan-outs`).
     pub max_pending_fan_outs: u64,
+    /// Test events one consumer may send per minute, on this node
+    /// (`--max-test-events-per-minute`); 0 refuses them.
+    pub max_test_events_per_minute: u32,
 }
 
 /// The handle handlers publish through. Cheap to clone.
@@ -102,6 +109,8 @@ pub struct Publisher {
     validator: Arc<validate::Validator>,
     /// For the catalogue reads of a test event's defaults.
     db: Database,
+    /// Each consumer's allowance of test events on this node.
+    test_event_limits: Arc<TestEventLimits>,
 }
 
 impl Publisher {
@@ -119,6 +128,7 @@ impl Publisher {
     ) -> (Publisher, JoinHandle<()>) {
         let (jobs, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let max_pending_fan_outs = config.max_pending_fan_outs;
+        let test_event_limits = Arc::new(TestEventLimits::new(config.max_test_events_per_minute));
         let validator = Arc::new(validate::Validator::new(db.clone(), config));
         let parts = commit::Parts {
             db: db.clone(),
@@ -134,6 +144,7 @@ impl Publisher {
                 jobs,
                 validator,
                 db,
+                test_event_limits,
             },
             handle,
         )

@@ -8,7 +8,8 @@
 //! its one endpoint ([`EventInput::only_endpoint`]), which receives it
 //! whatever its filter, and nothing else does. This module adds the
 //! defaults, chosen so that a bare "send a test" shows the endpoint an event
-//! it would really get.
+//! it would really get, and the bound on how many a consumer sends
+//! (`super::test_event_limit`).
 
 use super::{EventInput, Published, Publisher};
 use crate::domain::ids::{DeliveryId, EndpointId};
@@ -35,7 +36,10 @@ impl Publisher {
     /// endpoint's filter that the catalogue has, unarchived, with an
     /// example (else [`TEST_EVENT_TYPE`]); that type's example (else a small
     /// object naming the endpoint). Errors name the request's fields, as a
-    /// Publish's do.
+    /// Publish's do. Each call for an enabled endpoint takes one of its
+    /// consumer's test events ([`super::TestEventLimits`]), refused or
+    /// not; beyond the limit it is RESOURCE_EXHAUSTED and nothing more is
+    /// read, nor anything stored.
     pub async fn send_test_event(
         &self,
         endpoint: &endpoint::Model,
@@ -48,6 +52,9 @@ impl Publisher {
                 endpoint.id
             )));
         }
+        // Counted before anything is read or checked, so that refused
+        // requests are bounded too.
+        self.test_event_limits.take(&endpoint.consumer_id)?;
         let event_type = match event_type.as_str() {
             "" => self.default_test_type(endpoint).await?,
             _ => event_type,

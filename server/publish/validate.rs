@@ -628,6 +628,7 @@ mod tests {
             max_payload_bytes,
             target_policy: Default::default(),
             max_pending_fan_outs: 1,
+            max_test_events_per_minute: 10,
         }
     }
 
