@@ -24,6 +24,7 @@ both_backends!(
     test_events_are_checked_like_publishes,
     a_live_tail_does_not_show_test_events,
     event_type_examples_are_checked_and_kept,
+    test_events_are_limited_per_consumer,
 );
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -92,6 +93,22 @@ async fn event_type_named(server: &TestServer, name: &str) -> proto::EventType {
         .await
         .expect("get event type")
         .into_inner()
+}
+
+async fn create_key(server: &TestServer, scope: ApiKeyScope, consumer_id: &str) -> String {
+    server
+        .admin(ADMIN_TOKEN)
+        .await
+        .create_api_key(proto::CreateApiKeyRequest {
+            name: format!("{scope:?}"),
+            scope: scope as i32,
+            consumer_id: consumer_id.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create api key")
+        .into_inner()
+        .token
 }
 
 fn test_request(endpoint_id: &str, event_type: &str, payload: &str) -> proto::SendTestEventRequest {
@@ -268,19 +285,7 @@ async fn consumer_keys_test_only_their_own_endpoints(backend: Backend) {
         create_webhook(&server, &own_consumer, own.url("/own"), &[]).await;
     let (other_endpoint, _) =
         create_webhook(&server, &other_consumer, other.url("/other"), &[]).await;
-    let token = server
-        .admin(ADMIN_TOKEN)
-        .await
-        .create_api_key(proto::CreateApiKeyRequest {
-            name: "tenant-a".into(),
-            scope: ApiKeyScope::Consumer as i32,
-            consumer_id: own_consumer.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("create api key")
-        .into_inner()
-        .token;
+    let token = create_key(&server, ApiKeyScope::Consumer, &own_consumer).await;
     let herald = Herald::connect(server.url())
         .token(token.as_str())
         .connect_timeout(Duration::from_secs(5))
@@ -692,5 +697,89 @@ async fn event_type_examples_are_checked_and_kept(backend: Backend) {
         .await
         .expect("remove through the client");
     assert_eq!(without.example, "");
+    server.finish().await;
+}
+
+/// With `--max-test-events-per-minute 2`, a consumer's third test event
+/// within the minute is RESOURCE_EXHAUSTED, naming the limit and when to
+/// try again, and is not stored; whatever the key (CONSUMER, ADMIN,
+/// PUBLISHER), the allowance is the endpoint's consumer's, so another
+/// consumer is not affected.
+async fn test_events_are_limited_per_consumer(backend: Backend) {
+    let server = TestServer::start_with(backend, |config| {
+        config.max_test_events_per_minute = 2;
+    })
+    .await;
+    let limited_consumer = create_consumer(&server, "limited").await;
+    let other_consumer = create_consumer(&server, "unaffected").await;
+    let receiver = Receiver::start(Reply::Status(204)).await;
+    let (limited_endpoint, _) =
+        create_webhook(&server, &limited_consumer, receiver.url("/limited"), &[]).await;
+    let (other_endpoint, _) =
+        create_webhook(&server, &other_consumer, receiver.url("/other"), &[]).await;
+    let consumer_token = create_key(&server, ApiKeyScope::Consumer, &limited_consumer).await;
+    let publisher_token = create_key(&server, ApiKeyScope::Publisher, "").await;
+    let mut as_consumer = server.events(&consumer_token).await;
+    let mut as_admin = server.events(ADMIN_TOKEN).await;
+    let mut as_publisher = server.events(&publisher_token).await;
+    let refused = |status: tonic::Status, consumer_id: &str| {
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "{}",
+            status.message()
+        );
+        let message = status.message();
+        assert!(
+            message.starts_with(&format!(
+                "test events: at most 2 per minute for consumer {consumer_id}; try again in "
+            )),
+            "{message}"
+        );
+        assert!(message.ends_with(" s"), "{message}");
+    };
+
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        let event = as_consumer
+            .send_test_event(test_request(&limited_endpoint, "", ""))
+            .await
+            .expect("within the limit")
+            .into_inner()
+            .event
+            .expect("event");
+        sent.push(event.id);
+    }
+    let status = as_consumer
+        .send_test_event(test_request(&limited_endpoint, "", ""))
+        .await
+        .expect_err("the third within the minute");
+    refused(status, &limited_consumer);
+    // An ADMIN key spends the same consumer's allowance.
+    let status = as_admin
+        .send_test_event(test_request(&limited_endpoint, "", ""))
+        .await
+        .expect_err("the consumer's allowance is spent, whatever the key");
+    refused(status, &limited_consumer);
+    let mut listed = event_ids_of(&server, &limited_consumer).await;
+    listed.sort();
+    sent.sort();
+    assert_eq!(listed, sent, "exactly the two test events allowed");
+
+    // Another consumer has its own allowance, spent by ADMIN and
+    // PUBLISHER keys alike.
+    for events in [&mut as_admin, &mut as_publisher] {
+        events
+            .send_test_event(test_request(&other_endpoint, "", ""))
+            .await
+            .expect("another consumer is not affected");
+    }
+    let status = as_publisher
+        .send_test_event(test_request(&other_endpoint, "", ""))
+        .await
+        .expect_err("the other consumer's third");
+    refused(status, &other_consumer);
+    assert_eq!(event_ids_of(&server, &other_consumer).await.len(), 2);
+    receiver.wait_for_count(4, DEADLINE).await;
     server.finish().await;
 }
