@@ -540,3 +540,95 @@ async fn the_portal_reads_in_dark_mode() {
     browser.close().await;
     server.finish().await;
 }
+
+/// The keyboard alone: Tab reaches the skip link first, then the
+/// navigation; Enter follows a link and submits a form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver; .ci/run's browser step runs it"]
+async fn the_portal_works_from_the_keyboard() {
+    use fantoccini::key::Key;
+
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.portal_addr = Some("127.0.0.1:0".parse().expect("address"));
+    })
+    .await;
+    let (acme, _) = consumer_with_endpoint(&server, "acme").await;
+    let link = server
+        .subscriptions(ADMIN_TOKEN)
+        .await
+        .create_portal_session(proto::CreatePortalSessionRequest {
+            consumer_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create portal session")
+        .into_inner()
+        .url;
+    let owned = Browser::start("keyboard").await;
+    let browser = &owned;
+    browser.goto(&link).await;
+    browser.wait_for_text("h1", "Endpoints").await;
+    let focused = || async {
+        browser
+            .script(
+                "const e = document.activeElement;
+                 return (e.textContent || e.value || '').trim();",
+            )
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let press = |key: Key| async move {
+        // To whatever has the focus, as a keyboard would.
+        let focused = browser
+            .client()
+            .active_element()
+            .await
+            .expect("the focused element");
+        focused
+            .send_keys(&char::from(key).to_string())
+            .await
+            .expect("a key press");
+    };
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        press(Key::Tab).await;
+        order.push(focused().await);
+    }
+    assert_eq!(
+        order,
+        vec![
+            "Skip to content",
+            "Endpoints",
+            "Messages",
+            "Event types",
+            "Sign out"
+        ],
+        "the focus order"
+    );
+    // On to the endpoint's link, and Enter opens it.
+    let mut reached = false;
+    for _ in 0..5 {
+        press(Key::Tab).await;
+        if focused().await == acme.url {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "Tab reaches the endpoint's link");
+    press(Key::Enter).await;
+    browser
+        .wait_for_path(&format!("/endpoints/{}", acme.id))
+        .await;
+    // A form from the keyboard: the rotation's select and button.
+    browser.find("#grace").await.click().await.expect("focus");
+    press(Key::Escape).await;
+    press(Key::Tab).await;
+    assert_eq!(focused().await, "Rotate secret");
+    press(Key::Enter).await;
+    browser.wait_for_text("h1", "New signing secret").await;
+    browser.assert_no_console_errors().await;
+    owned.close().await;
+    server.finish().await;
+}
