@@ -267,6 +267,13 @@ pub struct ServeConfig {
     /// times as many. 0 refuses test events.
     #[arg(long, env = "HERALD_MAX_TEST_EVENTS_PER_MINUTE", default_value_t = 10)]
     pub max_test_events_per_minute: u32,
+    /// The uid of the operations consumer: Herald publishes its own
+    /// events about endpoints and deliveries (`herald.endpoint.disabled`,
+    /// `herald.endpoint.enabled`, `herald.endpoint.recovered`,
+    /// `herald.delivery.exhausted`) to it, as ordinary events. Created at
+    /// start if missing, with those event types. Off unless set.
+    #[arg(long, env = "HERALD_OPS_CONSUMER")]
+    pub ops_consumer: Option<String>,
     /// Endpoints one consumer may have.
     #[arg(
         long,

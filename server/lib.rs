@@ -16,6 +16,8 @@
 //!   deliveries in groups (one write for many calls).
 //! - `handoff`: after a commit, the new work goes to the engine or the
 //!   streams (publishing, Redeliver and Replay alike).
+//! - `ops`: operational events (`--ops-consumer`): the changes the engine
+//!   and the API report, published as ordinary events.
 //! - `fanout`: the writer of large fan-outs, a slice at a time.
 //! - `delivery`: the engine that POSTs committed deliveries, retries them and
 //!   records attempts; never calls the gRPC layer.
@@ -39,6 +41,7 @@ pub mod grpc;
 pub mod handoff;
 pub mod listen;
 pub mod metrics;
+pub mod ops;
 pub mod portal;
 pub mod publish;
 pub mod queue;

@@ -95,6 +95,9 @@ pub struct Herald {
     fan_outs: Arc<tokio::sync::Notify>,
     /// Stops sending and hearing other nodes' wake-ups (`crate::wakeups`).
     wakeups_stop: CancellationToken,
+    /// The operational changes to publish (`crate::ops`), when
+    /// `--ops-consumer` is set; their publisher starts with [`Herald::serve`].
+    ops_changes: Option<tokio::sync::mpsc::Receiver<crate::domain::ops::Change>>,
 }
 
 impl Herald {
@@ -152,10 +155,22 @@ impl Herald {
             })?;
         let metrics = Metrics::new();
         let queue = Queue::new(db.clone(), lease);
+        let ops =
+            match &config.ops_consumer {
+                Some(uid) => Some(crate::ops::prepare(&db, uid).await.map_err(
+                    |err| match err {
+                        Error::InvalidArgument(message) => StartError::Config(message),
+                        other => StartError::internal(other),
+                    },
+                )?),
+                None => None,
+            };
+        let mut engine_settings = EngineSettings::from_config(&config, descriptors);
+        engine_settings.ops_changes = ops.as_ref().map(|(ops, _)| ops.sender());
         let (dispatcher, engine) = crate::delivery::Engine::new(
             db.clone(),
             queue.clone(),
-            EngineSettings::from_config(&config, descriptors),
+            engine_settings,
             metrics.clone(),
         )
         .map_err(StartError::internal)?;
@@ -216,7 +231,9 @@ impl Herald {
             },
             publish_stop.clone(),
         );
+        let (ops, ops_changes) = ops.unzip();
         let state = Arc::new(AppState {
+            ops,
             authenticator: Arc::new(Authenticator::new(db.clone())),
             db,
             target_policy: config.target_policy(),
@@ -247,6 +264,7 @@ impl Herald {
             fan_out_queue: queue,
             fan_outs,
             wakeups_stop,
+            ops_changes,
         })
     }
 
@@ -348,6 +366,17 @@ impl Herald {
             }),
             self.wakeups_stop.clone(),
         ));
+        let ops_stop = CancellationToken::new();
+        let ops_task = match (self.ops_changes, &self.state.ops) {
+            (Some(changes), Some(ops)) => Some(crate::ops::run(
+                self.state.db.clone(),
+                self.state.publisher.clone(),
+                ops.consumer_id().to_owned(),
+                changes,
+                ops_stop.clone(),
+            )),
+            _ => None,
+        };
         let fan_out_stop = CancellationToken::new();
         let fan_out_task = tokio::spawn(crate::fanout::run(
             self.fan_out_queue,
@@ -434,6 +463,14 @@ impl Herald {
         // Whatever ended the server ends everything else too.
         shutdown.cancel();
         streams.stopped().await;
+        // Operational changes reported so far are published (what the
+        // engine reports while it drains below is logged and lost).
+        ops_stop.cancel();
+        if let Some(ops_task) = ops_task
+            && let Err(err) = ops_task.await
+        {
+            tracing::error!(error = %err, "the operational events publisher failed");
+        }
         // No publish call can arrive any more: commit what is queued, then stop.
         self.publish_stop.cancel();
         if let Err(err) = self.publish_task.await {

@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use super::outbound::OutboundLimits;
 use crate::config::ServeConfig;
+use crate::domain::ops::Change;
 use crate::domain::target::TargetPolicy;
 
 #[derive(Debug, Clone)]
@@ -29,6 +32,11 @@ pub struct EngineSettings {
     pub max_in_memory: usize,
     /// Requests in flight at once, on the node and per consumer.
     pub outbound: OutboundLimits,
+    /// Where the writer sends the operational changes it made (endpoints
+    /// disabled or recovered, deliveries exhausted), when `--ops-consumer`
+    /// is set; bounded, so a slow publisher of them slows the writer rather
+    /// than memory growing.
+    pub ops_changes: Option<mpsc::Sender<Change>>,
 }
 
 impl EngineSettings {
@@ -55,6 +63,7 @@ impl EngineSettings {
                 config.max_outbound_connections,
                 config.max_outbound_per_consumer,
             ),
+            ops_changes: None,
         }
     }
 }

@@ -71,15 +71,25 @@ async fn flush(shared: &Shared, batch: &mut Vec<WriterMessage>) {
     if !outcomes.is_empty() {
         let mut backoff = Duration::from_millis(100);
         for attempt in 1..=4 {
+            let now = now_millis();
             match shared
                 .queue
-                .record_outcomes(&outcomes, now_millis(), shared.settings.disable_after)
+                .record_outcomes(&outcomes, now, shared.settings.disable_after)
                 .await
             {
                 Ok(recorded) => {
                     // Reset meanwhile (Redeliver): the reset row is unleased
                     // and the job that held it is done; forgetting it lets
                     // the next sweep route it again.
+                    if let Some(ops) = &shared.settings.ops_changes {
+                        for change in super::ops::changes(&outcomes, &recorded, now) {
+                            // Closed only at shutdown, when the change is
+                            // logged and lost (ARCHITECTURE.md).
+                            if let Err(err) = ops.send(change).await {
+                                tracing::warn!(change = ?err.0, "operational event not published: shutting down");
+                            }
+                        }
+                    }
                     stale = recorded.stale;
                     for (endpoint_id, reason) in recorded.disabled {
                         shared.cache.mark_disabled(endpoint_id.as_str());

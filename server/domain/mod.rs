@@ -16,6 +16,7 @@ pub mod event_type;
 pub mod health;
 pub mod idempotency;
 pub mod ids;
+pub mod ops;
 pub mod page;
 pub mod portal;
 pub mod rate_limit;

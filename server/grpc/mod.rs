@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The consumer portal's links, when it is on (`--portal-addr`).
     pub portal: Option<crate::domain::portal::PortalLinks>,
+    /// Operational events, when `--ops-consumer` is set.
+    pub ops: Option<crate::ops::Ops>,
 }
 
 /// Every service Herald serves, and the [`Layers`] to put in front of them.

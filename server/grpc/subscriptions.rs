@@ -25,6 +25,7 @@ use crate::domain::endpoint::{
 };
 use crate::domain::event_type::{self, EventTypeFilter};
 use crate::domain::ids::EndpointId;
+use crate::domain::ops::{Change, DisableCause};
 use crate::domain::page::PageRequest;
 use crate::domain::portal::session_lifetime;
 use crate::domain::secret::{SigningSecret, parse_rotation_grace};
@@ -545,9 +546,17 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
     ) -> Result<Response<proto::Endpoint>, Status> {
         let principal = Principal::of(&request)?;
         let current = self.endpoint_for(&principal, &request.get_ref().id).await?;
+        let was_enabled = current.enabled;
         let row = endpoints::enable(&self.state.db.conn, current).await?;
         self.endpoint_changed(&row.id).await;
         tracing::info!(endpoint_id = %row.id, "endpoint enabled");
+        if let Some(ops) = self.state.ops.as_ref().filter(|_| !was_enabled) {
+            ops.report(Change::Enabled {
+                endpoint_id: row.id.clone(),
+                at: row.updated_at,
+            })
+            .await;
+        }
         Ok(Response::new(endpoint_message(row)?))
     }
 
@@ -559,9 +568,19 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         let request = request.into_inner();
         let current = self.endpoint_for(&principal, &request.id).await?;
         let reason = parse_disabled_reason("reason", &request.reason)?;
+        let was_enabled = current.enabled;
         let row = endpoints::disable(&self.state.db.conn, current, &reason).await?;
         self.endpoint_changed(&row.id).await;
         tracing::info!(endpoint_id = %row.id, reason = %reason, "endpoint disabled");
+        if let Some(ops) = self.state.ops.as_ref().filter(|_| was_enabled) {
+            ops.report(Change::Disabled {
+                endpoint_id: row.id.clone(),
+                cause: DisableCause::Manual,
+                detail: reason,
+                at: row.updated_at,
+            })
+            .await;
+        }
         Ok(Response::new(endpoint_message(row)?))
     }
 

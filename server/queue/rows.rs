@@ -365,7 +365,7 @@ impl<'a> From<&'a Outcome> for OutcomeWithAttemptRow<'a> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::storage::sql::json_text;
 
