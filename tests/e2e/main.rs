@@ -22,6 +22,7 @@ mod health;
 mod lifecycle;
 mod listen;
 mod malformed;
+mod ops_events;
 mod portal;
 mod process;
 mod publish;
