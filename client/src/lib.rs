@@ -112,6 +112,8 @@
 //! - `subscriptions.rs`, `events.rs`, `admin.rs`, `streams.rs`: the methods
 //!   and request builders of each gRPC service.
 //! - [`webhook`]: signature verification for receivers.
+//! - [`ops`]: Herald's operational events (`--ops-consumer`), read from a
+//!   payload.
 //! - [`proto`]: the generated messages and raw gRPC clients, for anything
 //!   the typed front does not cover.
 
@@ -119,6 +121,7 @@
 
 #[macro_use]
 mod list;
+pub mod ops;
 
 mod admin;
 mod client;

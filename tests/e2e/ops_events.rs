@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use herald_client::ops::{OpsEvent, OpsKind};
 use herald_client::proto;
 use serde_json::Value;
 
@@ -138,6 +139,11 @@ async fn gone_is_reported_as_disabled(backend: Backend) {
     assert_eq!(payload["url"], gone.url("/hook").as_str());
     assert_eq!(payload["reason"], "gone");
     assert_eq!(payload["status_code"], 410);
+    // The client crate reads it.
+    let parsed = OpsEvent::parse(&ops.received()[0].body).expect("an operational event");
+    assert_eq!(parsed.kind, OpsKind::EndpointDisabled);
+    assert_eq!(parsed.endpoint_id, endpoint);
+    assert_eq!(parsed.status_code, Some(410));
     server.finish().await;
 }
 
