@@ -427,6 +427,22 @@ impl CreateEndpoint {
         self
     }
 
+    /// Pins the receiver's public key: the standard base64 of the SHA-256
+    /// of its DER SubjectPublicKeyInfo (at most 8 pins; `https://` URLs
+    /// only). A delivery then connects only if the receiver's chain carries
+    /// a pinned key, and records `tls_pin_mismatch` otherwise.
+    pub fn pinned_spki_sha256(mut self, pin: impl Into<String>) -> CreateEndpoint {
+        self.request.pinned_spki_sha256.push(pin.into());
+        self
+    }
+
+    /// Trusts a private CA (PEM, one or more certificates, at most 64 KiB)
+    /// for this endpoint's receiver, besides the public roots.
+    pub fn ca_pem(mut self, ca_pem: impl Into<String>) -> CreateEndpoint {
+        self.request.ca_pem = ca_pem.into();
+        self
+    }
+
     /// Creates the endpoint; the answer carries its secret. Not retried.
     pub async fn send(self) -> Result<proto::CreateEndpointResponse> {
         self.client
@@ -501,6 +517,30 @@ impl UpdateEndpoint {
     /// Turns ordered (FIFO) delivery on or off.
     pub fn ordered(mut self, ordered: bool) -> UpdateEndpoint {
         self.request.ordered = Some(ordered);
+        self
+    }
+
+    /// Replaces the pinned keys (an empty list removes pinning); see
+    /// [`CreateEndpoint::pinned_spki_sha256`].
+    pub fn pinned_spki_sha256<S: Into<String>>(
+        mut self,
+        pins: impl IntoIterator<Item = S>,
+    ) -> UpdateEndpoint {
+        self.request.pinned_spki_sha256 = Some(proto::StringList {
+            values: pins.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+
+    /// Replaces the private CA (PEM); see [`CreateEndpoint::ca_pem`].
+    pub fn ca_pem(mut self, ca_pem: impl Into<String>) -> UpdateEndpoint {
+        self.request.ca_pem = Some(ca_pem.into());
+        self
+    }
+
+    /// Removes the private CA: the public roots only.
+    pub fn remove_ca(mut self) -> UpdateEndpoint {
+        self.request.ca_pem = Some(String::new());
         self
     }
 

@@ -27,6 +27,7 @@ mod m20261203_000009_api_key_expiry;
 mod m20261203_000010_portal_links;
 mod m20261204_000011_event_type_example;
 mod m20261204_000012_attempts_by_endpoint_time;
+mod m20261205_000013_endpoint_tls;
 
 pub struct Migrator;
 
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000010_portal_links::Migration),
             Box::new(m20261204_000011_event_type_example::Migration),
             Box::new(m20261204_000012_attempts_by_endpoint_time::Migration),
+            Box::new(m20261205_000013_endpoint_tls::Migration),
         ]
     }
 }

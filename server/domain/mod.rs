@@ -3,7 +3,8 @@
 //! field on failure; once a value exists it is valid, so handlers and
 //! storage never check it again. Besides: typed ids (`ids`), delivery states
 //! and attempt outcomes (`delivery`), the SSRF target policy (`target`),
-//! the idempotency rule (`idempotency`), how an endpoint's health report
+//! an endpoint's delivery TLS settings and the pin check
+//! (`endpoint_tls`), the idempotency rule (`idempotency`), how an endpoint's health report
 //! buckets its attempts (`health`) and the token bucket behind rate limits
 //! (`rate_limit`). Nothing here knows about gRPC or
 //! the database.
@@ -12,6 +13,7 @@ pub mod api_key;
 pub mod consumer;
 pub mod delivery;
 pub mod endpoint;
+pub mod endpoint_tls;
 pub mod event_type;
 pub mod health;
 pub mod idempotency;

@@ -23,6 +23,7 @@ use crate::domain::endpoint::{
     EndpointKind, parse_description, parse_disabled_reason, parse_header_update, parse_headers,
     parse_max_in_flight, parse_rate_limit, redact_headers,
 };
+use crate::domain::endpoint_tls::{parse_ca_pem, parse_pins};
 use crate::domain::event_type::{self, EventTypeFilter};
 use crate::domain::ids::EndpointId;
 use crate::domain::ops::{Change, DisableCause};
@@ -165,6 +166,7 @@ fn endpoint_message(row: endpoint::Model) -> Result<proto::Endpoint> {
         EndpointKind::Stream => proto::EndpointKind::Stream,
     };
     Ok(proto::Endpoint {
+        pinned_spki_sha256: endpoints::pins_of(&row),
         event_types: string_list(&row.event_types)?,
         headers: redact_headers(string_map(&row.headers)?),
         id: row.id,
@@ -177,6 +179,7 @@ fn endpoint_message(row: endpoint::Model) -> Result<proto::Endpoint> {
         rate_limit: u32::try_from(row.rate_limit).unwrap_or(0),
         max_in_flight: u32::try_from(row.max_in_flight).unwrap_or(0),
         ordered: row.ordered,
+        ca_pem: row.ca_pem.unwrap_or_default(),
         created_at: timestamp(row.created_at),
         updated_at: timestamp(row.updated_at),
     })
@@ -199,6 +202,34 @@ fn event_type_message(row: event_type_row::Model) -> proto::EventType {
 /// `Publisher::check_example`, which knows the payload limits.
 fn optional_example(example: String) -> Option<String> {
     (!example.trim().is_empty()).then_some(example)
+}
+
+/// Pins and a CA make sense only where there is a TLS connection to make:
+/// a WEBHOOK endpoint (it has a URL) whose URL is `https://`. The refusal
+/// names `blame` when the URL is what changed, else the TLS field given.
+fn check_tls_applies(
+    url: Option<&str>,
+    has_pins: bool,
+    has_ca: bool,
+    blame: Option<&str>,
+) -> Result<()> {
+    let field = match (has_pins, has_ca) {
+        (false, false) => return Ok(()),
+        (true, _) => "pinned_spki_sha256",
+        (false, true) => "ca_pem",
+    };
+    let rule = match url {
+        None => "applies only to WEBHOOK endpoints (a STREAM endpoint makes no TLS connection)",
+        Some(url) if url.starts_with("https://") => return Ok(()),
+        Some(_) => "applies only to https:// URLs (an http:// delivery makes no TLS connection)",
+    };
+    match blame {
+        Some(blame) => Err(Error::invalid(
+            blame,
+            format!("must be https:// while the endpoint has {field}: {field} {rule}"),
+        )),
+        None => Err(Error::invalid(field, rule)),
+    }
 }
 
 /// UNSPECIFIED means WEBHOOK, so that a create naming only a URL does what it says.
@@ -252,10 +283,21 @@ impl SubscriptionsService {
         request: &proto::CreateEndpointRequest,
     ) -> Result<NewEndpoint> {
         let kind = parse_endpoint_kind("kind", request.kind)?;
+        let url = self.endpoint_url(kind, &request.url)?;
+        let pinned_spki_sha256 = parse_pins("pinned_spki_sha256", &request.pinned_spki_sha256)?;
+        let ca_pem = parse_ca_pem("ca_pem", &request.ca_pem)?;
+        check_tls_applies(
+            url.as_deref(),
+            !pinned_spki_sha256.is_empty(),
+            ca_pem.is_some(),
+            None,
+        )?;
         Ok(NewEndpoint {
             consumer_id: owner.id.clone(),
             kind,
-            url: self.endpoint_url(kind, &request.url)?,
+            url,
+            pinned_spki_sha256,
+            ca_pem,
             description: parse_description("description", &request.description)?,
             event_types: EventTypeFilter::parse("event_types", &request.event_types)?,
             headers: parse_headers("headers", &request.headers)?,
@@ -276,8 +318,33 @@ impl SubscriptionsService {
             Some("") if kind == EndpointKind::Stream => None,
             Some(raw) => self.endpoint_url(kind, raw)?,
         };
+        let pinned_spki_sha256 = request
+            .pinned_spki_sha256
+            .map(|list| parse_pins("pinned_spki_sha256", &list.values))
+            .transpose()?;
+        let ca_pem = request
+            .ca_pem
+            .map(|pem| parse_ca_pem("ca_pem", &pem))
+            .transpose()?;
+        // What the endpoint holds once the update is applied.
+        let has_pins = match &pinned_spki_sha256 {
+            Some(pins) => !pins.is_empty(),
+            None => current.pinned_spki_sha256.is_some(),
+        };
+        let has_ca = match &ca_pem {
+            Some(ca_pem) => ca_pem.is_some(),
+            None => current.ca_pem.is_some(),
+        };
+        check_tls_applies(
+            url.as_deref().or(current.url.as_deref()),
+            has_pins,
+            has_ca,
+            url.as_ref().map(|_| "url"),
+        )?;
         Ok(EndpointChanges {
             url,
+            pinned_spki_sha256,
+            ca_pem,
             description: request
                 .description
                 .map(|description| parse_description("description", &description))

@@ -40,6 +40,10 @@ pub struct NewEndpoint {
     pub rate_limit: u32,
     pub max_in_flight: u32,
     pub ordered: bool,
+    /// Validated pins (base64), stored as given; empty means none.
+    pub pinned_spki_sha256: Vec<String>,
+    /// Validated PEM of a private CA.
+    pub ca_pem: Option<String>,
 }
 
 /// The fields an update sets; `None` leaves the stored value alone.
@@ -52,6 +56,10 @@ pub struct EndpointChanges {
     pub rate_limit: Option<u32>,
     pub max_in_flight: Option<u32>,
     pub ordered: Option<bool>,
+    /// Replaces the pins; an empty list removes them.
+    pub pinned_spki_sha256: Option<Vec<String>>,
+    /// Replaces the CA; `Some(None)` removes it.
+    pub ca_pem: Option<Option<String>>,
 }
 
 /// What a rotation did.
@@ -88,6 +96,8 @@ pub async fn insert(
         max_in_flight: Set(stored_count(new_endpoint.max_in_flight)),
         ordered: Set(new_endpoint.ordered),
         failing_since: Set(None),
+        pinned_spki_sha256: Set(stored_pins(&new_endpoint.pinned_spki_sha256)?),
+        ca_pem: Set(new_endpoint.ca_pem),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -164,6 +174,12 @@ pub async fn update(
     }
     if let Some(ordered) = changes.ordered {
         row.ordered = Set(ordered);
+    }
+    if let Some(pins) = changes.pinned_spki_sha256 {
+        row.pinned_spki_sha256 = Set(stored_pins(&pins)?);
+    }
+    if let Some(ca_pem) = changes.ca_pem {
+        row.ca_pem = Set(ca_pem);
     }
     row.updated_at = Set(now_millis());
     row.update(db)
@@ -379,6 +395,23 @@ async fn insert_current_secret(
         .exec_without_returning(txn)
         .await?;
     Ok(())
+}
+
+/// Pins as stored: a JSON array, or NULL for none.
+fn stored_pins(pins: &[String]) -> Result<Option<String>> {
+    if pins.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(json_text(pins)?))
+    }
+}
+
+/// The pins of a stored row, as stored (base64); unreadable text reads as none.
+pub fn pins_of(row: &endpoint::Model) -> Vec<String> {
+    row.pinned_spki_sha256
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
 }
 
 /// Rate limits and concurrency caps are validated far below `i32::MAX`.

@@ -101,6 +101,8 @@ pub mod fixtures {
                 max_in_flight: Set(0),
                 ordered: Set(false),
                 failing_since: Set(None),
+                pinned_spki_sha256: Set(None),
+                ca_pem: Set(None),
                 created_at: Set(now),
                 updated_at: Set(now),
             })

@@ -324,6 +324,8 @@ pub mod rows {
                 max_in_flight: Set(spec.max_in_flight),
                 ordered: Set(spec.ordered),
                 failing_since: Set(None),
+                pinned_spki_sha256: Set(None),
+                ca_pem: Set(None),
                 created_at: Set(now),
                 updated_at: Set(now),
             })

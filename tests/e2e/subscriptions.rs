@@ -369,6 +369,8 @@ async fn endpoints_round_trip(backend: Backend) {
             max_in_flight: 4,
             ordered: true,
             secret: String::new(),
+            pinned_spki_sha256: Vec::new(),
+            ca_pem: String::new(),
         })
         .await
         .expect("create endpoint")

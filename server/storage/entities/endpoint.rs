@@ -21,6 +21,12 @@ pub struct Model {
     pub ordered: bool,
     /// Start of the current run of failed attempts; cleared by a success.
     pub failing_since: Option<i64>,
+    /// JSON array of base64 SHA-256 hashes of pinned public keys (SPKI);
+    /// NULL when none are pinned.
+    pub pinned_spki_sha256: Option<String>,
+    /// PEM certificate(s) of a private CA trusted for this endpoint's
+    /// deliveries, besides the public roots; NULL when none.
+    pub ca_pem: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
