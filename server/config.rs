@@ -217,6 +217,22 @@ pub struct ServeConfig {
     /// the key what it may do.
     #[arg(long, env = "HERALD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// PEM certificate chain Herald presents as a TLS client certificate on
+    /// every delivery (webhooks and callbacks) whose receiver asks for one,
+    /// so receivers can require mutual TLS (with `--delivery-client-key`).
+    #[arg(
+        long,
+        env = "HERALD_DELIVERY_CLIENT_CERT",
+        requires = "delivery_client_key"
+    )]
+    pub delivery_client_cert: Option<PathBuf>,
+    /// PEM private key for `--delivery-client-cert`.
+    #[arg(
+        long,
+        env = "HERALD_DELIVERY_CLIENT_KEY",
+        requires = "delivery_client_cert"
+    )]
+    pub delivery_client_key: Option<PathBuf>,
     /// How long shutdown waits for in-flight deliveries.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,

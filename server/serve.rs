@@ -167,6 +167,14 @@ impl Herald {
             };
         let mut engine_settings = EngineSettings::from_config(&config, descriptors);
         engine_settings.ops_changes = ops.as_ref().map(|(ops, _)| ops.sender());
+        if let (Some(certificate), Some(key)) =
+            (&config.delivery_client_cert, &config.delivery_client_key)
+        {
+            engine_settings.client_identity = Some(
+                crate::delivery::ClientIdentity::from_files(certificate, key)
+                    .map_err(StartError::Config)?,
+            );
+        }
         let (dispatcher, engine) = crate::delivery::Engine::new(
             db.clone(),
             queue.clone(),

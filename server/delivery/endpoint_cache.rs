@@ -12,6 +12,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 use crate::domain::endpoint::EndpointKind;
+use crate::domain::endpoint_tls::{EndpointTls, decode_pin};
 use crate::domain::secret::SigningSecret;
 use crate::domain::time::now_millis;
 use crate::error::Result;
@@ -32,6 +33,8 @@ pub struct EndpointConfig {
     pub rate_limit: u32,
     pub max_in_flight: usize,
     pub ordered: bool,
+    /// Pins and private CA, if the endpoint has either.
+    pub tls: Option<Arc<EndpointTls>>,
     /// The row's `updated_at` when loaded (changes and rotations set it).
     pub updated_at: i64,
     /// Current and not yet expired rotated secrets, newest first, with expiry.
@@ -47,6 +50,18 @@ impl EndpointConfig {
             .map(|(secret, _)| secret.clone())
             .collect()
     }
+}
+
+/// An endpoint row's TLS settings. Pins that do not decode (never stored
+/// by the API) fail closed: a pinned endpoint never loses its pinning.
+fn endpoint_tls(row: &crate::storage::entities::endpoint::Model) -> Option<EndpointTls> {
+    let stored = endpoints::pins_of(row);
+    let mut pins: Vec<_> = stored.iter().filter_map(|pin| decode_pin(pin)).collect();
+    if row.pinned_spki_sha256.is_some() && (pins.is_empty() || pins.len() != stored.len()) {
+        tracing::warn!(endpoint_id = %row.id, "unreadable pinned_spki_sha256: no key will match");
+        pins = vec![[0; 32]];
+    }
+    EndpointTls::new(pins, row.ca_pem.clone())
 }
 
 struct Entry<T> {
@@ -95,6 +110,7 @@ impl EndpointCache {
                         Ok(limit) => limit,
                     },
                     ordered: row.ordered,
+                    tls: endpoint_tls(&row).map(Arc::new),
                     updated_at: row.updated_at,
                     url: row.url,
                     secrets: secrets

@@ -37,8 +37,17 @@ impl Engine {
         settings: EngineSettings,
         metrics: Arc<Metrics>,
     ) -> Result<(Dispatcher, Engine)> {
-        let client = WebhookClient::new(settings.target_policy.clone(), settings.request_timeout)
-            .map_err(|err| Error::internal_from("cannot build the HTTP client", err))?;
+        let mut client =
+            WebhookClient::new(settings.target_policy.clone(), settings.request_timeout)
+                .map_err(|err| Error::internal_from("cannot build the HTTP client", err))?;
+        if let Some(identity) = settings.client_identity.clone() {
+            client = client.with_identity(identity).map_err(|err| {
+                Error::internal_from(
+                    "cannot build the HTTP client with --delivery-client-cert",
+                    err,
+                )
+            })?;
+        }
         let (writer, writer_inbox) = mpsc::channel(4096);
         let shared = Arc::new(Shared::new(
             queue,

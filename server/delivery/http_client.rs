@@ -9,15 +9,23 @@
 //! before every POST, not only when it was accepted: a URL stored under an
 //! earlier, wider policy is refused once the operator narrows it.
 //!
+//! An endpoint with TLS settings (pins, a private CA) is sent through a
+//! client of its own, built by `super::tls` and kept in a bounded map keyed
+//! by the settings themselves, so that a change of settings gets a new
+//! client (and new connections) at once. Every client, shared or not,
+//! presents the node's client certificate when one is configured; callback
+//! deliveries, which belong to no endpoint, use the shared client.
+//!
 //! What a refusal tells the caller is generic (`blocked_address`, no
 //! addresses): the resolved addresses would show any key holder the
 //! operator's internal DNS. The detail goes to the server's log.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -26,7 +34,9 @@ use url::Url;
 
 use super::schedule::parse_retry_after;
 use super::signing::signature_header;
+use super::tls::{ClientIdentity, PinMismatch, client_config, is_pin_mismatch};
 use crate::domain::endpoint::header_rule;
+use crate::domain::endpoint_tls::EndpointTls;
 use crate::domain::secret::SigningSecret;
 use crate::domain::target::TargetPolicy;
 
@@ -34,6 +44,11 @@ use crate::domain::target::TargetPolicy;
 pub const MAX_RESPONSE_READ: usize = 64 * 1024;
 /// At most this much of a response body is stored in the attempt.
 pub const MAX_RESPONSE_EXCERPT: usize = 4 * 1024;
+
+/// At most this many clients for endpoints with TLS settings are kept; a
+/// full map is emptied (connections of the dropped clients close once
+/// their requests end) and refills as deliveries need.
+pub const MAX_ENDPOINT_CLIENTS: usize = 1024;
 
 const USER_AGENT_VALUE: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
 
@@ -48,6 +63,9 @@ pub enum ErrorClass {
     Connect,
     Dns,
     Tls,
+    /// The endpoint pins public keys and none is in the receiver's chain:
+    /// the handshake was abandoned before anything was sent.
+    TlsPinMismatch,
     /// The target policy refused the URL (its scheme or literal address,
     /// checked before each POST) or every address its host resolves to.
     BlockedAddress,
@@ -62,6 +80,7 @@ impl ErrorClass {
             ErrorClass::Connect => "connect",
             ErrorClass::Dns => "dns",
             ErrorClass::Tls => "tls",
+            ErrorClass::TlsPinMismatch => "tls_pin_mismatch",
             ErrorClass::BlockedAddress => "blocked_address",
             ErrorClass::ResponseTooLarge => "response_too_large",
             ErrorClass::Redirect => "redirect",
@@ -88,6 +107,8 @@ pub struct Outgoing<'a> {
     pub secrets: &'a [SigningSecret],
     pub message_id: &'a str,
     pub payload: &'a str,
+    /// The endpoint's TLS settings; `None` for the defaults (and callbacks).
+    pub tls: Option<&'a EndpointTls>,
 }
 
 /// Where host names are looked up: the system resolver, or in tests one
@@ -114,12 +135,16 @@ impl Lookup for SystemLookup {
 }
 
 /// The shared client: keep-alive pools, HTTP/1.1 and h2, no redirects, the
-/// SSRF-checking resolver.
+/// SSRF-checking resolver; and the clients of endpoints with TLS settings,
+/// built the same way.
 #[derive(Clone)]
 pub struct WebhookClient {
     client: reqwest::Client,
     policy: Arc<TargetPolicy>,
+    lookup: Arc<dyn Lookup>,
     request_timeout: Duration,
+    identity: Option<Arc<ClientIdentity>>,
+    endpoint_clients: Arc<Mutex<HashMap<EndpointTls, reqwest::Client>>>,
 }
 
 impl WebhookClient {
@@ -136,23 +161,59 @@ impl WebhookClient {
         lookup: Arc<dyn Lookup>,
     ) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(policy);
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(PolicyResolver {
-                policy: policy.clone(),
-                lookup,
-            }))
-            .connect_timeout(request_timeout)
-            .timeout(request_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build()?;
+        let client = build_client(&policy, &lookup, request_timeout, None, None)?;
         Ok(WebhookClient {
             client,
             policy,
+            lookup,
             request_timeout,
+            identity: None,
+            endpoint_clients: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// This client, presenting `identity` to every receiver that asks for a
+    /// client certificate (`--delivery-client-cert`).
+    pub fn with_identity(self, identity: ClientIdentity) -> Result<Self, reqwest::Error> {
+        let client = build_client(
+            &self.policy,
+            &self.lookup,
+            self.request_timeout,
+            None,
+            Some(&identity),
+        )?;
+        Ok(WebhookClient {
+            client,
+            identity: Some(Arc::new(identity)),
+            endpoint_clients: Arc::new(Mutex::new(HashMap::new())),
+            ..self
+        })
+    }
+
+    /// The client for an endpoint's TLS settings, built on first use.
+    fn endpoint_client(&self, settings: &EndpointTls) -> Result<reqwest::Client, String> {
+        let mut clients = self
+            .endpoint_clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(settings) {
+            return Ok(client.clone());
+        }
+        let config = client_config(Some(settings), self.identity.as_deref())
+            .map_err(|err| format!("cannot set up TLS for this endpoint: {err}"))?;
+        let client = build_client(
+            &self.policy,
+            &self.lookup,
+            self.request_timeout,
+            Some(config),
+            None,
+        )
+        .map_err(|err| format!("cannot set up TLS for this endpoint: {}", error_text(&err)))?;
+        if clients.len() >= MAX_ENDPOINT_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(settings.clone(), client.clone());
+        Ok(client)
     }
 
     /// POSTs once and reports what happened; never fails, never hangs past
@@ -227,8 +288,14 @@ impl WebhookClient {
             }
         }
 
-        let request = self
-            .client
+        let client = match outgoing.tls {
+            None => self.client.clone(),
+            Some(settings) => match self.endpoint_client(settings) {
+                Ok(client) => client,
+                Err(text) => return report(None, Some(ErrorClass::Tls), text, None),
+            },
+        };
+        let request = client
             .post(url)
             .headers(headers)
             .body(outgoing.payload.to_owned());
@@ -278,6 +345,9 @@ impl WebhookClient {
                         "delivery refused: the target resolves only to non-permitted addresses"
                     );
                     BLOCKED_ADDRESS_TEXT.to_owned()
+                } else if class == ErrorClass::TlsPinMismatch {
+                    // rustls shows its custom errors by their Debug form.
+                    PinMismatch.to_string()
                 } else {
                     error_text(&err)
                 };
@@ -296,6 +366,36 @@ impl WebhookClient {
             }
         }
     }
+}
+
+/// One reqwest client with the SSRF-checking resolver: with reqwest's own
+/// TLS setup (public roots) unless `tls` is given, presenting `identity`
+/// (with reqwest's setup; a given `tls` carries its own).
+fn build_client(
+    policy: &Arc<TargetPolicy>,
+    lookup: &Arc<dyn Lookup>,
+    request_timeout: Duration,
+    tls: Option<rustls::ClientConfig>,
+    identity: Option<&ClientIdentity>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(PolicyResolver {
+            policy: policy.clone(),
+            lookup: lookup.clone(),
+        }))
+        .connect_timeout(request_timeout)
+        .timeout(request_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64);
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(reqwest::Identity::from_pem(identity.pem())?);
+    }
+    builder.build()
 }
 
 /// The host a failed request was for, for the log.
@@ -336,8 +436,8 @@ fn classify(err: &reqwest::Error) -> ErrorClass {
         if cause.downcast_ref::<DnsFailure>().is_some() {
             return ErrorClass::Dns;
         }
-        if cause.downcast_ref::<rustls::Error>().is_some() {
-            return ErrorClass::Tls;
+        if let Some(tls) = rustls_error(cause) {
+            return tls_class(tls);
         }
         source = cause.source();
     }
@@ -349,6 +449,35 @@ fn classify(err: &reqwest::Error) -> ErrorClass {
         ErrorClass::Tls
     } else {
         ErrorClass::Connect
+    }
+}
+
+/// The rustls error `cause` is or wraps. The connector hands it over
+/// inside an `io::Error`, itself boxed; both hide it from `source()`
+/// (`io::Error::source` skips the error it wraps, a box is transparent).
+fn rustls_error<'a>(mut cause: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    // A few layers at most; bounded all the same.
+    for _ in 0..8 {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        match cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => cause = inner,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// What a handshake's failure is: a pin refusal, or any other TLS failure.
+fn tls_class(error: &rustls::Error) -> ErrorClass {
+    if is_pin_mismatch(error) {
+        ErrorClass::TlsPinMismatch
+    } else {
+        ErrorClass::Tls
     }
 }
 
@@ -447,6 +576,7 @@ mod tests {
             secrets: &[],
             message_id: "evt_test",
             payload: "{}",
+            tls: None,
         }
     }
 
@@ -728,6 +858,32 @@ mod tests {
         for refused in ["upgrade:", "websocket", "sec-websocket-key"] {
             assert!(!request.contains(refused), "{refused} in {request}");
         }
+    }
+
+    #[test]
+    fn pin_refusals_are_their_own_class() {
+        let mismatch = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(Arc::new(PinMismatch)),
+        ));
+        assert_eq!(tls_class(&mismatch), ErrorClass::TlsPinMismatch);
+        assert_eq!(ErrorClass::TlsPinMismatch.as_str(), "tls_pin_mismatch");
+        let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        assert_eq!(tls_class(&expired), ErrorClass::Tls);
+    }
+
+    #[test]
+    fn pin_refusals_are_found_inside_nested_io_errors() {
+        // As the connector reports them: an io::Error in an io::Error.
+        let mismatch = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(Arc::new(PinMismatch)),
+        ));
+        let nested = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            mismatch,
+        ));
+        let found = rustls_error(&nested).expect("the rustls error is found");
+        assert_eq!(tls_class(found), ErrorClass::TlsPinMismatch);
+        assert!(rustls_error(&std::io::Error::other("no TLS here")).is_none());
     }
 
     #[test]

@@ -16,7 +16,10 @@
 //! - `outcome`, `schedule`, `signing`: rules, pure and unit-tested (what
 //!   an attempt means, when to retry, how to sign); how fast to send is
 //!   `crate::domain::rate_limit`'s token bucket.
-//! - `http_client`: the shared reqwest client with the SSRF-checking resolver.
+//! - `http_client`: the shared reqwest client with the SSRF-checking
+//!   resolver, and one per set of endpoint TLS settings.
+//! - `tls`: pinned keys, private CAs and the node's client certificate, as
+//!   rustls configurations; a pin mismatch fails the handshake.
 //! - `outbound`: the node's budget of requests in flight, and each
 //!   consumer's share of it.
 //! - `endpoint_cache`: endpoint configuration in memory.
@@ -42,6 +45,7 @@ mod schedule;
 mod settings;
 mod shared;
 mod signing;
+mod tls;
 mod worker;
 mod writer;
 
@@ -50,3 +54,4 @@ pub use engine::Engine;
 pub use outbound::OutboundLimits;
 pub use settings::EngineSettings;
 pub use signing::{sign, signature_header};
+pub use tls::ClientIdentity;

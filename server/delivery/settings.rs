@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::outbound::OutboundLimits;
+use super::tls::ClientIdentity;
 use crate::config::ServeConfig;
 use crate::domain::ops::Change;
 use crate::domain::target::TargetPolicy;
@@ -37,6 +38,9 @@ pub struct EngineSettings {
     /// is set; bounded, so a slow publisher of them slows the writer rather
     /// than memory growing.
     pub ops_changes: Option<mpsc::Sender<Change>>,
+    /// The client certificate presented to receivers that ask for one
+    /// (`--delivery-client-cert`); read from its files at start.
+    pub client_identity: Option<ClientIdentity>,
 }
 
 impl EngineSettings {
@@ -64,6 +68,7 @@ impl EngineSettings {
                 config.max_outbound_per_consumer,
             ),
             ops_changes: None,
+            client_identity: None,
         }
     }
 }

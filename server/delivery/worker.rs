@@ -20,6 +20,7 @@ use super::outbound::{Outbound, Permit};
 use super::outcome::{self, Attempt, Circumstances, Decision};
 use super::shared::{Hold, Shared};
 use crate::domain::delivery::DeliveryVia;
+use crate::domain::endpoint_tls::EndpointTls;
 use crate::domain::ids::{self, DeliveryId};
 use crate::domain::rate_limit::RateLimiter;
 use crate::domain::secret::SigningSecret;
@@ -233,7 +234,7 @@ impl Worker {
             let Some((_, job)) = self.ready.pop_first() else {
                 return HeldBack::Nothing;
             };
-            let Some((url, headers, secrets)) = self.request_parts(target, &job).await else {
+            let Some((url, headers, secrets, tls)) = self.request_parts(target, &job).await else {
                 // The consumer or its URL is gone: nothing to deliver to.
                 self.shared.release_later(job.delivery_id);
                 continue;
@@ -249,6 +250,7 @@ impl Worker {
                         secrets: &secrets,
                         message_id: &job.event.id,
                         payload: &job.event.payload,
+                        tls: tls.as_deref(),
                     })
                     .await;
                 (job, report)
@@ -265,12 +267,14 @@ impl Worker {
         String,
         Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
         Vec<SigningSecret>,
+        Option<Arc<EndpointTls>>,
     )> {
         match target {
             Target::Endpoint(config) => Some((
                 config.url.clone()?,
                 config.headers.clone(),
                 config.live_secrets(now_millis()),
+                config.tls.clone(),
             )),
             Target::Callback => {
                 let secret = match self
@@ -288,7 +292,9 @@ impl Worker {
                 let DeliveryTarget::Callback(url) = &job.target else {
                     return None;
                 };
-                Some((url.clone(), Vec::new(), vec![(*secret).clone()]))
+                // Callbacks belong to no endpoint: default roots, no pins
+                // (the node's client certificate still applies).
+                Some((url.clone(), Vec::new(), vec![(*secret).clone()], None))
             }
             Target::Unavailable | Target::NotOwned | Target::Unknown => None,
         }

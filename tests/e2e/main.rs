@@ -15,6 +15,7 @@ mod cluster;
 mod crash;
 mod deletion;
 mod delivery;
+mod delivery_tls;
 mod events_api;
 mod fairness;
 mod grpcurl;
