@@ -242,6 +242,39 @@ mod tests {
     }
 
     #[test]
+    fn a_client_identity_needs_a_certificate_and_its_own_key() {
+        crate::install_crypto_provider();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let other_key = rcgen::KeyPair::generate().expect("another key");
+        let certificate = rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let certificate_pem = certificate.pem();
+        let identity =
+            ClientIdentity::from_pem(certificate_pem.as_bytes(), key.serialize_pem().as_bytes())
+                .expect("a matching pair");
+        assert!(client_config(None, Some(&identity)).is_ok());
+        for (certificate, key, message) in [
+            (
+                certificate_pem.clone(),
+                other_key.serialize_pem(),
+                "does not suit",
+            ),
+            (String::new(), key.serialize_pem(), "no PEM certificate"),
+            (
+                certificate_pem.clone(),
+                String::new(),
+                "no usable PEM private key",
+            ),
+        ] {
+            let err = ClientIdentity::from_pem(certificate.as_bytes(), key.as_bytes())
+                .expect_err(message);
+            assert!(err.contains(message), "{err}");
+        }
+    }
+
+    #[test]
     fn the_spki_hash_is_that_of_the_der_public_key() {
         use rcgen::PublicKeyData;
         let key = rcgen::KeyPair::generate().expect("key");
