@@ -6,14 +6,13 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::forms::{self, Form};
 use super::pages::{self, Section, escape, hidden_token};
-use super::{Portal, Session, call, see_other};
+use super::{Portal, Sent, Session, call, see_other};
 use crate::proto;
 use crate::proto::events_server::Events;
 use crate::proto::subscriptions_server::Subscriptions;
@@ -338,15 +337,7 @@ pub async fn new_form(State(portal): State<Arc<Portal>>, session: Session) -> Re
 }
 
 /// `POST /endpoints`: CreateEndpoint with the form's values.
-pub async fn create(
-    State(portal): State<Arc<Portal>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (session, form) = match portal.form(&headers, &body).await {
-        Ok(sent) => sent,
-        Err(response) => return response,
-    };
+pub async fn create(State(portal): State<Arc<Portal>>, Sent { session, form }: Sent) -> Response {
     let values = EndpointForm::read(&form);
     let refuse = |error: String| refused(&portal, &session, None, &values, error);
     let headers_map = match forms::parse_headers(&values.headers) {
@@ -415,13 +406,8 @@ pub async fn edit_form(
 pub async fn update(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Sent { session, form }: Sent,
 ) -> Response {
-    let (session, form) = match portal.form(&headers, &body).await {
-        Ok(sent) => sent,
-        Err(response) => return response,
-    };
     let values = EndpointForm::read(&form);
     let refuse = |error: String| refused(&portal, &session, Some(&id), &values, error);
     let headers_map = match forms::parse_headers(&values.headers) {
@@ -489,7 +475,8 @@ pub async fn show(
         Ok(health) => health,
         Err(status) => return portal.failed(&session, &status),
     };
-    let status_filter = status_of(&query.status);
+    let status_filter =
+        forms::delivery_status(&query.status).unwrap_or(proto::DeliveryStatus::Unspecified);
     let deliveries = match call!(
         portal,
         session,
@@ -523,15 +510,6 @@ pub async fn show(
         "Endpoint",
         &body,
     )
-}
-
-fn status_of(text: &str) -> proto::DeliveryStatus {
-    match text {
-        "pending" => proto::DeliveryStatus::Pending,
-        "succeeded" => proto::DeliveryStatus::Succeeded,
-        "failed" => proto::DeliveryStatus::Failed,
-        _ => proto::DeliveryStatus::Unspecified,
-    }
 }
 
 fn summary(endpoint: &proto::Endpoint) -> String {
@@ -702,13 +680,8 @@ fn actions_section(session: &Session, endpoint: &proto::Endpoint) -> String {
 pub async fn enable(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Sent { session, .. }: Sent,
 ) -> Response {
-    let (session, _) = match portal.form(&headers, &body).await {
-        Ok(sent) => sent,
-        Err(response) => return response,
-    };
     match call!(
         portal,
         session,
@@ -723,13 +696,8 @@ pub async fn enable(
 pub async fn disable(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Sent { session, .. }: Sent,
 ) -> Response {
-    let (session, _) = match portal.form(&headers, &body).await {
-        Ok(sent) => sent,
-        Err(response) => return response,
-    };
     match call!(
         portal,
         session,
@@ -779,13 +747,8 @@ pub async fn delete_form(
 pub async fn delete(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Sent { session, .. }: Sent,
 ) -> Response {
-    let (session, _) = match portal.form(&headers, &body).await {
-        Ok(sent) => sent,
-        Err(response) => return response,
-    };
     match call!(
         portal,
         session,
@@ -801,13 +764,8 @@ pub async fn delete(
 pub async fn rotate(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Sent { session, form }: Sent,
 ) -> Response {
-    let (session, form) = match portal.form(&headers, &body).await {
-        Ok(sent) => sent,
-        Err(response) => return response,
-    };
     let grace = match form.get("grace").parse::<i64>() {
         Ok(seconds) => prost_types::Duration { seconds, nanos: 0 },
         Err(_) => {
@@ -873,13 +831,8 @@ fn replay_since(form: &Form, now: i64) -> Result<i64, String> {
 pub async fn replay(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Sent { session, form }: Sent,
 ) -> Response {
-    let (session, form) = match portal.form(&headers, &body).await {
-        Ok(sent) => sent,
-        Err(response) => return response,
-    };
     let since = match replay_since(&form, crate::domain::time::now_millis()) {
         Ok(since) => since,
         Err(error) => {

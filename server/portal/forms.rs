@@ -132,6 +132,19 @@ pub fn parse_time(field: &str, text: &str) -> Result<Option<i64>, String> {
         .map_err(|_| format!("{field}: is too far in the future"))
 }
 
+/// A delivery status as the forms name it: empty for any, else
+/// `pending`, `succeeded` or `failed`; `None` for anything else.
+pub fn delivery_status(text: &str) -> Option<crate::proto::DeliveryStatus> {
+    use crate::proto::DeliveryStatus;
+    Some(match text {
+        "" => DeliveryStatus::Unspecified,
+        "pending" => DeliveryStatus::Pending,
+        "succeeded" => DeliveryStatus::Succeeded,
+        "failed" => DeliveryStatus::Failed,
+        _ => return None,
+    })
+}
+
 /// How far back a preset period (`1h`, `24h`, `7d`, `30d`) reaches, in
 /// milliseconds; `None` for anything else (all time).
 pub fn period_millis(period: &str) -> Option<i64> {
@@ -219,6 +232,15 @@ mod tests {
                 .expect_err("words")
                 .contains("since")
         );
+        assert_eq!(
+            delivery_status("failed"),
+            Some(crate::proto::DeliveryStatus::Failed)
+        );
+        assert_eq!(
+            delivery_status(""),
+            Some(crate::proto::DeliveryStatus::Unspecified)
+        );
+        assert_eq!(delivery_status("lost"), None);
         assert_eq!(period_millis("24h"), Some(86_400_000));
         assert_eq!(period_millis("all"), None);
     }

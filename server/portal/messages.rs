@@ -4,14 +4,13 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::forms;
 use super::pages::{self, Section, escape, hidden_token};
-use super::{Portal, Session, call, see_other};
+use super::{Portal, Sent, Session, call, see_other};
 use crate::domain::time::now_millis;
 use crate::grpc::convert::timestamp;
 use crate::proto;
@@ -52,13 +51,8 @@ impl Filters {
         if let Some(back) = forms::period_millis(&self.period) {
             since = Some(now_millis().saturating_sub(back));
         }
-        let delivery_status = match self.status.as_str() {
-            "" => proto::DeliveryStatus::Unspecified,
-            "pending" => proto::DeliveryStatus::Pending,
-            "succeeded" => proto::DeliveryStatus::Succeeded,
-            "failed" => proto::DeliveryStatus::Failed,
-            other => return Err(format!("status: {other:?} is not a delivery status")),
-        };
+        let delivery_status = forms::delivery_status(&self.status)
+            .ok_or_else(|| format!("status: {:?} is not a delivery status", self.status))?;
         Ok(proto::ListEventsRequest {
             consumer_id: consumer_id.to_owned(),
             event_types: forms::parse_list(&self.event_type),
@@ -439,13 +433,8 @@ pub fn attempt_row(attempt: &proto::Attempt) -> String {
 pub async fn redeliver(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Sent { session, form }: Sent,
 ) -> Response {
-    let (session, form) = match portal.form(&headers, &body).await {
-        Ok(sent) => sent,
-        Err(response) => return response,
-    };
     match call!(
         portal,
         session,

@@ -304,11 +304,7 @@ async fn open_session(
 
 /// `POST /logout`: ends the session for good (its key is revoked, so the
 /// cookie is worthless even if kept) and drops the cookie.
-async fn logout(State(portal): State<Arc<Portal>>, headers: HeaderMap, body: Bytes) -> Response {
-    let session = match portal.form(&headers, &body).await {
-        Ok((session, _)) => session,
-        Err(response) => return response,
-    };
+async fn logout(State(portal): State<Arc<Portal>>, Sent { session, .. }: Sent) -> Response {
     let ended = portal
         .subscriptions
         .end_portal_session(&session.principal.key_id)
@@ -436,22 +432,6 @@ impl Portal {
         Ok(session)
     }
 
-    /// A form's body and the session it was sent in (see
-    /// [`Portal::form_session`]), or the page saying why it does not count.
-    async fn form(&self, headers: &HeaderMap, body: &Bytes) -> Result<(Session, Form), Response> {
-        if body.len() > forms::MAX_FORM_BYTES {
-            return Err(pages::message(
-                &self.chrome(None),
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Too large",
-                "The form is larger than the portal accepts.",
-            ));
-        }
-        let form = Form::parse(body);
-        let session = self.form_session(headers, &form).await?;
-        Ok((session, form))
-    }
-
     /// Calls a service method in-process as `session`'s principal (see
     /// [`call!`]).
     async fn call<S, T, R>(
@@ -484,6 +464,36 @@ impl axum::extract::FromRequestParts<Arc<Portal>> for Session {
         portal: &Arc<Portal>,
     ) -> Result<Session, Response> {
         portal.session(&parts.headers).await
+    }
+}
+
+/// A form and the session it was sent in, as a handler argument (see
+/// [`Portal::form_session`]): the request is answered with the page saying why
+/// when the form does not count.
+pub struct Sent {
+    session: Session,
+    form: Form,
+}
+
+impl axum::extract::FromRequest<Arc<Portal>> for Sent {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        portal: &Arc<Portal>,
+    ) -> Result<Sent, Response> {
+        let (parts, body) = request.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, forms::MAX_FORM_BYTES).await else {
+            return Err(pages::message(
+                &portal.chrome(None),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Too large",
+                "The form is larger than the portal accepts.",
+            ));
+        };
+        let form = Form::parse(&body);
+        let session = portal.form_session(&parts.headers, &form).await?;
+        Ok(Sent { session, form })
     }
 }
 

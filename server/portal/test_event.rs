@@ -6,14 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::messages::{attempt_row, pretty};
 use super::pages::{self, Section, escape, hidden_token};
-use super::{Portal, Session, call};
+use super::{Portal, Sent, Session, call};
 use crate::proto;
 use crate::proto::events_server::Events;
 use crate::proto::subscriptions_server::Subscriptions;
@@ -119,13 +118,8 @@ async fn form_page(
 pub async fn send(
     State(portal): State<Arc<Portal>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Sent { session, form }: Sent,
 ) -> Response {
-    let (session, form) = match portal.form(&headers, &body).await {
-        Ok(sent) => sent,
-        Err(response) => return response,
-    };
     let event_type = form.get("event_type");
     let payload = form.raw("payload").trim();
     let sent = call!(
