@@ -19,7 +19,8 @@
 //!
 //! - `pages`: the page shell and shared pieces; `forms`: reading forms;
 //! - `endpoints`: list, create, edit, enable/disable, delete, secret
-//!   rotation, replay; `test_event`: a test event and its first attempt;
+//!   rotation, replay; `health`: an endpoint's last 24 hours on its page;
+//!   `test_event`: a test event and its first attempt;
 //! - `messages`: the message log, an event's deliveries and attempts,
 //!   redelivery; `live`: new events pushed to an open log (SSE);
 //! - `catalogue`: the provider's event types.
