@@ -1,6 +1,7 @@
 //! The writer of large fan-outs: one task per node creates the deliveries of
 //! events whose publish matched more endpoints than one write should take
-//! (`publish::commit`'s `FAN_OUT_APART`), a slice per transaction
+//! (`publish::commit`'s `FAN_OUT_APART`), and those of broadcasts (to
+//! every consumer's matching endpoints), a slice per transaction
 //! (`Queue::fan_out_slice`), oldest fan-out first, handing each slice on
 //! like a publish's deliveries. Between slices other writes pass, so one
 //! tenant's huge fan-out delays only itself. It is woken when a publish
@@ -30,11 +31,12 @@ pub async fn run(queue: Queue, handoff: Handoff, wake: Arc<Notify>, stop: Cancel
         }
         match queue.claim_fan_out(now_millis()).await {
             Ok(Some(mut fan_out)) => {
-                while fan_out.done < fan_out.targets.len() && !stop.is_cancelled() {
+                while !fan_out.finished && !stop.is_cancelled() {
                     let started = tokio::time::Instant::now();
                     match queue.fan_out_slice(&mut fan_out, SLICE, now_millis()).await {
-                        Ok(Some(slice)) => {
-                            handoff.fanned_out(slice, &fan_out.event);
+                        Ok(Some(written)) => {
+                            handoff.fanned_out(written.deliveries, &fan_out.event);
+                            handoff.broadcast_reached(&fan_out.event, written.recipients);
                             // At most half of the database's time: the
                             // writes of other tenants always find a turn.
                             tokio::time::sleep(started.elapsed()).await;

@@ -101,6 +101,18 @@ impl Handoff {
         );
     }
 
+    /// A slice of a broadcast reached these consumers: their live tails see
+    /// the event as theirs.
+    pub fn broadcast_reached(&self, event: &Arc<event::Model>, consumers: Vec<String>) {
+        self.streams
+            .tail_events(consumers.into_iter().map(|consumer_id| {
+                Arc::new(event::Model {
+                    consumer_id,
+                    ..(**event).clone()
+                })
+            }));
+    }
+
     fn committed(&self, deliveries: Vec<Committed>) {
         let mut hot = Vec::with_capacity(deliveries.len());
         let mut left_for_sweep: Vec<EndpointId> = Vec::new();

@@ -133,6 +133,36 @@ impl Publish {
     }
 }
 
+/// A `Broadcast` call; made by [`Herald::broadcast`].
+#[derive(Debug, Clone)]
+#[must_use = "a request builder does nothing until `.send()`"]
+pub struct Broadcast {
+    client: Herald,
+    request: proto::BroadcastRequest,
+}
+
+impl Broadcast {
+    /// Makes the broadcast safe to repeat: the same key within 24 hours
+    /// returns the first broadcast and sends nothing. Broadcast keys are a
+    /// namespace of their own.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Broadcast {
+        self.request.idempotency_key = key.into();
+        self
+    }
+
+    /// Broadcasts the event. Herald answers once the event is committed
+    /// (its deliveries are written right after). Retried on `UNAVAILABLE`
+    /// only with an idempotency key.
+    pub async fn send(self) -> Result<proto::BroadcastResponse> {
+        let idempotent = !self.request.idempotency_key.is_empty();
+        self.client
+            .unary(idempotent, self.request, |channel, request| async move {
+                EventsClient::new(channel).broadcast(request).await
+            })
+            .await
+    }
+}
+
 impl Herald {
     /// Publishes an event of `event_type` for a consumer (id or uid):
     ///
@@ -155,6 +185,35 @@ impl Herald {
         Publish {
             client: self.clone(),
             event: NewEvent::new(consumer_id, event_type, payload),
+        }
+    }
+
+    /// Broadcasts an event to every consumer: delivered to every enabled
+    /// endpoint, of any consumer, whose filter matches and that has not
+    /// opted out of broadcasts ([`crate::CreateEndpoint::receive_broadcasts`]):
+    ///
+    /// ```no_run
+    /// # async fn example(herald: herald_client::Herald) -> herald_client::Result<()> {
+    /// let sent = herald
+    ///     .broadcast("price.changed", serde_json::json!({"symbol": "ACME", "price": "12.30"}))
+    ///     .idempotency_key("ACME-2026-12-01T10:00:00Z")
+    ///     .send()
+    ///     .await?;
+    /// println!("broadcast {}", sent.event.unwrap_or_default().id);
+    /// # Ok(()) }
+    /// ```
+    pub fn broadcast(
+        &self,
+        event_type: impl Into<String>,
+        payload: impl Into<Payload>,
+    ) -> Broadcast {
+        Broadcast {
+            client: self.clone(),
+            request: proto::BroadcastRequest {
+                event_type: event_type.into(),
+                payload: payload.into().0,
+                idempotency_key: String::new(),
+            },
         }
     }
 

@@ -143,8 +143,8 @@ pub use admin::{CreateApiKey, ListApiKeys};
 pub use client::{Herald, HeraldBuilder, Page};
 pub use error::{Code, Error, Result};
 pub use events::{
-    GetEndpointHealth, ListAttempts, ListDeliveries, ListEvents, NewEvent, Payload, Publish,
-    SendTestEvent,
+    Broadcast, GetEndpointHealth, ListAttempts, ListDeliveries, ListEvents, NewEvent, Payload,
+    Publish, SendTestEvent,
 };
 pub use proto::{
     ApiKey, ApiKeyScope, Attempt, Consumer, Delivery, DeliveryStatus, Endpoint, EndpointKind,

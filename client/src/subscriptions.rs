@@ -443,6 +443,13 @@ impl CreateEndpoint {
         self
     }
 
+    /// Whether the endpoint receives broadcast events (default true; false
+    /// opts it out). Its filter applies to broadcasts too.
+    pub fn receive_broadcasts(mut self, receive: bool) -> CreateEndpoint {
+        self.request.receive_broadcasts = Some(receive);
+        self
+    }
+
     /// Creates the endpoint; the answer carries its secret. Not retried.
     pub async fn send(self) -> Result<proto::CreateEndpointResponse> {
         self.client
@@ -535,6 +542,12 @@ impl UpdateEndpoint {
     /// Replaces the private CA (PEM); see [`CreateEndpoint::ca_pem`].
     pub fn ca_pem(mut self, ca_pem: impl Into<String>) -> UpdateEndpoint {
         self.request.ca_pem = Some(ca_pem.into());
+        self
+    }
+
+    /// Opts the endpoint in (true) or out (false) of broadcast events.
+    pub fn receive_broadcasts(mut self, receive: bool) -> UpdateEndpoint {
+        self.request.receive_broadcasts = Some(receive);
         self
     }
 

@@ -4,12 +4,13 @@
 //! storage never check it again. Besides: typed ids (`ids`), delivery states
 //! and attempt outcomes (`delivery`), the SSRF target policy (`target`),
 //! an endpoint's delivery TLS settings and the pin check
-//! (`endpoint_tls`), the idempotency rule (`idempotency`), how an endpoint's health report
+//! (`endpoint_tls`), who receives a broadcast (`broadcast`), the idempotency rule (`idempotency`), how an endpoint's health report
 //! buckets its attempts (`health`) and the token bucket behind rate limits
 //! (`rate_limit`). Nothing here knows about gRPC or
 //! the database.
 
 pub mod api_key;
+pub mod broadcast;
 pub mod consumer;
 pub mod delivery;
 pub mod endpoint;

@@ -101,7 +101,7 @@ pub fn required_access(path: &str) -> Access {
             | "CreatePortalSession"
             | "RevokePortalSession",
         ) => Access::Producer,
-        ("herald.v1.Events", "Publish" | "PublishBatch") => Access::Producer,
+        ("herald.v1.Events", "Publish" | "PublishBatch" | "Broadcast") => Access::Producer,
         ("herald.v1.Subscriptions" | "herald.v1.Events" | "herald.v1.Streams", _) => Access::AnyKey,
         _ => Access::AdminOnly,
     }

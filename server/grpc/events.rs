@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use super::AppState;
 use super::auth::Principal;
 use super::convert::{duration, duration_message, millis, optional_timestamp, required, timestamp};
+use crate::domain::broadcast;
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
@@ -48,19 +49,24 @@ fn event_input(request: proto::PublishRequest) -> EventInput {
         payload: request.payload,
         idempotency_key: request.idempotency_key,
         callback_url: request.callback_url,
-        only_endpoint: None,
+        ..EventInput::default()
     }
 }
 
 fn event_message(row: &event::Model) -> proto::Event {
     proto::Event {
         id: row.id.clone(),
-        consumer_id: row.consumer_id.clone(),
+        consumer_id: if broadcast::is_broadcast(&row.consumer_id) {
+            String::new()
+        } else {
+            row.consumer_id.clone()
+        },
         event_type: row.event_type.clone(),
         payload: row.payload.clone(),
         idempotency_key: row.idempotency_key.clone().unwrap_or_default(),
         callback_url: row.callback_url.clone().unwrap_or_default(),
         created_at: timestamp(row.created_at),
+        broadcast: broadcast::is_broadcast(&row.consumer_id),
     }
 }
 
@@ -208,8 +214,41 @@ impl EventsService {
             None
         };
         let row = row.ok_or_else(|| Error::not_found("event", id))?;
-        principal.ensure_consumer(&row.consumer_id, "event", id)?;
+        self.ensure_sees_event(principal, &row, "event", id).await?;
         Ok(row)
+    }
+
+    /// NOT_FOUND (as if `what` `id` did not exist) unless the principal may
+    /// see `event`: its consumer's, or a broadcast that reached its consumer.
+    async fn ensure_sees_event(
+        &self,
+        principal: &Principal,
+        event: &event::Model,
+        what: &str,
+        id: &str,
+    ) -> Result<()> {
+        match principal.confined_to() {
+            Some(own) if broadcast::is_broadcast(&event.consumer_id) => {
+                if store::broadcast_reached(&self.state.db.conn, &event.id, own).await? {
+                    Ok(())
+                } else {
+                    Err(Error::not_found(what, id))
+                }
+            }
+            _ => principal.ensure_consumer(&event.consumer_id, what, id),
+        }
+    }
+
+    /// The consumer whose deliveries and attempts of `event` a principal may
+    /// list: a confined principal reading a broadcast sees only its own;
+    /// `None` means all of the event's.
+    fn listed_for(principal: &Principal, event: Option<&event::Model>) -> Option<String> {
+        match (principal.confined_to(), event) {
+            (Some(own), Some(event)) if broadcast::is_broadcast(&event.consumer_id) => {
+                Some(own.to_owned())
+            }
+            _ => None,
+        }
     }
 
     async fn visible_endpoint(&self, principal: &Principal, id: &str) -> Result<endpoint::Model> {
@@ -379,13 +418,15 @@ impl proto::events_server::Events for EventsService {
         if event_id.is_none() && endpoint_id.is_none() {
             return Err(Error::invalid("event_id", "or endpoint_id is required").into());
         }
-        if let Some(id) = &event_id {
-            self.visible_event(&principal, id).await?;
-        }
+        let event = match &event_id {
+            Some(id) => Some(self.visible_event(&principal, id).await?),
+            None => None,
+        };
         if let Some(id) = &endpoint_id {
             self.visible_endpoint(&principal, id).await?;
         }
         let query = store::DeliveryQuery {
+            consumer_id: Self::listed_for(&principal, event.as_ref()),
             event_id,
             endpoint_id,
             status,
@@ -406,10 +447,11 @@ impl proto::events_server::Events for EventsService {
         let principal = Principal::of(&request)?;
         let request = request.into_inner();
         let page = PageRequest::parse(request.page_size, &request.page_token)?;
-        let query = store::AttemptQuery {
+        let mut query = store::AttemptQuery {
             delivery_id: optional(request.delivery_id),
             event_id: optional(request.event_id),
             endpoint_id: optional(request.endpoint_id),
+            consumer_id: None,
         };
         if query.delivery_id.is_none() && query.event_id.is_none() && query.endpoint_id.is_none() {
             return Err(
@@ -426,10 +468,27 @@ impl proto::events_server::Events for EventsService {
             let owner = store::get(&self.state.db.conn, &row.event_id)
                 .await?
                 .ok_or_else(|| Error::not_found("delivery", id))?;
-            principal.ensure_consumer(&owner.consumer_id, "delivery", id)?;
+            self.ensure_sees_event(&principal, &owner, "delivery", id)
+                .await?;
+            // A broadcast's delivery is its endpoint's consumer's.
+            if broadcast::is_broadcast(&owner.consumer_id) {
+                let endpoint = match &row.endpoint_id {
+                    Some(endpoint_id) => {
+                        store::get_endpoint(&self.state.db.conn, endpoint_id).await?
+                    }
+                    None => None,
+                };
+                let endpoint_owner = endpoint.map(|endpoint| endpoint.consumer_id);
+                principal.ensure_consumer(
+                    endpoint_owner.as_deref().unwrap_or(broadcast::OWNER_ID),
+                    "delivery",
+                    id,
+                )?;
+            }
         }
         if let Some(id) = &query.event_id {
-            self.visible_event(&principal, id).await?;
+            let event = self.visible_event(&principal, id).await?;
+            query.consumer_id = Self::listed_for(&principal, Some(&event));
         }
         if let Some(id) = &query.endpoint_id {
             self.visible_endpoint(&principal, id).await?;
@@ -457,9 +516,19 @@ impl proto::events_server::Events for EventsService {
         let endpoint_id = required("endpoint_id", &request.endpoint_id)?;
         let event = self.visible_event(&principal, event_id).await?;
         let endpoint = self.visible_endpoint(&principal, endpoint_id).await?;
-        if endpoint.consumer_id != event.consumer_id {
+        let same_owner = if broadcast::is_broadcast(&event.consumer_id) {
+            store::broadcast_reached(&self.state.db.conn, &event.id, &endpoint.consumer_id).await?
+        } else {
+            endpoint.consumer_id == event.consumer_id
+        };
+        if !same_owner {
             return Err(Error::FailedPrecondition(format!(
-                "endpoint_id: endpoint {endpoint_id:?} belongs to another consumer than event {event_id:?}"
+                "endpoint_id: endpoint {endpoint_id:?} belongs to another consumer than event {event_id:?}{}",
+                if broadcast::is_broadcast(&event.consumer_id) {
+                    " (a broadcast is redelivered only to consumers it reached)"
+                } else {
+                    ""
+                }
             ))
             .into());
         }
@@ -524,6 +593,25 @@ impl proto::events_server::Events for EventsService {
         let endpoint = self.visible_endpoint(&principal, endpoint_id).await?;
         let health = health::of_endpoint(&self.state.db.conn, &endpoint.id, &buckets).await?;
         Ok(Response::new(health_message(&endpoint, &buckets, health)))
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<proto::BroadcastRequest>,
+    ) -> Result<Response<proto::BroadcastResponse>, Status> {
+        let request = request.into_inner();
+        let published = self
+            .state
+            .publisher
+            .broadcast(request.event_type, request.payload, request.idempotency_key)
+            .await?;
+        if !published.duplicate {
+            tracing::info!(event_id = %published.event.id, event_type = %published.event.event_type, "broadcast accepted");
+        }
+        Ok(Response::new(proto::BroadcastResponse {
+            event: Some(event_message(&published.event)),
+            duplicate: published.duplicate,
+        }))
     }
 
     /// Any key (the permission table's default for Events); a CONSUMER key

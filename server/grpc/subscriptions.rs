@@ -180,6 +180,7 @@ fn endpoint_message(row: endpoint::Model) -> Result<proto::Endpoint> {
         max_in_flight: u32::try_from(row.max_in_flight).unwrap_or(0),
         ordered: row.ordered,
         ca_pem: row.ca_pem.unwrap_or_default(),
+        receive_broadcasts: row.receive_broadcasts,
         created_at: timestamp(row.created_at),
         updated_at: timestamp(row.updated_at),
     })
@@ -304,6 +305,7 @@ impl SubscriptionsService {
             rate_limit: parse_rate_limit("rate_limit", request.rate_limit)?,
             max_in_flight: parse_max_in_flight("max_in_flight", request.max_in_flight)?,
             ordered: request.ordered,
+            receive_broadcasts: request.receive_broadcasts.unwrap_or(true),
         })
     }
 
@@ -368,6 +370,7 @@ impl SubscriptionsService {
                 .map(|limit| parse_max_in_flight("max_in_flight", limit))
                 .transpose()?,
             ordered: request.ordered,
+            receive_broadcasts: request.receive_broadcasts,
         })
     }
 }

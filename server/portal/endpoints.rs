@@ -131,6 +131,9 @@ struct EndpointForm {
     patterns: String,
     headers: String,
     rate_limit: String,
+    /// The "Receive broadcast events" box is unticked (an unticked box is
+    /// not sent, so the default, ticked, is `false` here).
+    skip_broadcasts: bool,
 }
 
 impl EndpointForm {
@@ -143,6 +146,7 @@ impl EndpointForm {
             patterns: form.get("patterns").to_owned(),
             headers: form.raw("headers").to_owned(),
             rate_limit: form.get("rate_limit").to_owned(),
+            skip_broadcasts: form.get("receive_broadcasts").is_empty(),
         }
     }
 
@@ -166,6 +170,7 @@ impl EndpointForm {
             } else {
                 endpoint.rate_limit.to_string()
             },
+            skip_broadcasts: !endpoint.receive_broadcasts,
         }
     }
 
@@ -289,6 +294,9 @@ fn endpoint_form(
              <textarea id=\"headers\" name=\"headers\" rows=\"3\">{headers}</textarea>\
              <label for=\"rate_limit\">Rate limit <small>(requests per second; empty for none)</small></label>\
              <input id=\"rate_limit\" name=\"rate_limit\" inputmode=\"numeric\" value=\"{rate_limit}\">\
+             <label class=\"check\"><input type=\"checkbox\" name=\"receive_broadcasts\" value=\"on\"{broadcasts}> \
+             Receive broadcast events <small>(events sent to every customer, such as announcements; \
+             the filter above applies)</small></label>\
              <div class=\"actions\"><button type=\"submit\">{submit}</button> <a href=\"{back}\">Cancel</a></div>\
              </form>",
             token = hidden_token(&session.form_token),
@@ -296,6 +304,11 @@ fn endpoint_form(
             patterns = escape(&values.patterns),
             headers = escape(&values.headers),
             rate_limit = escape(&values.rate_limit),
+            broadcasts = if values.skip_broadcasts {
+                ""
+            } else {
+                " checked"
+            },
         ),
     )
 }
@@ -364,6 +377,7 @@ pub async fn create(State(portal): State<Arc<Portal>>, Sent { session, form }: S
         event_types: values.filter(),
         headers: headers_map.into_iter().collect(),
         rate_limit,
+        receive_broadcasts: Some(!values.skip_broadcasts),
         ..Default::default()
     };
     match call!(portal, session, subscriptions.create_endpoint(request)) {
@@ -429,6 +443,7 @@ pub async fn update(
             entries: headers_map.into_iter().collect(),
         }),
         rate_limit: Some(rate_limit),
+        receive_broadcasts: Some(!values.skip_broadcasts),
         ..Default::default()
     };
     match call!(portal, session, subscriptions.update_endpoint(request)) {
@@ -533,7 +548,8 @@ fn summary(endpoint: &proto::Endpoint) -> String {
          <dt>Description</dt><dd>{description}</dd>\
          <dt>State</dt><dd class=\"{class}\">{state}</dd>\
          <dt>Events</dt><dd>{events}</dd><dt>Custom headers</dt><dd>{headers}</dd>\
-         <dt>Rate limit</dt><dd>{limit}</dd><dt>Created</dt><dd>{created}</dd></dl>",
+         <dt>Rate limit</dt><dd>{limit}</dd><dt>Broadcasts</dt><dd>{broadcasts}</dd>\
+         <dt>Created</dt><dd>{created}</dd></dl>",
         target = escape(&pages::target_text(endpoint)),
         id = escape(&endpoint.id),
         description = if endpoint.description.is_empty() {
@@ -546,6 +562,11 @@ fn summary(endpoint: &proto::Endpoint) -> String {
         events = escape(&pages::event_types_text(&endpoint.event_types)),
         headers = escape(&headers),
         limit = escape(&limit),
+        broadcasts = if endpoint.receive_broadcasts {
+            "received"
+        } else {
+            "not received (opted out)"
+        },
         created = pages::time(endpoint.created_at.as_ref()),
     )
 }

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::Published;
 use super::store;
 use super::validate::{Prepared, Validator};
+use crate::domain::broadcast;
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::idempotency::{self, EarlierUse, Verdict};
@@ -515,8 +516,13 @@ impl Planner<'_> {
             for consumer_id in job.iter().map(|p| p.consumer_id.as_str()) {
                 let pending = self.pending_fan_outs.get(consumer_id).copied().unwrap_or(0);
                 if pending >= self.max_pending_fan_outs {
+                    let whose = if broadcast::is_broadcast(consumer_id) {
+                        "broadcasts"
+                    } else {
+                        "consumer_id: large fan-outs of this consumer"
+                    };
                     return Err(Error::ResourceExhausted(format!(
-                        "consumer_id: {pending} large fan-outs of this consumer are still being written, the limit (--max-pending-fan-outs); retry shortly"
+                        "{whose}: {pending} are still being written, the limit (--max-pending-fan-outs); retry shortly"
                     )));
                 }
             }
@@ -594,7 +600,9 @@ impl Planner<'_> {
                 ));
             }
             planned.events.push(event.clone());
-            if prepared.only_endpoint.is_none() {
+            // A broadcast reaches each recipient's live tails as its
+            // deliveries are written (`crate::fanout`).
+            if prepared.only_endpoint.is_none() && !prepared.broadcast {
                 planned.tailed.push(event.clone());
             }
             planned.results.push(Published {
@@ -704,6 +712,13 @@ impl Planner<'_> {
         planned: &mut Planned,
     ) -> Result<(u32, Option<DeliveryId>)> {
         let event_id = EventId::from_stored(event.id.clone());
+        if prepared.broadcast {
+            // Its endpoints are read a slice at a time, after the commit.
+            planned
+                .fan_outs
+                .push(self.queue.new_broadcast_fan_out(&event_id, self.now));
+            return Ok((0, None));
+        }
         let mut count = 0;
         let mut only_delivery = None;
         let mut targets = Vec::new();
@@ -772,8 +787,12 @@ impl Planner<'_> {
         self.queue.may_send(&target.id, self.now) && !(target.ordered && self.queue.shared())
     }
 
-    /// Whether a job's deliveries are written apart (see [`fans_out_apart`]).
+    /// Whether a job's deliveries are written apart (see [`fans_out_apart`]);
+    /// a broadcast's always are.
     fn goes_apart(&self, job: &[Prepared]) -> bool {
+        if job.iter().any(|prepared| prepared.broadcast) {
+            return true;
+        }
         let deliveries = job
             .iter()
             .map(|prepared| self.matching(prepared).count())

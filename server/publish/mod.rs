@@ -73,6 +73,10 @@ pub struct EventInput {
     /// [`Publisher::send_test_event`]). `None`, what every Publish and
     /// PublishBatch request gets, fans out by filter as usual.
     pub only_endpoint: Option<EndpointId>,
+    /// A broadcast (Events/Broadcast): `consumer_id` is ignored (the
+    /// broadcasts' owner is used) and there is no callback URL; the event
+    /// is stored with a fan-out over every consumer's endpoints.
+    pub broadcast: bool,
 }
 
 /// The outcome of one published event.
@@ -176,6 +180,31 @@ impl Publisher {
             prepared.push(self.validator.prepare(Some(index), input).await?);
         }
         self.submit(prepared).await
+    }
+
+    /// Broadcasts one event (Broadcast): committed with its fan-out over every
+    /// consumer's endpoints, answered once the clock has passed the event's
+    /// time, so that an endpoint made after the answer is never among its
+    /// recipients (`domain::broadcast::receives`).
+    pub async fn broadcast(
+        &self,
+        event_type: String,
+        payload: String,
+        idempotency_key: String,
+    ) -> Result<Published> {
+        let input = EventInput {
+            consumer_id: crate::domain::broadcast::OWNER_ID.to_owned(),
+            event_type,
+            payload,
+            idempotency_key,
+            broadcast: true,
+            ..EventInput::default()
+        };
+        let published = self.publish(input).await?;
+        while crate::domain::time::now_millis() <= published.event.created_at {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(published)
     }
 
     /// Checks an event type's example against the payload rules and its

@@ -72,6 +72,7 @@ impl Publisher {
             idempotency_key: String::new(),
             callback_url: String::new(),
             only_endpoint: Some(EndpointId::from_stored(endpoint.id.clone())),
+            broadcast: false,
         };
         let published = self.publish(input).await.map_err(|error| match error {
             // The caller sent no payload: say where the one refused came

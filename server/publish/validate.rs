@@ -57,6 +57,8 @@ pub struct Prepared {
     pub request_hash: String,
     /// See [`EventInput::only_endpoint`].
     pub only_endpoint: Option<EndpointId>,
+    /// See [`EventInput::broadcast`].
+    pub broadcast: bool,
 }
 
 impl Prepared {
@@ -174,7 +176,16 @@ impl Validator {
             }
             _ => check_json(&field("payload"), &input.payload)?,
         }
-        let consumer_id = self.resolve_consumer(&input.consumer_id).await?;
+        let consumer_id = if input.broadcast {
+            if callback_url.is_some() || input.only_endpoint.is_some() {
+                return Err(Error::internal(
+                    "a broadcast came with a callback URL or for one endpoint",
+                ));
+            }
+            crate::domain::broadcast::OWNER_ID.to_owned()
+        } else {
+            self.resolve_consumer(&input.consumer_id).await?
+        };
         let request_hash = request_hash(&event_type, &input.payload, callback_url.as_deref());
         Ok(Prepared {
             index,
@@ -186,6 +197,7 @@ impl Validator {
             callback_url,
             request_hash,
             only_endpoint: input.only_endpoint,
+            broadcast: input.broadcast,
         })
     }
 

@@ -6,6 +6,13 @@
 //! the node creating its deliveries; a lapsed lease is taken over, and the
 //! count of targets done, advanced in each slice's transaction, makes a
 //! takeover resume where the last slice ended, creating nothing twice.
+//!
+//! A broadcast's fan-out names no targets: each slice reads the next
+//! endpoints of every consumer in id order, judges each by
+//! `domain::broadcast::receives`, writes the deliveries and the consumers
+//! reached (`broadcast_recipients`), and records the last endpoint looked at
+//! (`broadcast_after`) in the same transaction, which is where a takeover
+//! resumes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use super::rows::{Delivery, Target};
 use super::{Queue, Waiting, deliveries_json, events_by_id, id_list};
+use crate::domain::broadcast;
+use crate::domain::endpoint::EndpointKind;
+use crate::domain::event_type::EventTypeFilter;
 use crate::domain::ids::{EndpointId, EventId};
 use crate::error::{Error, Result};
 use crate::storage::entities::event;
@@ -38,13 +48,27 @@ pub struct FanOut {
     pub targets: Vec<FanOutTarget>,
     /// Targets whose delivery exists already.
     pub done: usize,
+    /// For a broadcast: the last endpoint looked at (`""` before the first);
+    /// `None` for a fan-out to listed targets.
+    pub broadcast_after: Option<String>,
+    /// Every delivery is written and the fan-out row removed.
+    pub finished: bool,
 }
 
 /// One slice's deliveries, each with whether it is a stream's.
 pub type Slice = Vec<(Delivery, bool)>;
 
+/// What one slice wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub deliveries: Slice,
+    /// For a broadcast: the consumers whose endpoints received one of these
+    /// deliveries (for their live tails).
+    pub recipients: Vec<String>,
+}
+
 /// The columns of `fan_outs`, in the order of [`FanOutRow`].
-pub const FAN_OUT_COLUMNS: [Column; 7] = [
+pub const FAN_OUT_COLUMNS: [Column; 8] = [
     Column {
         name: "event_id",
         postgres_type: "text",
@@ -73,6 +97,10 @@ pub const FAN_OUT_COLUMNS: [Column; 7] = [
         name: "created_at",
         postgres_type: "bigint",
     },
+    Column {
+        name: "broadcast_after",
+        postgres_type: "text",
+    },
 ];
 
 /// A new fan-out as one JSON object of [`FAN_OUT_COLUMNS`].
@@ -86,6 +114,8 @@ pub struct FanOutRow {
     lease_owner: String,
     lease_expires_at: i64,
     created_at: i64,
+    /// `Some("")` for a broadcast, `None` otherwise.
+    broadcast_after: Option<String>,
 }
 
 /// New fan-outs as the JSON parameter of
@@ -112,7 +142,23 @@ impl Queue {
             lease_owner: self.node.as_str().to_owned(),
             lease_expires_at: self.lease.webhook_expiry(now),
             created_at: now,
+            broadcast_after: None,
         })
+    }
+
+    /// The fan-out of a broadcast, over every consumer's endpoints, leased to
+    /// this node.
+    pub fn new_broadcast_fan_out(&self, event_id: &EventId, now: i64) -> FanOutRow {
+        FanOutRow {
+            event_id: event_id.as_str().to_owned(),
+            consumer_id: broadcast::OWNER_ID.to_owned(),
+            targets: "[]".to_owned(),
+            done: 0,
+            lease_owner: self.node.as_str().to_owned(),
+            lease_expires_at: self.lease.webhook_expiry(now),
+            created_at: now,
+            broadcast_after: Some(String::new()),
+        }
     }
 
     /// Claims the oldest fan-out that nobody else holds, with its event. A
@@ -141,6 +187,7 @@ impl Queue {
                 Error::internal_from(format!("fan-out of {event_id} has unreadable targets"), err)
             })?;
             let done = usize::try_from(row.try_get::<i32>("", "done")?).unwrap_or(0);
+            let broadcast_after: Option<String> = row.try_get("", "broadcast_after")?;
             match events_by_id(&self.db.conn, vec![event_id.clone()])
                 .await?
                 .remove(&event_id)
@@ -148,8 +195,10 @@ impl Queue {
                 Some(event) => {
                     return Ok(Some(FanOut {
                         event,
+                        finished: broadcast_after.is_none() && done >= targets.len(),
                         targets,
                         done,
+                        broadcast_after,
                     }));
                 }
                 None => self.finish_fan_out(&event_id).await?,
@@ -178,7 +227,10 @@ impl Queue {
         fan_out: &mut FanOut,
         size: usize,
         now: i64,
-    ) -> Result<Option<Slice>> {
+    ) -> Result<Option<Written>> {
+        if fan_out.broadcast_after.is_some() {
+            return self.broadcast_slice(fan_out, size, now).await;
+        }
         let end = fan_out.done.saturating_add(size).min(fan_out.targets.len());
         let wanted = &fan_out.targets[fan_out.done..end];
         let event_id = EventId::from_stored(fan_out.event.id.clone());
@@ -242,7 +294,114 @@ impl Queue {
         }
         txn.commit().await?;
         fan_out.done = end;
-        Ok(Some(slice))
+        fan_out.finished = end == fan_out.targets.len();
+        Ok(Some(Written {
+            deliveries: slice,
+            recipients: Vec::new(),
+        }))
+    }
+
+    /// A broadcast's next slice: the deliveries for those of the next `size`
+    /// endpoints (of every consumer, in id order) that receive it, the
+    /// consumers they reached, and the progress, in one transaction; a
+    /// slice that reads fewer than `size` endpoints is the last and removes
+    /// the fan-out.
+    async fn broadcast_slice(
+        &self,
+        fan_out: &mut FanOut,
+        size: usize,
+        now: i64,
+    ) -> Result<Option<Written>> {
+        let after = fan_out.broadcast_after.clone().unwrap_or_default();
+        let event = fan_out.event.clone();
+        let event_id = EventId::from_stored(event.id.clone());
+        let txn = self.db.conn.begin().await?;
+        let rows = txn
+            .query_all_raw(self.statement(
+                &self.sql().broadcast_candidates,
+                vec![after.into(), i64::try_from(size).unwrap_or(i64::MAX).into()],
+            ))
+            .await?;
+        let read = rows.len();
+        let mut last = None;
+        let mut deliveries: Slice = Vec::new();
+        let mut reached: Vec<EndpointId> = Vec::new();
+        let mut recipients: Vec<String> = Vec::new();
+        for row in rows {
+            let id: String = row.try_get("", "id")?;
+            last = Some(id.clone());
+            let Some(candidate) = BroadcastCandidate::read(&row)? else {
+                continue;
+            };
+            if !broadcast::receives(&candidate.as_rule(), &event.event_type, event.created_at) {
+                continue;
+            }
+            let stream = candidate.stream;
+            let endpoint_id = EndpointId::from_stored(id);
+            deliveries.push((
+                self.new_delivery(
+                    event_id.clone(),
+                    Target::Endpoint(endpoint_id.clone()),
+                    now,
+                    if stream {
+                        Waiting::Subscription
+                    } else {
+                        Waiting::ThisNode
+                    },
+                ),
+                stream,
+            ));
+            reached.push(endpoint_id);
+            if !recipients.contains(&candidate.consumer_id) {
+                recipients.push(candidate.consumer_id);
+            }
+        }
+        if !deliveries.is_empty() {
+            let rows: Vec<Delivery> = deliveries.iter().map(|(d, _)| d.clone()).collect();
+            txn.execute_raw(
+                self.statement(&self.sql().enqueue, vec![deliveries_json(&rows)?.into()]),
+            )
+            .await?;
+            let reached: Vec<&EndpointId> = reached.iter().collect();
+            txn.execute_raw(self.statement(
+                &self.sql().add_broadcast_recipients,
+                vec![id_list(&reached)?, event_id.as_str().into()],
+            ))
+            .await?;
+        }
+        let finished = read < size;
+        let progress = match (&last, finished) {
+            (Some(last), false) => {
+                txn.execute_raw(self.statement(
+                    &self.sql().advance_broadcast,
+                    vec![
+                        event_id.as_str().into(),
+                        last.as_str().into(),
+                        self.lease.webhook_expiry(now).into(),
+                        self.node.as_str().into(),
+                    ],
+                ))
+                .await?
+            }
+            _ => {
+                txn.execute_raw(self.statement(
+                    &self.sql().finish_fan_out,
+                    vec![event_id.as_str().into(), self.node.as_str().into()],
+                ))
+                .await?
+            }
+        };
+        if progress.rows_affected() == 0 {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        txn.commit().await?;
+        fan_out.broadcast_after = last.or(fan_out.broadcast_after.take());
+        fan_out.finished = finished;
+        Ok(Some(Written {
+            deliveries,
+            recipients,
+        }))
     }
 
     /// How many fan-outs of each of these consumers are still being written.
@@ -283,6 +442,47 @@ impl Queue {
     }
 }
 
+/// An endpoint row as a broadcast's slice reads it.
+struct BroadcastCandidate {
+    consumer_id: String,
+    stream: bool,
+    enabled: bool,
+    receive_broadcasts: bool,
+    created_at: i64,
+    filter: EventTypeFilter,
+}
+
+impl BroadcastCandidate {
+    /// `None` (the endpoint is passed over, logged) when its stored filter
+    /// is not a JSON list, which only a bug could write.
+    fn read(row: &sea_orm::QueryResult) -> Result<Option<Self>> {
+        let id: String = row.try_get("", "id")?;
+        let patterns: String = row.try_get("", "event_types")?;
+        let Ok(patterns) = serde_json::from_str::<Vec<String>>(&patterns) else {
+            tracing::error!(endpoint_id = %id, "stored event type filter is not a JSON list; endpoint skipped by a broadcast");
+            return Ok(None);
+        };
+        let kind: String = row.try_get("", "kind")?;
+        Ok(Some(BroadcastCandidate {
+            consumer_id: row.try_get("", "consumer_id")?,
+            stream: EndpointKind::from_stored(&kind) == EndpointKind::Stream,
+            enabled: row.try_get("", "enabled")?,
+            receive_broadcasts: row.try_get("", "receive_broadcasts")?,
+            created_at: row.try_get("", "created_at")?,
+            filter: EventTypeFilter::from_stored(patterns),
+        }))
+    }
+
+    fn as_rule(&self) -> broadcast::Candidate<'_> {
+        broadcast::Candidate {
+            enabled: self.enabled,
+            receive_broadcasts: self.receive_broadcasts,
+            created_at: self.created_at,
+            filter: &self.filter,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +497,7 @@ mod tests {
             lease_owner: "node_1".into(),
             lease_expires_at: 1,
             created_at: 1,
+            broadcast_after: None,
         };
         let value: serde_json::Value =
             serde_json::from_str(&json_text(&row).expect("json")).expect("parse");

@@ -99,6 +99,15 @@ pub struct Statements {
     pub release_fan_outs: String,
     /// `$1` endpoint ids (JSON list): those that exist.
     pub existing_endpoints: String,
+    /// `$1` the endpoint after which to read (`''`: the first), `$2` how
+    /// many: the endpoints a broadcast's next slice judges, in id order.
+    pub broadcast_candidates: String,
+    /// `$1` endpoint ids (JSON list), `$2` event: records the consumers of
+    /// these endpoints, which a broadcast's slice reached (each once).
+    pub add_broadcast_recipients: String,
+    /// `$1` event, `$2` the last endpoint looked at, `$3` lease expiry,
+    /// `$4` owner: a broadcast's progress.
+    pub advance_broadcast: String,
     /// `$1` consumer ids (JSON list): their pending fan-outs, counted.
     pub pending_fan_outs: String,
     /// PostgreSQL only (`owners.rs`): `$1` owner, `$2` expiry, `$3` endpoints
@@ -526,14 +535,14 @@ impl Statements {
                      WHERE event_id = (SELECT event_id FROM fan_outs \
                        WHERE lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at < $3 \
                        ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                     RETURNING event_id, targets, done"
+                     RETURNING event_id, targets, done, broadcast_after"
                     .into(),
                 // One process per file: every lease is this run's or a dead
                 // one's.
                 Dialect::Sqlite => "UPDATE fan_outs SET lease_owner = $1, lease_expires_at = $2 \
                      WHERE event_id = (SELECT event_id FROM fan_outs \
                        ORDER BY created_at LIMIT 1) \
-                     RETURNING event_id, targets, done"
+                     RETURNING event_id, targets, done, broadcast_after"
                     .into(),
             },
 
@@ -548,6 +557,22 @@ impl Statements {
                 .into(),
 
             existing_endpoints: format!("SELECT id FROM endpoints WHERE id IN ({})", ids(1)),
+
+            broadcast_candidates: "SELECT id, consumer_id, kind, event_types, enabled, \
+                   receive_broadcasts, created_at FROM endpoints \
+                 WHERE id > $1 ORDER BY id LIMIT $2"
+                .into(),
+
+            add_broadcast_recipients: format!(
+                "INSERT INTO broadcast_recipients (consumer_id, event_id) \
+                 SELECT DISTINCT consumer_id, CAST($2 AS TEXT) FROM endpoints \
+                 WHERE id IN ({}) ON CONFLICT DO NOTHING",
+                ids(1)
+            ),
+
+            advance_broadcast: "UPDATE fan_outs SET broadcast_after = $2, lease_expires_at = $3 \
+                 WHERE event_id = $1 AND lease_owner = $4"
+                .into(),
 
             own_endpoints: (dialect == Dialect::Postgres).then(|| {
                 format!(

@@ -14,6 +14,7 @@ use sea_orm::{
 use super::entities::consumer::{self, Entity as Consumers};
 use super::sql::json_text;
 use super::vanished_or;
+use crate::domain::broadcast;
 use crate::domain::consumer::is_consumer_id;
 use crate::domain::ids;
 use crate::domain::page::PageRequest;
@@ -36,17 +37,25 @@ pub struct ConsumerChanges {
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
-/// Finds a consumer by Herald id (`con_…`) or by uid.
+/// Finds a consumer by Herald id (`con_…`) or by uid. The broadcasts'
+/// owner (`domain::broadcast::OWNER_ID`) is not found: no call may publish
+/// to it, give it endpoints or keys, or change it.
 pub async fn resolve(
     db: &impl ConnectionTrait,
     reference: &str,
 ) -> Result<Option<consumer::Model>> {
+    if broadcast::is_broadcast(reference) {
+        return Ok(None);
+    }
     let query = if is_consumer_id(reference) {
         Consumers::find_by_id(reference.to_owned())
     } else {
         Consumers::find().filter(consumer::Column::Uid.eq(reference))
     };
-    Ok(query.one(db).await?)
+    Ok(query
+        .one(db)
+        .await?
+        .filter(|row| !broadcast::is_broadcast(&row.id)))
 }
 
 /// The secret that signs a consumer's callback deliveries, if the consumer
@@ -92,8 +101,11 @@ pub async fn insert(
 
 /// One page of consumers in id order, which is creation order (ids are
 /// monotonic ULIDs); fetches one row beyond the page (see `PageRequest`).
+/// The broadcasts' owner is not listed.
 pub async fn list(db: &impl ConnectionTrait, page: &PageRequest) -> Result<Vec<consumer::Model>> {
-    let mut query = Consumers::find().order_by_asc(consumer::Column::Id);
+    let mut query = Consumers::find()
+        .filter(consumer::Column::Id.ne(broadcast::OWNER_ID))
+        .order_by_asc(consumer::Column::Id);
     if let Some(after) = &page.after {
         query = query.filter(consumer::Column::Id.gt(after.as_str()));
     }

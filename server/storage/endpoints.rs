@@ -44,6 +44,7 @@ pub struct NewEndpoint {
     pub pinned_spki_sha256: Vec<String>,
     /// Validated PEM of a private CA.
     pub ca_pem: Option<String>,
+    pub receive_broadcasts: bool,
 }
 
 /// The fields an update sets; `None` leaves the stored value alone.
@@ -60,6 +61,7 @@ pub struct EndpointChanges {
     pub pinned_spki_sha256: Option<Vec<String>>,
     /// Replaces the CA; `Some(None)` removes it.
     pub ca_pem: Option<Option<String>>,
+    pub receive_broadcasts: Option<bool>,
 }
 
 /// What a rotation did.
@@ -98,6 +100,7 @@ pub async fn insert(
         failing_since: Set(None),
         pinned_spki_sha256: Set(stored_pins(&new_endpoint.pinned_spki_sha256)?),
         ca_pem: Set(new_endpoint.ca_pem),
+        receive_broadcasts: Set(new_endpoint.receive_broadcasts),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -180,6 +183,9 @@ pub async fn update(
     }
     if let Some(ca_pem) = changes.ca_pem {
         row.ca_pem = Set(ca_pem);
+    }
+    if let Some(receive) = changes.receive_broadcasts {
+        row.receive_broadcasts = Set(receive);
     }
     row.updated_at = Set(now_millis());
     row.update(db)

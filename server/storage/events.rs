@@ -70,7 +70,22 @@ pub async fn list(
 ) -> Result<Vec<event::Model>> {
     let mut select = event::Entity::find().order_by_desc(event::Column::Id);
     if let Some(consumer_id) = &query.consumer_id {
-        select = select.filter(event::Column::ConsumerId.eq(consumer_id.as_str()));
+        // Its own events, and the broadcasts that reached it; the second
+        // term only for a consumer that has been sent one, so that the
+        // others' lists keep their one-index plan.
+        let mut own = Condition::any().add(event::Column::ConsumerId.eq(consumer_id.as_str()));
+        if any_broadcast_reached(db, consumer_id).await? {
+            own = own.add(
+                event::Column::Id.in_subquery(
+                    Query::select()
+                        .column(recipient("event_id"))
+                        .from(recipients())
+                        .and_where(Expr::col(recipient("consumer_id")).eq(consumer_id.as_str()))
+                        .to_owned(),
+                ),
+            );
+        }
+        select = select.filter(own);
     }
     if !query.event_types.patterns().is_empty() {
         let mut any = Condition::any();
@@ -127,6 +142,56 @@ pub async fn list(
     Ok(select.limit(page.fetch_limit()).all(db).await?)
 }
 
+/// `broadcast_recipients`, which the fan-out writer fills
+/// (`queue::fanout`); read here.
+fn recipients() -> Alias {
+    Alias::new("broadcast_recipients")
+}
+
+fn recipient(column: &str) -> (Alias, Alias) {
+    (recipients(), Alias::new(column))
+}
+
+/// Whether any broadcast reached this consumer (one index probe).
+async fn any_broadcast_reached(db: &impl ConnectionTrait, consumer_id: &str) -> Result<bool> {
+    let probe = Query::select()
+        .expr(Expr::val(1))
+        .from(recipients())
+        .and_where(Expr::col(recipient("consumer_id")).eq(consumer_id))
+        .limit(1)
+        .to_owned();
+    Ok(db.query_one(&probe).await?.is_some())
+}
+
+/// Whether the broadcast `event_id` reached `consumer_id` (one of its
+/// endpoints was given a delivery of it).
+pub async fn broadcast_reached(
+    db: &impl ConnectionTrait,
+    event_id: &str,
+    consumer_id: &str,
+) -> Result<bool> {
+    let probe = Query::select()
+        .expr(Expr::val(1))
+        .from(recipients())
+        .and_where(Expr::col(recipient("consumer_id")).eq(consumer_id))
+        .and_where(Expr::col(recipient("event_id")).eq(event_id))
+        .to_owned();
+    Ok(db.query_one(&probe).await?.is_some())
+}
+
+/// The ids of a consumer's endpoints (read first, then compared as
+/// values: on PostgreSQL the delivery tables' ids compare bytewise and the
+/// endpoints' do not, and a subquery mixing them would not be allowed).
+async fn endpoint_ids_of(db: &impl ConnectionTrait, consumer_id: &str) -> Result<Vec<String>> {
+    Ok(endpoint::Entity::find()
+        .select_only()
+        .column(endpoint::Column::Id)
+        .filter(endpoint::Column::ConsumerId.eq(consumer_id))
+        .into_tuple::<String>()
+        .all(db)
+        .await?)
+}
+
 /// An `int4` argument: PostgreSQL has `substr(text, int, int)` and no
 /// `bigint` overload. Prefixes are at most `MAX_NAME_LENGTH` characters.
 fn character_count(text: &str) -> i32 {
@@ -139,6 +204,9 @@ pub struct DeliveryQuery {
     pub event_id: Option<String>,
     pub endpoint_id: Option<String>,
     pub status: Option<DeliveryStatus>,
+    /// Only deliveries to this consumer's endpoints (a consumer reading a
+    /// broadcast, which has everyone's).
+    pub consumer_id: Option<String>,
 }
 
 /// Deliveries newest first, one page.
@@ -157,6 +225,10 @@ pub async fn list_deliveries(
     if let Some(status) = query.status {
         select = select.filter(delivery::Column::Status.eq(status.as_str()));
     }
+    if let Some(consumer_id) = &query.consumer_id {
+        let ids = endpoint_ids_of(db, consumer_id).await?;
+        select = select.filter(delivery::Column::EndpointId.is_in(ids));
+    }
     if let Some(after) = &page.after {
         select = select.filter(delivery::Column::Id.lt(after.as_str()));
     }
@@ -169,6 +241,8 @@ pub struct AttemptQuery {
     pub delivery_id: Option<String>,
     pub event_id: Option<String>,
     pub endpoint_id: Option<String>,
+    /// Only attempts to this consumer's endpoints (see [`DeliveryQuery`]).
+    pub consumer_id: Option<String>,
 }
 
 /// Attempts newest first, one page.
@@ -186,6 +260,10 @@ pub async fn list_attempts(
     }
     if let Some(endpoint_id) = &query.endpoint_id {
         select = select.filter(attempt::Column::EndpointId.eq(endpoint_id.as_str()));
+    }
+    if let Some(consumer_id) = &query.consumer_id {
+        let ids = endpoint_ids_of(db, consumer_id).await?;
+        select = select.filter(attempt::Column::EndpointId.is_in(ids));
     }
     if let Some(after) = &page.after {
         select = select.filter(attempt::Column::Id.lt(after.as_str()));

@@ -70,8 +70,9 @@ async fn ids_of(db: &impl ConnectionTrait, sql: &str, values: Vec<Value>) -> Res
         .collect()
 }
 
-/// Everything recorded for a consumer's events (the consumer row itself,
-/// its endpoints and keys are the caller's).
+/// Everything recorded for a consumer's events, and for its endpoints
+/// (deliveries of broadcasts among them); the consumer row itself, its
+/// endpoints and keys are the caller's.
 pub async fn delete_of_consumer(db: &impl ConnectionTrait, consumer_id: &str) -> Result<()> {
     let of_events = "SELECT id FROM events WHERE consumer_id = $1";
     // Fan-outs first: a fan-out writing a slice meanwhile holds its row, so
@@ -87,6 +88,33 @@ pub async fn delete_of_consumer(db: &impl ConnectionTrait, consumer_id: &str) ->
     run(
         db,
         "DELETE FROM idempotency_keys WHERE consumer_id = $1",
+        vec![consumer_id.into()],
+    )
+    .await?;
+    // The broadcasts it was sent stay (they are everyone's); its endpoints'
+    // deliveries of them (and whatever else names its endpoints) go, and
+    // the record that they reached it.
+    let endpoints = ids_of(
+        db,
+        "SELECT id FROM endpoints WHERE consumer_id = $1",
+        vec![consumer_id.into()],
+    )
+    .await?;
+    if !endpoints.is_empty() {
+        let ids = json_ids(db.get_database_backend(), 1);
+        let list = json_text(&endpoints)?;
+        for table in ["deliveries", "attempts", "endpoint_owners"] {
+            run(
+                db,
+                &format!("DELETE FROM {table} WHERE endpoint_id IN ({ids})"),
+                vec![list.clone().into()],
+            )
+            .await?;
+        }
+    }
+    run(
+        db,
+        "DELETE FROM broadcast_recipients WHERE consumer_id = $1",
         vec![consumer_id.into()],
     )
     .await?;
@@ -122,7 +150,7 @@ pub async fn delete_events(db: &impl ConnectionTrait, event_ids: &[String]) -> R
     let ids = json_ids(backend, 1);
     let list = json_text(event_ids)?;
     let mut deleted = 0;
-    for table in ["fan_outs", "deliveries", "attempts"] {
+    for table in ["fan_outs", "deliveries", "attempts", "broadcast_recipients"] {
         deleted += run(
             db,
             &format!("DELETE FROM {table} WHERE event_id IN ({ids})"),

@@ -32,7 +32,14 @@ pub async fn collect(db: &impl ConnectionTrait) -> Result<Stats> {
     let deliveries =
         |status: &str| format!("SELECT COUNT(*) FROM deliveries WHERE status = '{status}'");
     Ok(Stats {
-        consumers: count(db, "SELECT COUNT(*) FROM consumers").await?,
+        consumers: count(
+            db,
+            &format!(
+                "SELECT COUNT(*) FROM consumers WHERE id <> '{}'",
+                crate::domain::broadcast::OWNER_ID
+            ),
+        )
+        .await?,
         endpoints: count(db, "SELECT COUNT(*) FROM endpoints").await?,
         disabled_endpoints: count(db, "SELECT COUNT(*) FROM endpoints WHERE NOT enabled").await?,
         event_types: count(db, "SELECT COUNT(*) FROM event_types").await?,

@@ -765,7 +765,11 @@ async fn every_kind_of_orphan_is_purged_and_nothing_else(backend: Backend) {
         vec![event]
     );
     assert_eq!(ids_of("SELECT id FROM endpoints").await, vec![endpoint]);
-    assert_eq!(ids_of("SELECT id FROM consumers").await, vec![live.id]);
+    assert_eq!(
+        ids_of("SELECT id FROM consumers").await,
+        vec![herald::domain::broadcast::OWNER_ID.to_owned(), live.id],
+        "the broadcasts' reserved owner stays"
+    );
     server.finish().await;
 }
 
@@ -1024,13 +1028,18 @@ async fn the_sqlite_migration_to_one_schema_keeps_every_row_and_index() {
     // The later migrations keep the rows too; migration 6 only takes the
     // pending STREAM delivery (dlv_3) out of the due index, migration 9 adds
     // the API keys' (empty) expiry, migration 11 the event types' (empty)
-    // example, migration 13 the endpoints' (empty) pins and CA.
+    // example, migration 13 the endpoints' (empty) pins and CA, migration
+    // 14 their broadcast opt-in (yes) and the broadcasts' reserved owner.
     Migrator::up(db, None).await.expect("the later migrations");
     let mut expected = rows.clone();
     for row in expected.get_mut("endpoints").expect("endpoints") {
         let columns = row.strip_suffix(']').expect("a JSON array");
-        *row = format!("{columns},null,null]");
+        *row = format!("{columns},null,null,1]");
     }
+    expected.get_mut("consumers").expect("consumers").insert(
+        0,
+        r##"["con_00000000000000000000000000","#broadcasts","Broadcasts","{}","",0,0]"##.to_owned(),
+    );
     for row in expected.get_mut("api_keys").expect("api keys") {
         *row = row.replacen(']', ",null]", 1);
     }

@@ -8,6 +8,7 @@ mod admin;
 mod architecture;
 mod authorization;
 #[cfg(target_os = "linux")]
+mod broadcast;
 mod browser;
 mod chaos;
 mod client;

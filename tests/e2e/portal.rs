@@ -692,11 +692,13 @@ async fn a_customer_manages_endpoints_and_messages_in_the_portal(backend: Backen
                 ("patterns", "order.*"),
                 ("headers", "X-Team: blue"),
                 ("rate_limit", "50"),
+                ("receive_broadcasts", "on"),
             ],
         )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER, "{location}");
     let endpoint = acme_endpoints().await.pop().expect("the new endpoint");
+    assert!(endpoint.receive_broadcasts, "the ticked box");
     assert_eq!(location, format!("/endpoints/{}?done=created", endpoint.id));
     assert_eq!(endpoint.event_types, vec!["invoice.paid", "order.*"]);
     assert_eq!(endpoint.rate_limit, 50);
@@ -711,6 +713,11 @@ async fn a_customer_manages_endpoints_and_messages_in_the_portal(backend: Backen
         .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(page.contains("x-team: [redacted]"), "{page}");
+    assert!(
+        page.contains("name=\"receive_broadcasts\" value=\"on\" checked"),
+        "the box shows the stored choice: {page}"
+    );
+    // The box left unticked (a browser then sends nothing) opts out.
     let (status, location) = visitor
         .post(
             &format!("/endpoints/{}", endpoint.id),
@@ -728,6 +735,9 @@ async fn a_customer_manages_endpoints_and_messages_in_the_portal(backend: Backen
     assert_eq!(endpoint.description, "billing, renamed");
     assert_eq!(endpoint.event_types, vec!["invoice.paid"]);
     assert_eq!(endpoint.rate_limit, 0);
+    assert!(!endpoint.receive_broadcasts, "opted out of broadcasts");
+    let (_, page) = visitor.get(&format!("/endpoints/{}", endpoint.id)).await;
+    assert!(page.contains("not received (opted out)"), "{page}");
 
     // A delivery that succeeds, then one that fails with the receiver's
     // words.

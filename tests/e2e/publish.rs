@@ -103,6 +103,7 @@ pub mod fixtures {
                 failing_since: Set(None),
                 pinned_spki_sha256: Set(None),
                 ca_pem: Set(None),
+                receive_broadcasts: Set(true),
                 created_at: Set(now),
                 updated_at: Set(now),
             })

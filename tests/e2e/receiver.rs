@@ -257,6 +257,10 @@ pub mod rows {
         pub rate_limit: i32,
         pub max_in_flight: i32,
         pub ordered: bool,
+        /// The filter as stored: a JSON list.
+        pub event_types: String,
+        pub enabled: bool,
+        pub receive_broadcasts: bool,
     }
 
     impl EndpointSpec {
@@ -267,6 +271,9 @@ pub mod rows {
                 rate_limit: 0,
                 max_in_flight: 0,
                 ordered: false,
+                event_types: "[]".into(),
+                enabled: true,
+                receive_broadcasts: true,
             }
         }
     }
@@ -316,8 +323,8 @@ pub mod rows {
                 kind: Set("webhook".into()),
                 url: Set(Some(spec.url)),
                 description: Set(String::new()),
-                event_types: Set("[]".into()),
-                enabled: Set(true),
+                event_types: Set(spec.event_types),
+                enabled: Set(spec.enabled),
                 disabled_reason: Set(None),
                 headers: Set(spec.headers.to_owned()),
                 rate_limit: Set(spec.rate_limit),
@@ -326,6 +333,7 @@ pub mod rows {
                 failing_since: Set(None),
                 pinned_spki_sha256: Set(None),
                 ca_pem: Set(None),
+                receive_broadcasts: Set(spec.receive_broadcasts),
                 created_at: Set(now),
                 updated_at: Set(now),
             })

@@ -371,12 +371,17 @@ async fn endpoints_round_trip(backend: Backend) {
             secret: String::new(),
             pinned_spki_sha256: Vec::new(),
             ca_pem: String::new(),
+            receive_broadcasts: None,
         })
         .await
         .expect("create endpoint")
         .into_inner();
     let endpoint = created.endpoint.expect("endpoint returned");
     assert!(endpoint.id.starts_with("ep_"), "{}", endpoint.id);
+    assert!(
+        endpoint.receive_broadcasts,
+        "broadcasts are received by default"
+    );
     assert_eq!(
         endpoint.consumer_id, consumer.id,
         "the uid resolves to the id"

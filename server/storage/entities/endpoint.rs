@@ -27,6 +27,8 @@ pub struct Model {
     /// PEM certificate(s) of a private CA trusted for this endpoint's
     /// deliveries, besides the public roots; NULL when none.
     pub ca_pem: Option<String>,
+    /// Whether broadcast events reach this endpoint (its opt-out).
+    pub receive_broadcasts: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }

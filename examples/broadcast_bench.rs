@@ -1,0 +1,423 @@
+//! Broadcast fan-out, measured: how fast one broadcast reaches every
+//! endpoint, and what it does to other publishers meanwhile.
+//!
+//! ```text
+//! cargo run --release --example broadcast_bench -- --database sqlite --endpoints 10000
+//! cargo run --release --example broadcast_bench -- --database postgres --endpoints 10000
+//! ```
+//!
+//! It starts Herald on a fresh database (as `bench` does), an axum receiver
+//! on 127.0.0.1:0, `--endpoints` webhook endpoints that all match (ten per
+//! consumer), and one more consumer with one endpoint for a steady
+//! publisher: `--publishers` callers publishing one event a call in a
+//! closed loop. It measures that publisher's call latency while nothing
+//! else runs (quiet), then broadcasts `--broadcasts` events one after the
+//! other, each once every endpoint received the previous one, measuring
+//! how long each Broadcast call took to be answered, how long until the
+//! last endpoint received it, the delivery rate, and the steady publisher's
+//! call latency meanwhile. Prints a table and one JSON line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use clap::{Parser, ValueEnum};
+
+#[path = "shared/fresh_database.rs"]
+mod fresh_database;
+use fresh_database::FreshDatabase;
+use herald::config::ServeConfig;
+use herald::serve::Herald;
+use herald_client::proto;
+use herald_client::proto::events_client::EventsClient;
+use herald_client::proto::subscriptions_client::SubscriptionsClient;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const ADMIN_TOKEN: &str = "hk_bench_admin_token_0123456789abcdef";
+const ENDPOINTS_PER_CONSUMER: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, value_enum, default_value = "sqlite")]
+    database: Backend,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres_url: String,
+    /// Endpoints every broadcast goes to.
+    #[arg(long, default_value_t = 10_000)]
+    endpoints: usize,
+    /// Broadcasts, one after the other.
+    #[arg(long, default_value_t = 3)]
+    broadcasts: usize,
+    /// Concurrent callers of the steady publisher.
+    #[arg(long, default_value_t = 8)]
+    publishers: usize,
+    /// How long the steady publisher runs alone first.
+    #[arg(long, default_value_t = 5)]
+    quiet_secs: u64,
+    /// Give up on a broadcast after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// Arrivals per broadcast (its `b` field), and when the last one came.
+#[derive(Default)]
+struct Arrivals {
+    per_broadcast: HashMap<u64, (usize, Option<Instant>)>,
+    duplicates: usize,
+    seen: std::collections::HashSet<(u64, String)>,
+}
+
+struct Receiver {
+    arrivals: Mutex<Arrivals>,
+    endpoints: usize,
+    complete: Notify,
+}
+
+async fn receive(
+    State(state): State<Arc<Receiver>>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> StatusCode {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let Some(b) = value.get("b").and_then(serde_json::Value::as_u64) else {
+        // The steady publisher's events.
+        return StatusCode::NO_CONTENT;
+    };
+    let mut arrivals = state.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+    if !arrivals.seen.insert((b, uri.path().to_owned())) {
+        arrivals.duplicates += 1;
+        return StatusCode::NO_CONTENT;
+    }
+    let entry = arrivals.per_broadcast.entry(b).or_default();
+    entry.0 += 1;
+    entry.1 = Some(Instant::now());
+    if entry.0 == state.endpoints {
+        state.complete.notify_one();
+    }
+    StatusCode::NO_CONTENT
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The steady publisher: `callers` closed loops of one-event Publish calls
+/// until `stop`, each call's latency (µs) recorded where `sink` says.
+async fn steady(
+    client: EventsClient<Authed>,
+    consumer_id: String,
+    callers: usize,
+    stop: Arc<AtomicBool>,
+    sink: Arc<Mutex<Vec<u64>>>,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let mut client = client.clone();
+        let consumer_id = consumer_id.clone();
+        let stop = stop.clone();
+        let sink = sink.clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let result = client
+                    .publish(proto::PublishRequest {
+                        consumer_id: consumer_id.clone(),
+                        event_type: "steady.tick".into(),
+                        payload: r#"{"steady":true}"#.into(),
+                        ..Default::default()
+                    })
+                    .await;
+                if let Err(status) = result {
+                    eprintln!("publish failed: {status}");
+                    std::process::exit(1);
+                }
+                let micros = started.elapsed().as_micros() as u64;
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(micros);
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+fn take_sorted(sink: &Mutex<Vec<u64>>) -> Vec<u64> {
+    let mut values = std::mem::take(&mut *sink.lock().unwrap_or_else(|e| e.into_inner()));
+    values.sort_unstable();
+    values
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if args.endpoints == 0 || args.broadcasts == 0 || args.publishers == 0 {
+        eprintln!("--endpoints, --broadcasts and --publishers must be positive");
+        std::process::exit(2);
+    }
+    let database = FreshDatabase::create(
+        "herald_broadcast_bench",
+        (args.database == Backend::Postgres).then_some(args.postgres_url.as_str()),
+    )
+    .await;
+
+    let receiver = Arc::new(Receiver {
+        arrivals: Mutex::new(Arrivals::default()),
+        endpoints: args.endpoints,
+        complete: Notify::new(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let receiver_addr: SocketAddr = listener.local_addr().expect("receiver address");
+    let app = axum::Router::new()
+        .fallback(receive)
+        .with_state(receiver.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let mut config = ServeConfig::with_database(database.url.clone());
+    config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    config.allow_http = true;
+    config.allow_target_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let herald = Herald::start_on(config, grpc, metrics)
+        .await
+        .expect("Herald starts");
+    let grpc_addr = herald.grpc_addr().expect("gRPC address");
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(herald.serve(shutdown.clone()));
+
+    let bearer = Bearer(
+        format!("Bearer {ADMIN_TOKEN}")
+            .parse()
+            .expect("ascii token"),
+    );
+    let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect to Herald");
+    let channel = InterceptedService::new(channel, bearer);
+    let subscriptions = SubscriptionsClient::new(channel.clone());
+    let events = EventsClient::new(channel);
+
+    // The broadcast's endpoints, ten per consumer, made 32 at a time.
+    let set_up = Instant::now();
+    let consumers = args.endpoints.div_ceil(ENDPOINTS_PER_CONSUMER);
+    let mut tasks = tokio::task::JoinSet::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..32 {
+        let mut subscriptions = subscriptions.clone();
+        let next = next.clone();
+        let endpoints = args.endpoints;
+        tasks.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= consumers {
+                    return;
+                }
+                let consumer = subscriptions
+                    .create_consumer(proto::CreateConsumerRequest {
+                        uid: format!("listener-{index}"),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("create consumer")
+                    .into_inner()
+                    .consumer
+                    .expect("consumer");
+                let first = index * ENDPOINTS_PER_CONSUMER;
+                for n in first..(first + ENDPOINTS_PER_CONSUMER).min(endpoints) {
+                    subscriptions
+                        .create_endpoint(proto::CreateEndpointRequest {
+                            consumer_id: consumer.id.clone(),
+                            url: format!("http://{receiver_addr}/e{n}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("create endpoint");
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut admin = subscriptions.clone();
+    let steady_consumer = admin
+        .create_consumer(proto::CreateConsumerRequest {
+            uid: "steady".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create consumer")
+        .into_inner()
+        .consumer
+        .expect("consumer")
+        .id;
+    admin
+        .create_endpoint(proto::CreateEndpointRequest {
+            consumer_id: steady_consumer.clone(),
+            url: format!("http://{receiver_addr}/steady"),
+            ..Default::default()
+        })
+        .await
+        .expect("create endpoint");
+    eprintln!(
+        "set up {} endpoints in {:.1?}",
+        args.endpoints,
+        set_up.elapsed()
+    );
+
+    // Quiet: the steady publisher alone.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let publisher = tokio::spawn(steady(
+        events.clone(),
+        steady_consumer,
+        args.publishers,
+        stop.clone(),
+        sink.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
+    let quiet = take_sorted(&sink);
+
+    // Broadcasts, one after the other, the steady publisher still going.
+    let mut accepted_us = Vec::new();
+    let mut fan_out_secs = Vec::new();
+    let mut events_client = events.clone();
+    for b in 0..args.broadcasts as u64 {
+        let complete = receiver.complete.notified();
+        let started = Instant::now();
+        events_client
+            .broadcast(proto::BroadcastRequest {
+                event_type: "price.changed".into(),
+                payload: format!(r#"{{"b":{b},"symbol":"ACME","price":"12.30"}}"#),
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect("broadcast");
+        accepted_us.push(started.elapsed().as_micros() as u64);
+        if tokio::time::timeout(Duration::from_secs(args.timeout_secs), complete)
+            .await
+            .is_err()
+        {
+            let arrived = receiver
+                .arrivals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .per_broadcast
+                .get(&b)
+                .map_or(0, |entry| entry.0);
+            eprintln!(
+                "broadcast {b}: only {arrived} of {} arrived",
+                args.endpoints
+            );
+            std::process::exit(1);
+        }
+        let last = receiver
+            .arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .per_broadcast
+            .get(&b)
+            .and_then(|entry| entry.1)
+            .unwrap_or_else(Instant::now);
+        fan_out_secs.push(last.duration_since(started).as_secs_f64());
+    }
+    let during = take_sorted(&sink);
+    stop.store(true, Ordering::Relaxed);
+    let _ = publisher.await;
+    let duplicates = receiver
+        .arrivals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .duplicates;
+    shutdown.cancel();
+    let _ = server.await;
+    database.drop_it().await;
+
+    let mean_fan_out = fan_out_secs.iter().sum::<f64>() / fan_out_secs.len() as f64;
+    let rate = args.endpoints as f64 / mean_fan_out;
+    let mut accepted_sorted = accepted_us.clone();
+    accepted_sorted.sort_unstable();
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    println!(
+        "database={:?} endpoints={} broadcasts={} steady publishers={}",
+        args.database, args.endpoints, args.broadcasts, args.publishers
+    );
+    println!(
+        "broadcast accepted in:  max {:.2} ms (each: {:?} ms)",
+        ms(accepted_sorted.last().copied().unwrap_or(0)),
+        accepted_us.iter().map(|us| ms(*us)).collect::<Vec<_>>()
+    );
+    println!(
+        "fan-out to all:         mean {:.2} s (each: {:.2?} s) = {:.0} deliveries/s, {duplicates} duplicates",
+        mean_fan_out, fan_out_secs, rate
+    );
+    println!(
+        "steady publish, quiet:  {} calls, p50 {:.2} ms p99 {:.2} ms",
+        quiet.len(),
+        ms(percentile(&quiet, 50.0)),
+        ms(percentile(&quiet, 99.0))
+    );
+    println!(
+        "steady publish, during: {} calls, p50 {:.2} ms p99 {:.2} ms (p99 {:.2}x quiet)",
+        during.len(),
+        ms(percentile(&during, 50.0)),
+        ms(percentile(&during, 99.0)),
+        percentile(&during, 99.0) as f64 / percentile(&quiet, 99.0).max(1) as f64
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "database": format!("{:?}", args.database).to_lowercase(),
+            "endpoints": args.endpoints,
+            "broadcasts": args.broadcasts,
+            "accepted_max_ms": ms(accepted_sorted.last().copied().unwrap_or(0)),
+            "fan_out_mean_s": mean_fan_out,
+            "deliveries_per_s": rate,
+            "duplicates": duplicates,
+            "quiet_p50_ms": ms(percentile(&quiet, 50.0)),
+            "quiet_p99_ms": ms(percentile(&quiet, 99.0)),
+            "during_p50_ms": ms(percentile(&during, 50.0)),
+            "during_p99_ms": ms(percentile(&during, 99.0)),
+        })
+    );
+}
