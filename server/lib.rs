@@ -17,7 +17,8 @@
 //! - `handoff`: after a commit, the new work goes to the engine or the
 //!   streams (publishing, Redeliver and Replay alike).
 //! - `ops`: operational events (`--ops-consumer`): the changes the engine
-//!   and the API report, published as ordinary events.
+//!   and the API make, written to an outbox table in the transaction that
+//!   makes them, then published as ordinary events.
 //! - `fanout`: the writer of large fan-outs, a slice at a time.
 //! - `delivery`: the engine that POSTs committed deliveries, retries them and
 //!   records attempts; never calls the gRPC layer.

@@ -5,47 +5,67 @@
 //!
 //! [`prepare`] runs at start: it creates the consumer if missing and
 //! registers the four event types (`crate::domain::ops::catalogue`) where
-//! missing (a provider's later edits to them are kept). Changes come in
-//! from the delivery engine's writer (after the batch that made them has
-//! committed) and from the EnableEndpoint and DisableEndpoint handlers, on
-//! one bounded channel; [`run`] finds each change's endpoint and consumer,
-//! asks the rule (`crate::domain::ops::event`) for its event, and publishes
-//! it through the ordinary publish path with an idempotency key derived
-//! from the change, so a publish retried after a lost answer stores one
-//! event.
+//! missing (a provider's later edits to them are kept).
 //!
-//! What it does not promise: a node that stops between a change's commit
-//! and its event's publish (a crash, or changes the engine writes while
-//! shutting down after publishing has stopped) loses that event; the
-//! change itself is kept and visible on the endpoint and the delivery.
+//! Changes go through an outbox, the `ops_changes` table
+//! (`crate::storage::ops_changes`, its one owner): the delivery queue's
+//! outcome writer and the EnableEndpoint and DisableEndpoint handlers write
+//! each change in the transaction that makes it, and wake [`run`]. It
+//! claims the oldest rows, finds each change's endpoint and consumer, asks
+//! the rule (`crate::domain::ops::event`) for its event, publishes it
+//! through the ordinary publish path with an idempotency key derived from
+//! the change, and deletes the row once the publish has committed. Every
+//! second it also looks for rows nobody holds: another node's, or those a
+//! node left as it stopped or died.
+//!
+//! So every committed change has its event, once: a node that stops
+//! before publishing a change leaves its row (to the next start, or to
+//! another node once its lease lapses), and a node that stops between the
+//! publish and the delete leaves a row whose second publish, under the same
+//! key, is answered with the first event. (The key holds 24 hours, the
+//! idempotency window: a row left longer than that, by a database nobody
+//! served for a day, makes a second event.) A change about an endpoint
+//! deleted meanwhile, or about one of the operations consumer's own
+//! endpoints, makes no event and its row is deleted.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::consumer::parse_uid;
+use crate::domain::ids::LeaseOwner;
 use crate::domain::ops::{self, Change, Subject};
 use crate::domain::secret::SigningSecret;
+use crate::domain::time::now_millis;
 use crate::error::{Error, Result};
 use crate::publish::{EventInput, Publisher};
+use crate::queue::LeasePolicy;
 use crate::storage::Database;
 use crate::storage::consumers::{self, NewConsumer};
 use crate::storage::endpoints;
 use crate::storage::event_types::{self, NewEventType};
+use crate::storage::ops_changes::{self, OpsOutbox};
 
-/// How many changes may wait for the publisher before their senders wait.
-const CHANNEL_CAPACITY: usize = 1024;
+/// How many rows one claim takes.
+const CLAIM_BATCH: u64 = 64;
 
-/// How often one event's publish is tried before it is logged and dropped.
+/// How often the outbox is looked at without a wake-up: for rows written
+/// by another node, or left by a node that stopped.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often one event's publish is tried before its row is given back,
+/// to be tried again at the next poll.
 const PUBLISH_TRIES: u32 = 5;
 
-/// The handle the rest of Herald reports changes through.
+/// The handle the rest of Herald uses: the operations consumer, and the
+/// wake-up of the publisher after a commit that wrote changes.
 #[derive(Debug, Clone)]
 pub struct Ops {
     consumer_id: String,
-    sender: mpsc::Sender<Change>,
+    written: Arc<Notify>,
 }
 
 impl Ops {
@@ -54,23 +74,26 @@ impl Ops {
         &self.consumer_id
     }
 
-    /// The sender the delivery engine's writer uses.
-    pub fn sender(&self) -> mpsc::Sender<Change> {
-        self.sender.clone()
+    /// Changes are written to the outbox (the flag is set).
+    pub fn outbox(&self) -> OpsOutbox {
+        OpsOutbox::On
     }
 
-    /// Reports a change made by an API call (after it committed).
-    pub async fn report(&self, change: Change) {
-        if let Err(err) = self.sender.send(change).await {
-            tracing::warn!(change = ?err.0, "operational event not published: shutting down");
-        }
+    /// What the delivery engine's writer wakes the publisher with.
+    pub fn written(&self) -> Arc<Notify> {
+        self.written.clone()
+    }
+
+    /// Wakes the publisher: a commit may have written changes. A wake-up
+    /// while it publishes makes it look again when done.
+    pub fn wake(&self) {
+        self.written.notify_one();
     }
 }
 
 /// Creates the operations consumer if missing and registers the event
-/// types that are missing; returns the handle and the receiving end for
-/// [`run`].
-pub async fn prepare(db: &Database, uid: &str) -> Result<(Ops, mpsc::Receiver<Change>)> {
+/// types that are missing; returns the handle.
+pub async fn prepare(db: &Database, uid: &str) -> Result<Ops> {
     let uid = parse_uid("--ops-consumer", uid)?;
     let consumer = match consumers::resolve(&db.conn, &uid).await? {
         Some(consumer) => consumer,
@@ -117,78 +140,164 @@ pub async fn prepare(db: &Database, uid: &str) -> Result<(Ops, mpsc::Receiver<Ch
             Err(err) => return Err(err),
         }
     }
-    let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-    Ok((
-        Ops {
-            consumer_id: consumer.id,
-            sender,
-        },
-        receiver,
-    ))
+    Ok(Ops {
+        consumer_id: consumer.id,
+        written: Arc::new(Notify::new()),
+    })
 }
 
-/// Publishes reported changes until `stop` is cancelled, then what is
-/// already queued.
+/// Publishes the outbox's changes until `stop` is cancelled; then gives
+/// back the rows it holds. `node` and `lease` are this node's lease
+/// identity and rule (a row is held for as long as a delivery).
 pub fn run(
     db: Database,
     publisher: Publisher,
-    consumer_id: String,
-    mut changes: mpsc::Receiver<Change>,
+    ops: Ops,
+    node: LeaseOwner,
+    lease: LeasePolicy,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let outbox = Outbox {
+            db,
+            publisher,
+            consumer_id: ops.consumer_id.clone(),
+            node,
+            lease,
+        };
         loop {
-            let change = tokio::select! {
-                change = changes.recv() => change,
-                () = stop.cancelled() => changes.try_recv().ok(),
-            };
-            let Some(change) = change else {
-                break;
-            };
-            publish(&db, &publisher, &consumer_id, change).await;
+            if let Err(err) = outbox.drain(&stop).await {
+                tracing::warn!(error = %err, "reading the operational events' outbox failed; trying again");
+            }
+            tokio::select! {
+                () = ops.written.notified() => {}
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        // What this node claimed and did not publish goes to the next
+        // start or to another node at once (not after the lease).
+        if let Err(err) = ops_changes::release_all(&outbox.db.conn, &outbox.node).await {
+            tracing::warn!(error = %err, "giving back operational changes failed; their lease lapses instead");
         }
     })
 }
 
-async fn publish(db: &Database, publisher: &Publisher, ops_consumer_id: &str, change: Change) {
-    let subject = match subject(db, change.endpoint_id()).await {
-        Ok(Some(subject)) => subject,
-        // Deleted meanwhile: nobody to report on.
-        Ok(None) => return,
-        Err(err) => {
-            tracing::error!(error = %err, ?change, "operational event not published: reading its endpoint failed");
-            return;
-        }
-    };
-    let Some(event) = ops::event(&change, &subject, ops_consumer_id) else {
-        return;
-    };
-    let mut backoff = Duration::from_millis(100);
-    for attempt in 1..=PUBLISH_TRIES {
-        let input = EventInput {
-            consumer_id: ops_consumer_id.to_owned(),
-            event_type: event.event_type.to_owned(),
-            payload: event.payload.clone(),
-            idempotency_key: event.idempotency_key.clone(),
-            ..EventInput::default()
-        };
-        match publisher.publish(input).await {
-            Ok(_) => return,
-            // The same key is the same change: publishing again converges.
-            Err(err) if attempt < PUBLISH_TRIES && is_transient(&err) => {
-                tracing::warn!(error = %err, event_type = event.event_type, "publishing an operational event failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+/// The publisher of the outbox, on one node.
+struct Outbox {
+    db: Database,
+    publisher: Publisher,
+    consumer_id: String,
+    node: LeaseOwner,
+    lease: LeasePolicy,
+}
+
+/// How one change's publish ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Its event is stored, or it makes none, or a rule refused it (logged):
+    /// its row is done.
+    Done,
+    /// A failure another try may mend: its row is kept for the next poll.
+    Failed,
+}
+
+impl Outbox {
+    /// Publishes rows until the outbox is empty, a publish fails (the rest
+    /// waits for the next poll), or `stop` is cancelled.
+    async fn drain(&self, stop: &CancellationToken) -> Result<()> {
+        loop {
+            let now = now_millis();
+            let claimed = ops_changes::claim(
+                &self.db.conn,
+                &self.node,
+                self.lease.webhook_expiry(now),
+                now,
+                CLAIM_BATCH,
+            )
+            .await?;
+            let complete = u64::try_from(claimed.len()).unwrap_or(u64::MAX) < CLAIM_BATCH;
+            for (index, row) in claimed.iter().enumerate() {
+                let change = match row.change() {
+                    Ok(change) => change,
+                    Err(err) => {
+                        // Written by a later version (a rolling upgrade):
+                        // left, leased, for a node that reads it once the
+                        // lease lapses (on SQLite, for the next start).
+                        tracing::error!(error = %err, "operational change left for a newer node");
+                        continue;
+                    }
+                };
+                let settled = if stop.is_cancelled() {
+                    Settled::Failed
+                } else {
+                    self.publish(change).await
+                };
+                match settled {
+                    Settled::Done => ops_changes::delete(&self.db.conn, &row.id).await?,
+                    Settled::Failed => {
+                        let rest: Vec<&str> =
+                            claimed[index..].iter().map(|row| row.id.as_str()).collect();
+                        ops_changes::release(&self.db.conn, &self.node, &rest).await?;
+                        return Ok(());
+                    }
+                }
             }
-            Err(err) => {
-                tracing::error!(error = %err, event_type = event.event_type, key = %event.idempotency_key, "operational event not published");
-                return;
+            if complete {
+                return Ok(());
             }
         }
     }
+
+    async fn publish(&self, change: Change) -> Settled {
+        let subject = match subject(&self.db, change.endpoint_id()).await {
+            Ok(Some(subject)) => subject,
+            // Deleted meanwhile: nobody to report on.
+            Ok(None) => return Settled::Done,
+            Err(err) => {
+                tracing::warn!(error = %err, ?change, "operational event not yet published: reading its endpoint failed");
+                return Settled::Failed;
+            }
+        };
+        let Some(event) = ops::event(&change, &subject, &self.consumer_id) else {
+            return Settled::Done;
+        };
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=PUBLISH_TRIES {
+            let input = EventInput {
+                consumer_id: self.consumer_id.clone(),
+                event_type: event.event_type.to_owned(),
+                payload: event.payload.clone(),
+                idempotency_key: event.idempotency_key.clone(),
+                ..EventInput::default()
+            };
+            match self.publisher.publish(input).await {
+                Ok(_) => return Settled::Done,
+                // The same key is the same change: publishing again converges.
+                Err(err) if is_transient(&err) => {
+                    if attempt == PUBLISH_TRIES {
+                        tracing::warn!(error = %err, event_type = event.event_type, "publishing an operational event failed; trying again at the next poll");
+                        return Settled::Failed;
+                    }
+                    tracing::warn!(error = %err, event_type = event.event_type, "publishing an operational event failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                // A rule broken is broken again (a provider's schema that
+                // refuses it; its key used already by an event with other
+                // words, which is this change's, published before its
+                // endpoint's URL changed).
+                Err(err) => {
+                    tracing::error!(error = %err, event_type = event.event_type, key = %event.idempotency_key, "operational event not published");
+                    return Settled::Done;
+                }
+            }
+        }
+        Settled::Failed
+    }
 }
 
-/// A failure another try may not meet (a rule broken is broken again).
+/// A failure another try may mend (a rule broken is broken again).
 fn is_transient(err: &Error) -> bool {
     matches!(
         err,

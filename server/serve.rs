@@ -95,9 +95,6 @@ pub struct Herald {
     fan_outs: Arc<tokio::sync::Notify>,
     /// Stops sending and hearing other nodes' wake-ups (`crate::wakeups`).
     wakeups_stop: CancellationToken,
-    /// The operational changes to publish (`crate::ops`), when
-    /// `--ops-consumer` is set; their publisher starts with [`Herald::serve`].
-    ops_changes: Option<tokio::sync::mpsc::Receiver<crate::domain::ops::Change>>,
 }
 
 impl Herald {
@@ -166,7 +163,7 @@ impl Herald {
                 None => None,
             };
         let mut engine_settings = EngineSettings::from_config(&config, descriptors);
-        engine_settings.ops_changes = ops.as_ref().map(|(ops, _)| ops.sender());
+        engine_settings.ops_written = ops.as_ref().map(crate::ops::Ops::written);
         if let (Some(certificate), Some(key)) =
             (&config.delivery_client_cert, &config.delivery_client_key)
         {
@@ -239,7 +236,6 @@ impl Herald {
             },
             publish_stop.clone(),
         );
-        let (ops, ops_changes) = ops.unzip();
         let state = Arc::new(AppState {
             ops,
             authenticator: Arc::new(Authenticator::new(db.clone())),
@@ -272,7 +268,6 @@ impl Herald {
             fan_out_queue: queue,
             fan_outs,
             wakeups_stop,
-            ops_changes,
         })
     }
 
@@ -375,16 +370,16 @@ impl Herald {
             self.wakeups_stop.clone(),
         ));
         let ops_stop = CancellationToken::new();
-        let ops_task = match (self.ops_changes, &self.state.ops) {
-            (Some(changes), Some(ops)) => Some(crate::ops::run(
+        let ops_task = self.state.ops.clone().map(|ops| {
+            crate::ops::run(
                 self.state.db.clone(),
                 self.state.publisher.clone(),
-                ops.consumer_id().to_owned(),
-                changes,
+                ops,
+                self.fan_out_queue.node().clone(),
+                *self.fan_out_queue.lease_policy(),
                 ops_stop.clone(),
-            )),
-            _ => None,
-        };
+            )
+        });
         let fan_out_stop = CancellationToken::new();
         let fan_out_task = tokio::spawn(crate::fanout::run(
             self.fan_out_queue,
@@ -471,8 +466,10 @@ impl Herald {
         // Whatever ended the server ends everything else too.
         shutdown.cancel();
         streams.stopped().await;
-        // Operational changes reported so far are published (what the
-        // engine reports while it drains below is logged and lost).
+        // The operational events' publisher stops while publishing still
+        // works (a publish in progress ends); the changes it has not
+        // published, and those the engine writes as it drains below, stay
+        // in the outbox for the next start or another node.
         ops_stop.cancel();
         if let Some(ops_task) = ops_task
             && let Err(err) = ops_task.await

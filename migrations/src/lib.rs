@@ -29,6 +29,7 @@ mod m20261204_000011_event_type_example;
 mod m20261204_000012_attempts_by_endpoint_time;
 mod m20261205_000013_endpoint_tls;
 mod m20261206_000014_broadcasts;
+mod m20261206_000015_ops_outbox;
 
 pub struct Migrator;
 
@@ -50,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000012_attempts_by_endpoint_time::Migration),
             Box::new(m20261205_000013_endpoint_tls::Migration),
             Box::new(m20261206_000014_broadcasts::Migration),
+            Box::new(m20261206_000015_ops_outbox::Migration),
         ]
     }
 }

@@ -11,8 +11,6 @@
 //! - `writer`: records attempt outcomes in batches, one transaction each.
 //! - `shared`, `messages`, `settings`: the state the tasks share, what they
 //!   send each other, and the engine's settings.
-//! - `ops`: which operational changes a written batch made (endpoints
-//!   disabled or recovered, deliveries exhausted), for `crate::ops`.
 //! - `outcome`, `schedule`, `signing`: rules, pure and unit-tested (what
 //!   an attempt means, when to retry, how to sign); how fast to send is
 //!   `crate::domain::rate_limit`'s token bucket.
@@ -36,7 +34,6 @@ mod endpoint_cache;
 mod engine;
 mod http_client;
 mod messages;
-mod ops;
 mod outbound;
 mod outcome;
 mod retention;

@@ -1,13 +1,13 @@
 //! How the engine behaves, built from `herald serve`'s flags.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::outbound::OutboundLimits;
 use super::tls::ClientIdentity;
 use crate::config::ServeConfig;
-use crate::domain::ops::Change;
 use crate::domain::target::TargetPolicy;
 
 #[derive(Debug, Clone)]
@@ -33,11 +33,12 @@ pub struct EngineSettings {
     pub max_in_memory: usize,
     /// Requests in flight at once, on the node and per consumer.
     pub outbound: OutboundLimits,
-    /// Where the writer sends the operational changes it made (endpoints
-    /// disabled or recovered, deliveries exhausted), when `--ops-consumer`
-    /// is set; bounded, so a slow publisher of them slows the writer rather
-    /// than memory growing.
-    pub ops_changes: Option<mpsc::Sender<Change>>,
+    /// Set when `--ops-consumer` is: the writer then writes the
+    /// operational changes each batch made (endpoints disabled or
+    /// recovered, deliveries exhausted) to the outbox with the batch, and
+    /// wakes their publisher with this after the commit. The outbox is a
+    /// table, so a slow publisher never slows the writer.
+    pub ops_written: Option<Arc<Notify>>,
     /// The client certificate presented to receivers that ask for one
     /// (`--delivery-client-cert`); read from its files at start.
     pub client_identity: Option<ClientIdentity>,
@@ -67,7 +68,7 @@ impl EngineSettings {
                 config.max_outbound_connections,
                 config.max_outbound_per_consumer,
             ),
-            ops_changes: None,
+            ops_written: None,
             client_identity: None,
         }
     }

@@ -13,6 +13,7 @@ use super::shared::Shared;
 use crate::domain::ids::DeliveryId;
 use crate::domain::time::now_millis;
 use crate::queue::Outcome;
+use crate::storage::ops_changes::OpsOutbox;
 
 /// At most this many messages per transaction.
 const MAX_BATCH: usize = 512;
@@ -70,26 +71,26 @@ async fn flush(shared: &Shared, batch: &mut Vec<WriterMessage>) {
     let mut stale = Vec::new();
     if !outcomes.is_empty() {
         let mut backoff = Duration::from_millis(100);
+        let outbox = match shared.settings.ops_written {
+            Some(_) => OpsOutbox::On,
+            None => OpsOutbox::Off,
+        };
         for attempt in 1..=4 {
             let now = now_millis();
             match shared
                 .queue
-                .record_outcomes(&outcomes, now, shared.settings.disable_after)
+                .record_outcomes(&outcomes, now, shared.settings.disable_after, outbox)
                 .await
             {
                 Ok(recorded) => {
+                    if recorded.ops_changes > 0
+                        && let Some(ops_written) = &shared.settings.ops_written
+                    {
+                        ops_written.notify_one();
+                    }
                     // Reset meanwhile (Redeliver): the reset row is unleased
                     // and the job that held it is done; forgetting it lets
                     // the next sweep route it again.
-                    if let Some(ops) = &shared.settings.ops_changes {
-                        for change in super::ops::changes(&outcomes, &recorded, now) {
-                            // Closed only at shutdown, when the change is
-                            // logged and lost (ARCHITECTURE.md).
-                            if let Err(err) = ops.send(change).await {
-                                tracing::warn!(change = ?err.0, "operational event not published: shutting down");
-                            }
-                        }
-                    }
                     stale = recorded.stale;
                     for (endpoint_id, reason) in recorded.disabled {
                         shared.cache.mark_disabled(endpoint_id.as_str());

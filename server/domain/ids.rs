@@ -19,6 +19,8 @@ pub const ATTEMPT: &str = "atm";
 pub const API_KEY: &str = "key";
 pub const NODE: &str = "node";
 pub const SUBSCRIPTION: &str = "sub";
+/// A row of the operational events' outbox (`ops_changes`).
+pub const OPS_CHANGE: &str = "opc";
 
 /// A fresh id with the given type prefix.
 pub fn new_id(prefix: &str) -> String {

@@ -7,8 +7,15 @@
 //!
 //! The idempotency key of an event is derived from the change (its kind, its
 //! endpoint or delivery, its time), so publishing one change twice (a retry
-//! after an answer was lost) stores one event.
+//! after an answer was lost, or a node that published it and stopped before
+//! it could strike it from the outbox) stores one event.
+//!
+//! A [`Change`] is stored as JSON in the outbox (`ops_changes`) in the
+//! transaction that makes it, and read back by whichever node publishes it,
+//! maybe of another version: its serialised form is a stored format (a test
+//! pins it), so a variant or field is only ever added, with a default.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// An endpoint was disabled: by a 410, by `--disable-after`, or by hand.
@@ -24,7 +31,8 @@ pub const DELIVERY_EXHAUSTED: &str = "herald.delivery.exhausted";
 pub const MAX_EXCERPT_BYTES: usize = 1024;
 
 /// Why an endpoint was disabled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DisableCause {
     /// It answered `410 Gone`.
     Gone,
@@ -45,8 +53,10 @@ impl DisableCause {
 }
 
 /// A change Herald made, as the code that made it knows it: ids and what
-/// happened, not yet who owns the endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// happened, not yet who owns the endpoint (read when it is published, so
+/// the outbox holds no copy of a consumer's data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     Disabled {
         endpoint_id: String,
@@ -88,6 +98,33 @@ impl Change {
             | Change::Exhausted { endpoint_id, .. } => endpoint_id,
         }
     }
+}
+
+/// The change EnableEndpoint made to an endpoint that was `was_enabled`
+/// before: none when it was enabled already (enabling it again changes
+/// nothing anyone needs to hear about).
+pub fn enabled_by_hand(was_enabled: bool, endpoint_id: &str, at: i64) -> Option<Change> {
+    (!was_enabled).then(|| Change::Enabled {
+        endpoint_id: endpoint_id.to_owned(),
+        at,
+    })
+}
+
+/// The change DisableEndpoint made to an endpoint that was `was_enabled`
+/// before: none when it was disabled already (a new reason is not a new
+/// disabling).
+pub fn disabled_by_hand(
+    was_enabled: bool,
+    endpoint_id: &str,
+    reason: &str,
+    at: i64,
+) -> Option<Change> {
+    was_enabled.then(|| Change::Disabled {
+        endpoint_id: endpoint_id.to_owned(),
+        cause: DisableCause::Manual,
+        detail: reason.to_owned(),
+        at,
+    })
 }
 
 /// The endpoint a change is about and its consumer, as stored.
@@ -428,6 +465,47 @@ mod tests {
         assert_eq!(payload(&all[1])["reason"], "manual");
         assert_eq!(payload(&all[1])["status_code"], Value::Null);
         assert_eq!(payload(&all[0])["occurred_at"], "2023-11-14T22:13:20.000Z");
+    }
+
+    #[test]
+    fn the_stored_form_of_a_change_is_pinned() {
+        // Rows written by one version are read by another (a rolling
+        // upgrade): this text may only grow.
+        let stored = serde_json::to_string(&changes()[0]).expect("json");
+        assert_eq!(
+            stored,
+            r#"{"kind":"disabled","endpoint_id":"ept_1","cause":"gone","detail":"gone","at":1700000000000}"#
+        );
+        let exhausted = serde_json::to_value(&changes()[4]).expect("json");
+        assert_eq!(exhausted["kind"], "exhausted");
+        assert_eq!(exhausted["error_class"], "timeout");
+        for change in changes() {
+            let text = serde_json::to_string(&change).expect("json");
+            let back: Change = serde_json::from_str(&text).expect("parse");
+            assert_eq!(back, change);
+        }
+    }
+
+    #[test]
+    fn only_a_change_of_state_by_hand_is_a_change() {
+        assert_eq!(
+            enabled_by_hand(false, "ept_1", 7),
+            Some(Change::Enabled {
+                endpoint_id: "ept_1".into(),
+                at: 7
+            })
+        );
+        assert_eq!(enabled_by_hand(true, "ept_1", 7), None);
+        assert_eq!(
+            disabled_by_hand(true, "ept_1", "maintenance", 7),
+            Some(Change::Disabled {
+                endpoint_id: "ept_1".into(),
+                cause: DisableCause::Manual,
+                detail: "maintenance".into(),
+                at: 7
+            })
+        );
+        assert_eq!(disabled_by_hand(false, "ept_1", "again", 7), None);
     }
 
     #[test]

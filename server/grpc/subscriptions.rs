@@ -26,7 +26,6 @@ use crate::domain::endpoint::{
 use crate::domain::endpoint_tls::{parse_ca_pem, parse_pins};
 use crate::domain::event_type::{self, EventTypeFilter};
 use crate::domain::ids::EndpointId;
-use crate::domain::ops::{Change, DisableCause};
 use crate::domain::page::PageRequest;
 use crate::domain::portal::session_lifetime;
 use crate::domain::secret::{SigningSecret, parse_rotation_grace};
@@ -38,6 +37,7 @@ use crate::storage::consumers::{ConsumerChanges, NewConsumer};
 use crate::storage::endpoints::{EndpointChanges, NewEndpoint};
 use crate::storage::entities::{consumer, endpoint, event_type as event_type_row};
 use crate::storage::event_types::{EventTypeChanges, NewEventType};
+use crate::storage::ops_changes::OpsOutbox;
 use crate::storage::{api_keys, consumers, endpoints, event_types, portal_sessions};
 use crate::wakeups::Notice;
 
@@ -88,6 +88,23 @@ impl SubscriptionsService {
             .wakeups()
             .tell_now(Notice::Endpoint(EndpointId::from_stored(endpoint_id)))
             .await;
+    }
+
+    /// Whether EnableEndpoint and DisableEndpoint write their changes for
+    /// operational events (`--ops-consumer`).
+    fn ops_outbox(&self) -> OpsOutbox {
+        self.state
+            .ops
+            .as_ref()
+            .map_or(OpsOutbox::Off, crate::ops::Ops::outbox)
+    }
+
+    /// A change may have been written to the outbox: its publisher looks
+    /// now rather than at its next poll.
+    fn ops_written(&self) {
+        if let Some(ops) = &self.state.ops {
+            ops.wake();
+        }
     }
 
     /// An event type changed or is gone: its schema and archive flag apply
@@ -616,17 +633,10 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
     ) -> Result<Response<proto::Endpoint>, Status> {
         let principal = Principal::of(&request)?;
         let current = self.endpoint_for(&principal, &request.get_ref().id).await?;
-        let was_enabled = current.enabled;
-        let row = endpoints::enable(&self.state.db.conn, current).await?;
+        let row = endpoints::enable(&self.state.db.conn, current, self.ops_outbox()).await?;
         self.endpoint_changed(&row.id).await;
         tracing::info!(endpoint_id = %row.id, "endpoint enabled");
-        if let Some(ops) = self.state.ops.as_ref().filter(|_| !was_enabled) {
-            ops.report(Change::Enabled {
-                endpoint_id: row.id.clone(),
-                at: row.updated_at,
-            })
-            .await;
-        }
+        self.ops_written();
         Ok(Response::new(endpoint_message(row)?))
     }
 
@@ -638,19 +648,11 @@ impl proto::subscriptions_server::Subscriptions for SubscriptionsService {
         let request = request.into_inner();
         let current = self.endpoint_for(&principal, &request.id).await?;
         let reason = parse_disabled_reason("reason", &request.reason)?;
-        let was_enabled = current.enabled;
-        let row = endpoints::disable(&self.state.db.conn, current, &reason).await?;
+        let row =
+            endpoints::disable(&self.state.db.conn, current, &reason, self.ops_outbox()).await?;
         self.endpoint_changed(&row.id).await;
         tracing::info!(endpoint_id = %row.id, reason = %reason, "endpoint disabled");
-        if let Some(ops) = self.state.ops.as_ref().filter(|_| was_enabled) {
-            ops.report(Change::Disabled {
-                endpoint_id: row.id.clone(),
-                cause: DisableCause::Manual,
-                detail: reason,
-                at: row.updated_at,
-            })
-            .await;
-        }
+        self.ops_written();
         Ok(Response::new(endpoint_message(row)?))
     }
 

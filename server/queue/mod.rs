@@ -10,6 +10,9 @@
 //!   only place that knows how the two differ for the queue.
 //! - `lease`: the lease rule (how long claims last, when they are renewed).
 //! - `health`: the endpoint health rule the outcome writer applies.
+//! - `ops`: which operational changes a batch of outcomes made (endpoints
+//!   disabled or recovered, deliveries exhausted), written with the batch
+//!   to the outbox of `crate::ops` when `--ops-consumer` is set.
 //! - `owners`: which node sends an endpoint's webhooks (PostgreSQL), and
 //!   the fence that keeps two from sending at once.
 //! - `webhook`, `outcomes`, `stream`, `requeue`, `fanout`: the verbs, by who
@@ -27,6 +30,7 @@
 pub mod fanout;
 pub mod health;
 pub mod lease;
+mod ops;
 mod outcomes;
 pub mod owners;
 mod requeue;

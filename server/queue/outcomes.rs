@@ -1,6 +1,9 @@
 //! The outcome writer's verb: recording a batch of finished attempts, each
 //! delivery's new state, and what they mean for their endpoints' health
-//! (the rule in [`super::health`]), in one transaction.
+//! (the rule in [`super::health`]), in one transaction — with, when the
+//! outbox is on (`--ops-consumer`), the operational changes the batch made
+//! (the rule in [`super::ops`]), so that a change is never committed
+//! without the record that its event is owed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -9,9 +12,10 @@ use sea_orm::{ConnectionTrait, TransactionTrait};
 
 use super::health::{self, Change, Effect, Health};
 use super::rows::{AttemptRow, Outcome, OutcomeRow, OutcomeWithAttemptRow};
-use super::{Queue, id_list};
+use super::{Queue, id_list, ops};
 use crate::domain::ids::{DeliveryId, EndpointId};
 use crate::error::Result;
+use crate::storage::ops_changes::{self, OpsOutbox};
 use crate::storage::sql::json_text;
 
 /// What recording a batch changed besides the deliveries.
@@ -24,18 +28,23 @@ pub struct Recorded {
     /// Deliveries whose outcome was not written: deleted, settled, or reset
     /// (Redeliver, Replay) since the attempt started.
     pub stale: Vec<DeliveryId>,
+    /// How many operational changes were written to the outbox with the
+    /// batch (none when it is off): their publisher has work.
+    pub ops_changes: usize,
 }
 
 impl Queue {
     /// Records a batch: each delivery's new state (only where the delivery
     /// is still pending as its attempt found it, see
     /// [`super::AttemptedAs`]), the attempt rows of the deliveries written,
-    /// and the endpoints' health.
+    /// the endpoints' health, and with `outbox` on the operational changes
+    /// all that made.
     pub async fn record_outcomes(
         &self,
         batch: &[Outcome],
         now: i64,
         disable_after: Duration,
+        outbox: OpsOutbox,
     ) -> Result<Recorded> {
         if batch.is_empty() {
             return Ok(Recorded::default());
@@ -43,7 +52,9 @@ impl Queue {
         if let Some(sql) = &self.sql().record_successes
             && let Some(succeeded) = only_successes(batch)
         {
-            return self.record_successes(sql, batch, &succeeded, now).await;
+            return self
+                .record_successes(sql, batch, &succeeded, now, outbox)
+                .await;
         }
         let txn = self.db.queue.begin().await?;
         let written = self.update_deliveries(&txn, batch, now).await?;
@@ -131,6 +142,12 @@ impl Queue {
                 }
             }
         }
+        if outbox == OpsOutbox::On {
+            // Known only now: which endpoints the statements above disabled
+            // or recovered. Still before the commit.
+            recorded.ops_changes =
+                ops_changes::insert(&txn, &ops::changes(batch, &recorded, now), now).await?;
+        }
         txn.commit().await?;
         Ok(recorded)
     }
@@ -205,22 +222,43 @@ impl Queue {
     }
 
     /// PostgreSQL, a batch without failures: one statement (see
-    /// `sql::Statements::record_successes`).
+    /// `sql::Statements::record_successes`). Which endpoints recover is
+    /// known only inside it, so with the outbox on it is given the change
+    /// of every endpoint that succeeded, as if each recovered (the rule is
+    /// per endpoint: `ops`'s `recoveries_are_per_endpoint`), and keeps
+    /// those of the endpoints it recovers — still one round trip.
     async fn record_successes(
         &self,
         sql: &str,
         batch: &[Outcome],
         succeeded: &[&EndpointId],
         now: i64,
+        outbox: OpsOutbox,
     ) -> Result<Recorded> {
         let rows: Vec<OutcomeWithAttemptRow> =
             batch.iter().map(OutcomeWithAttemptRow::from).collect();
+        let candidates = match outbox {
+            OpsOutbox::On => ops::changes(
+                batch,
+                &Recorded {
+                    recovered: succeeded.iter().map(|id| (*id).clone()).collect(),
+                    ..Recorded::default()
+                },
+                now,
+            ),
+            OpsOutbox::Off => Vec::new(),
+        };
         let returned = self
             .db
             .queue
             .query_all_raw(self.statement(
                 sql,
-                vec![json_text(&rows)?.into(), now.into(), id_list(succeeded)?],
+                vec![
+                    json_text(&rows)?.into(),
+                    now.into(),
+                    id_list(succeeded)?,
+                    ops_changes::rows_json(&candidates, now)?.into(),
+                ],
             ))
             .await?;
         let mut written = HashSet::with_capacity(returned.len());
@@ -239,6 +277,15 @@ impl Queue {
             .filter(|id| !written.contains(id.as_str()))
             .cloned()
             .collect();
+        recorded.ops_changes = candidates
+            .iter()
+            .filter(|change| {
+                recorded
+                    .recovered
+                    .iter()
+                    .any(|id| id.as_str() == change.endpoint_id())
+            })
+            .count();
         Ok(recorded)
     }
 }

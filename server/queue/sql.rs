@@ -20,6 +20,7 @@ use super::rows::{
     ATTEMPT_COLUMNS, DELIVERY_COLUMNS, OUTCOME_COLUMNS, OUTCOME_WITH_ATTEMPT_COLUMNS,
 };
 use crate::domain::delivery::DeliveryStatus;
+use crate::storage::ops_changes;
 use crate::storage::sql::{Dialect, names};
 
 const PENDING: &str = DeliveryStatus::Pending.as_str();
@@ -61,9 +62,11 @@ pub struct Statements {
     /// `$1` attempts (JSON rows).
     pub insert_attempts: String,
     /// PostgreSQL only: `$1` outcomes with their attempts (JSON rows), `$2`
-    /// now, `$3` endpoints that succeeded (JSON list); a batch without
-    /// failures in one statement. Returns the deliveries it changed
-    /// (`endpoint` false) and the endpoints that recovered (true).
+    /// now, `$3` endpoints that succeeded (JSON list), `$4` their
+    /// operational changes were they to recover (outbox rows, JSON; `[]`
+    /// with the outbox off); a batch without failures in one statement.
+    /// Returns the deliveries it changed (`endpoint` false) and the
+    /// endpoints that recovered (true), whose changes it wrote.
     pub record_successes: Option<String>,
     /// `$1` endpoint ids (JSON list): their health, locked for the writer's
     /// transaction where the database locks rows.
@@ -429,12 +432,17 @@ impl Statements {
                      recovered AS (\
                        UPDATE endpoints SET failing_since = NULL \
                        WHERE id IN ({recovered}) AND failing_since IS NOT NULL \
-                       RETURNING id) \
+                       RETURNING id), \
+                     reported AS ({report}) \
                      SELECT id, FALSE AS endpoint FROM updated \
                      UNION ALL SELECT id, TRUE AS endpoint FROM recovered",
                     rows = dialect.json_rows(1, "v", &OUTCOME_WITH_ATTEMPT_COLUMNS),
                     attempt_columns = names(&ATTEMPT_COLUMNS),
                     recovered = ids(3),
+                    // A data-modifying WITH runs whether or not the query
+                    // reads it; it sees `recovered`'s RETURNING.
+                    report =
+                        ops_changes::insert_from_json(dialect, 4, Some("SELECT id FROM recovered")),
                 )),
                 Dialect::Sqlite => None,
             },
@@ -688,7 +696,7 @@ mod tests {
         assert!(sqlite.record_successes.is_none());
         assert_eq!(
             highest(postgres.record_successes.as_deref().unwrap_or("")),
-            3
+            4
         );
     }
 

@@ -16,11 +16,13 @@ use sea_orm::{
 use super::entities::consumer::Entity as Consumers;
 use super::entities::endpoint::{self, Entity as Endpoints};
 use super::entities::endpoint_secret::{self, Entity as EndpointSecrets};
+use super::ops_changes::{self, OpsOutbox};
 use super::sql::json_text;
 use super::vanished_or;
 use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::ids;
+use crate::domain::ops::{self, Change};
 use crate::domain::page::PageRequest;
 use crate::domain::secret::SigningSecret;
 use crate::domain::time::now_millis;
@@ -195,36 +197,82 @@ pub async fn update(
 
 /// Turns delivery back on. The failure streak is forgotten too: otherwise the
 /// first failure after re-enabling would count the days before it was
-/// disabled and disable it again at once.
-pub async fn enable(
-    db: &impl ConnectionTrait,
+/// disabled and disable it again at once. With the outbox on, the change
+/// (if the endpoint was disabled) is written in the same transaction, so
+/// that its operational event cannot be lost to a crash after the commit.
+pub async fn enable<C>(
+    db: &C,
     current: endpoint::Model,
-) -> Result<endpoint::Model> {
+    outbox: OpsOutbox,
+) -> Result<endpoint::Model>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
     let id = current.id.clone();
+    let was_enabled = current.enabled;
     let mut row: endpoint::ActiveModel = current.into();
     row.enabled = Set(true);
     row.disabled_reason = Set(None);
     row.failing_since = Set(None);
     row.updated_at = Set(now_millis());
-    row.update(db)
-        .await
-        .map_err(|err| vanished_or(err, "endpoint", &id))
+    update_with_change(db, row, &id, outbox, |updated| {
+        ops::enabled_by_hand(was_enabled, &updated.id, updated.updated_at)
+    })
+    .await
 }
 
 /// Stops delivery and records why (shown to operators as `disabled_reason`).
-pub async fn disable(
-    db: &impl ConnectionTrait,
+/// With the outbox on, the change (if the endpoint was enabled) is written
+/// in the same transaction, as by [`enable`].
+pub async fn disable<C>(
+    db: &C,
     current: endpoint::Model,
     reason: &str,
-) -> Result<endpoint::Model> {
+    outbox: OpsOutbox,
+) -> Result<endpoint::Model>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
     let id = current.id.clone();
+    let was_enabled = current.enabled;
     let mut row: endpoint::ActiveModel = current.into();
     row.enabled = Set(false);
     row.disabled_reason = Set(Some(reason.to_owned()));
     row.updated_at = Set(now_millis());
-    row.update(db)
+    update_with_change(db, row, &id, outbox, |updated| {
+        ops::disabled_by_hand(was_enabled, &updated.id, reason, updated.updated_at)
+    })
+    .await
+}
+
+/// Updates `row`, and with the outbox on writes the change `change` says
+/// the update made, in one transaction.
+async fn update_with_change<C>(
+    db: &C,
+    row: endpoint::ActiveModel,
+    id: &str,
+    outbox: OpsOutbox,
+    change: impl FnOnce(&endpoint::Model) -> Option<Change>,
+) -> Result<endpoint::Model>
+where
+    C: ConnectionTrait + TransactionTrait,
+{
+    if outbox == OpsOutbox::Off {
+        return row
+            .update(db)
+            .await
+            .map_err(|err| vanished_or(err, "endpoint", id));
+    }
+    let txn = db.begin().await?;
+    let updated = row
+        .update(&txn)
         .await
-        .map_err(|err| vanished_or(err, "endpoint", &id))
+        .map_err(|err| vanished_or(err, "endpoint", id))?;
+    if let Some(change) = change(&updated) {
+        ops_changes::insert(&txn, &[change], updated.updated_at).await?;
+    }
+    txn.commit().await?;
+    Ok(updated)
 }
 
 /// Deletes an endpoint with its deliveries and their attempts (here) and

@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod history;
 pub mod nodelay;
+pub mod ops_changes;
 pub mod portal_sessions;
 pub mod server_secrets;
 pub mod sql;

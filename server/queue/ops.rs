@@ -1,14 +1,15 @@
 //! Which operational changes a written batch of outcomes made (the rule;
-//! `crate::domain::ops` turns each into its event). Pure: the writer calls
-//! [`changes`] after the batch has committed and sends what it returns to
-//! the operations publisher.
+//! `crate::domain::ops` turns each into its event). Pure:
+//! [`super::Queue::record_outcomes`] calls [`changes`] before its
+//! transaction commits and writes what it returns to the outbox
+//! (`crate::storage::ops_changes`) in that transaction.
 
 use std::collections::HashSet;
 
+use super::health::{Effect, GONE_REASON};
+use super::{Outcome, Recorded};
 use crate::domain::delivery::DeliveryStatus;
 use crate::domain::ops::{Change, DisableCause};
-use crate::queue::health::{Effect, GONE_REASON};
-use crate::queue::{Outcome, Recorded};
 
 /// The changes of one recorded batch: endpoints disabled (by a 410 or by
 /// `--disable-after`), endpoints recovered (a success ended a failure
@@ -112,6 +113,34 @@ mod tests {
         assert_eq!(changes(&[failed(Effect::Failed)], &stale, 9), vec![]);
     }
 
+    /// What the PostgreSQL path of a batch of successes relies on: it asks
+    /// for the changes of every endpoint that succeeded, as if each
+    /// recovered, and keeps those of the endpoints the statement did
+    /// recover — which must be exactly the changes of those alone.
+    #[test]
+    fn recoveries_are_per_endpoint() {
+        let ids = |names: &[&str]| -> Vec<EndpointId> {
+            names.iter().map(|n| EndpointId::from_stored(*n)).collect()
+        };
+        let batch = [sample_outcome(), sample_outcome()];
+        let of = |recovered: Vec<EndpointId>| {
+            changes(
+                &batch,
+                &Recorded {
+                    recovered,
+                    ..Recorded::default()
+                },
+                9,
+            )
+        };
+        let candidates = of(ids(&["ep_1", "ep_2", "ep_3"]));
+        let kept: Vec<Change> = candidates
+            .into_iter()
+            .filter(|change| change.endpoint_id() != "ep_2")
+            .collect();
+        assert_eq!(kept, of(ids(&["ep_1", "ep_3"])));
+    }
+
     #[test]
     fn disabling_says_whether_by_gone_or_by_the_failure_limit() {
         let recorded = Recorded {
@@ -120,7 +149,7 @@ mod tests {
                 (EndpointId::from_stored("ep_2"), "too long".to_owned()),
             ],
             recovered: vec![EndpointId::from_stored("ep_3")],
-            stale: vec![],
+            ..Recorded::default()
         };
         let changes = changes(&[], &recorded, 9);
         assert!(matches!(
