@@ -25,6 +25,7 @@ mod lifecycle;
 mod listen;
 mod malformed;
 mod ops_events;
+mod ops_outbox;
 mod portal;
 mod process;
 mod publish;

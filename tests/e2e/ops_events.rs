@@ -17,23 +17,24 @@ use crate::receiver::{Received, Receiver, Reply, signature_matches};
 
 both_backends!(
     gone_is_reported_as_disabled,
+    failing_for_longer_than_disable_after_is_reported_as_disabled,
     an_exhausted_delivery_is_reported,
     disabling_and_enabling_by_hand_are_reported,
     recovery_is_reported,
     the_operations_consumers_own_endpoints_make_no_events,
 );
 
-const DEADLINE: Duration = Duration::from_secs(20);
-const OPS_UID: &str = "herald-ops";
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const OPS_UID: &str = "herald-ops";
 
-async fn start(backend: Backend) -> TestServer {
+pub(crate) async fn start(backend: Backend) -> TestServer {
     TestServer::start_with(backend, |config| {
         config.ops_consumer = Some(OPS_UID.to_owned());
     })
     .await
 }
 
-async fn consumer_id(server: &TestServer, uid: &str) -> String {
+pub(crate) async fn consumer_id(server: &TestServer, uid: &str) -> String {
     server
         .subscriptions(ADMIN_TOKEN)
         .await
@@ -44,7 +45,7 @@ async fn consumer_id(server: &TestServer, uid: &str) -> String {
         .id
 }
 
-async fn create_consumer(server: &TestServer, uid: &str) -> String {
+pub(crate) async fn create_consumer(server: &TestServer, uid: &str) -> String {
     server
         .subscriptions(ADMIN_TOKEN)
         .await
@@ -61,7 +62,7 @@ async fn create_consumer(server: &TestServer, uid: &str) -> String {
 }
 
 /// A webhook endpoint; its id and signing secret.
-async fn webhook(
+pub(crate) async fn webhook(
     server: &TestServer,
     consumer_id: &str,
     url: String,
@@ -85,14 +86,14 @@ async fn webhook(
 
 /// The operations receiver: an endpoint of the operations consumer
 /// subscribed to every operational event.
-async fn ops_receiver(server: &TestServer) -> (Receiver, String) {
+pub(crate) async fn ops_receiver(server: &TestServer) -> (Receiver, String) {
     let receiver = Receiver::start(Reply::Status(204)).await;
     let ops = consumer_id(server, OPS_UID).await;
     let (_, secret) = webhook(server, &ops, receiver.url("/ops"), &["herald.*"]).await;
     (receiver, secret)
 }
 
-async fn publish(server: &TestServer, consumer_id: &str) -> String {
+pub(crate) async fn publish(server: &TestServer, consumer_id: &str) -> String {
     server
         .events(ADMIN_TOKEN)
         .await
@@ -112,7 +113,7 @@ async fn publish(server: &TestServer, consumer_id: &str) -> String {
 
 /// The `count`th operational event received, checked to be signed with
 /// the operations endpoint's secret; its type and payload.
-async fn nth_event(receiver: &Receiver, secret: &str, count: usize) -> (String, Value) {
+pub(crate) async fn nth_event(receiver: &Receiver, secret: &str, count: usize) -> (String, Value) {
     let received = receiver.wait_for_count(count, DEADLINE).await;
     let hit: &Received = &received[count - 1];
     assert!(
@@ -144,6 +145,66 @@ async fn gone_is_reported_as_disabled(backend: Backend) {
     assert_eq!(parsed.kind, OpsKind::EndpointDisabled);
     assert_eq!(parsed.endpoint_id, endpoint);
     assert_eq!(parsed.status_code, Some(410));
+    server.finish().await;
+}
+
+async fn failing_for_longer_than_disable_after_is_reported_as_disabled(backend: Backend) {
+    let server = TestServer::start_with(backend, |config| {
+        config.ops_consumer = Some(OPS_UID.to_owned());
+        // Tries at 0, 100 ms and 500 ms: the third fails more than 200 ms
+        // into the streak, and a retry is still left (the delivery is not
+        // exhausted, so the disabling is the only event).
+        config.retry_schedule = vec![
+            Duration::from_millis(100),
+            Duration::from_millis(400),
+            Duration::from_millis(400),
+        ];
+        config.disable_after = Duration::from_millis(200);
+    })
+    .await;
+    let (ops, secret) = ops_receiver(&server).await;
+    let customer = create_consumer(&server, "acme").await;
+    let failing = Receiver::start(Reply::Body(500, "broken")).await;
+    let (endpoint, _) = webhook(&server, &customer, failing.url("/hook"), &[]).await;
+    publish(&server, &customer).await;
+    let (kind, payload) = nth_event(&ops, &secret, 1).await;
+    assert_eq!(kind, "herald.endpoint.disabled", "{payload}");
+    assert_eq!(payload["endpoint_id"], endpoint.as_str());
+    assert_eq!(payload["consumer_id"], customer.as_str());
+    assert_eq!(payload["reason"], "failing");
+    assert_eq!(payload["status_code"], Value::Null);
+    let detail = payload["detail"].as_str().expect("a detail");
+    assert!(
+        detail.contains("failed for longer than 200ms"),
+        "the stored reason: {detail}"
+    );
+    let stored = server
+        .subscriptions(ADMIN_TOKEN)
+        .await
+        .get_endpoint(proto::GetEndpointRequest {
+            id: endpoint.clone(),
+        })
+        .await
+        .expect("get endpoint")
+        .into_inner();
+    assert!(!stored.enabled);
+    assert_eq!(stored.disabled_reason, detail);
+    let parsed = OpsEvent::parse(&ops.received()[0].body).expect("an operational event");
+    assert_eq!(parsed.kind, OpsKind::EndpointDisabled);
+    assert_eq!(parsed.reason.as_deref(), Some("failing"));
+    assert_eq!(parsed.status_code, None);
+    // Nothing else was reported: a change made afterwards is the second
+    // event.
+    server
+        .subscriptions(ADMIN_TOKEN)
+        .await
+        .enable_endpoint(proto::EnableEndpointRequest {
+            id: endpoint.clone(),
+        })
+        .await
+        .expect("enable");
+    let (kind, _) = nth_event(&ops, &secret, 2).await;
+    assert_eq!(kind, "herald.endpoint.enabled");
     server.finish().await;
 }
 
