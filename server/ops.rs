@@ -217,39 +217,52 @@ impl Outbox {
             )
             .await?;
             let complete = u64::try_from(claimed.len()).unwrap_or(u64::MAX) < CLAIM_BATCH;
-            for (index, row) in claimed.iter().enumerate() {
-                let change = match row.change() {
-                    Ok(change) => change,
-                    Err(err) => {
-                        // Written by a later version (a rolling upgrade):
-                        // left, leased, for a node that reads it once the
-                        // lease lapses (on SQLite, for the next start).
-                        tracing::error!(error = %err, "operational change left for a newer node");
-                        continue;
-                    }
-                };
-                let settled = if stop.is_cancelled() {
-                    Settled::Failed
-                } else {
-                    self.publish(change).await
-                };
-                match settled {
-                    Settled::Done => ops_changes::delete(&self.db.conn, &row.id).await?,
-                    Settled::Failed => {
-                        let rest: Vec<&str> =
-                            claimed[index..].iter().map(|row| row.id.as_str()).collect();
-                        ops_changes::release(&self.db.conn, &self.node, &rest).await?;
-                        return Ok(());
-                    }
-                }
+            let (done, result) = self.publish_claimed(&claimed, stop).await;
+            if done < claimed.len() {
+                // Given back at once, not after the lease: the next poll
+                // (here or on another node) takes them again.
+                let rest: Vec<&str> = claimed[done..].iter().map(|row| row.id.as_str()).collect();
+                ops_changes::release(&self.db.conn, &self.node, &rest).await?;
+                return result;
             }
+            result?;
             if complete {
                 return Ok(());
             }
         }
     }
 
-    async fn publish(&self, change: Change) -> Settled {
+    /// Publishes claimed rows in order and deletes each once published;
+    /// stops at the first that fails (or when `stop` is cancelled). Says
+    /// how many rows it is done with, and the error that stopped it.
+    async fn publish_claimed(
+        &self,
+        claimed: &[ops_changes::Claimed],
+        stop: &CancellationToken,
+    ) -> (usize, Result<()>) {
+        for (index, row) in claimed.iter().enumerate() {
+            let change = match row.change() {
+                Ok(change) => change,
+                Err(err) => {
+                    // Written by a later version (a rolling upgrade): left,
+                    // leased, for a node that reads it once the lease lapses.
+                    tracing::error!(error = %err, "operational change left for a newer node");
+                    continue;
+                }
+            };
+            if stop.is_cancelled() || self.publish(change, stop).await == Settled::Failed {
+                return (index, Ok(()));
+            }
+            // Published: a failure to delete only makes the next publish
+            // of the row a duplicate, answered with this event.
+            if let Err(err) = ops_changes::delete(&self.db.conn, &row.id).await {
+                return (index, Err(err));
+            }
+        }
+        (claimed.len(), Ok(()))
+    }
+
+    async fn publish(&self, change: Change, stop: &CancellationToken) -> Settled {
         let subject = match subject(&self.db, change.endpoint_id()).await {
             Ok(Some(subject)) => subject,
             // Deleted meanwhile: nobody to report on.
@@ -280,13 +293,17 @@ impl Outbox {
                         return Settled::Failed;
                     }
                     tracing::warn!(error = %err, event_type = event.event_type, "publishing an operational event failed; retrying");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return Settled::Failed,
+                    }
                     backoff *= 2;
                 }
-                // A rule broken is broken again (a provider's schema that
-                // refuses it; its key used already by an event with other
-                // words, which is this change's, published before its
-                // endpoint's URL changed).
+                // A rule broken is broken again: the provider edited the
+                // type's schema so that it refuses the event, or the key is
+                // taken by an event with another payload — this change's
+                // own, published before the endpoint's URL changed. Logged;
+                // the row is done.
                 Err(err) => {
                     tracing::error!(error = %err, event_type = event.event_type, key = %event.idempotency_key, "operational event not published");
                     return Settled::Done;

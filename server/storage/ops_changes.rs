@@ -10,7 +10,8 @@
 //! `lease_expires_at`. On PostgreSQL a claim takes rows nobody holds or
 //! whose lease lapsed, `FOR UPDATE SKIP LOCKED`, so two nodes never publish
 //! the same row at once; on SQLite (one process per file) any lease but
-//! this node's own is an earlier run's, and is taken at once. Publishing a
+//! this node's own is an earlier run's, and is taken at once. A row its
+//! node keeps (one it cannot read) is taken again when its lease lapses. Publishing a
 //! row twice all the same (a node stopped between the publish and the
 //! delete, a lease lapsed during a slow publish) stores one event: its
 //! idempotency key is derived from the change.
@@ -153,11 +154,11 @@ pub async fn claim(
              RETURNING id, change"
         }
         // One process per file: a lease not this node's is an earlier
-        // run's. `$3` is unused; both statements take the same parameters.
+        // run's, taken at once.
         Dialect::Sqlite => {
             "UPDATE ops_changes SET lease_owner = $1, lease_expires_at = $2 \
              WHERE id IN (SELECT id FROM ops_changes \
-               WHERE lease_owner IS NULL OR lease_owner <> $1 \
+               WHERE lease_owner IS NULL OR lease_owner <> $1 OR lease_expires_at < $3 \
                ORDER BY id LIMIT $4) \
              RETURNING id, change"
         }

@@ -1,8 +1,9 @@
 //! Architecture invariants of ARCHITECTURE.md that a test can hold: the
 //! module graph has no two-way imports and the crate's top-level modules are
-//! layered (no cycle), and only `server/queue/` writes the `deliveries`
-//! table. Read from the sources, so a change that breaks one fails here
-//! with the files named.
+//! layered (no cycle), only `server/queue/` writes the `deliveries` table,
+//! and only `server/storage/ops_changes.rs` has statements on the
+//! `ops_changes` outbox. Read from the sources, so a change that breaks one
+//! fails here with the files named.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -357,4 +358,31 @@ fn only_the_queue_writes_deliveries() {
         queue_writes > 10,
         "the queue's own writes were found ({queue_writes})"
     );
+}
+
+#[test]
+fn only_the_outbox_module_has_statements_on_ops_changes() {
+    let statements = [
+        "INSERT INTO ops_changes",
+        "UPDATE ops_changes",
+        "DELETE FROM ops_changes",
+        "FROM ops_changes",
+    ];
+    let mut offenders = Vec::new();
+    let mut own = 0;
+    for (module, (path, source)) in modules() {
+        for statement in statements {
+            let count = source.matches(statement).count();
+            if module == "storage::ops_changes" {
+                own += count;
+            } else if count > 0 {
+                offenders.push(format!("{} ({statement})", path.display()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "ops_changes touched outside storage/ops_changes.rs: {offenders:?}"
+    );
+    assert!(own >= 5, "the outbox's own statements were found ({own})");
 }
