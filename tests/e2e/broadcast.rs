@@ -25,6 +25,7 @@ both_backends!(
     a_broadcast_reaches_exactly_the_matching_endpoints_once,
     consumers_see_only_their_part_of_a_broadcast,
     streams_and_live_tails_receive_broadcasts,
+    retention_purges_a_broadcast_with_everything_recorded_for_it,
 );
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -85,18 +86,19 @@ async fn deliveries_of(server: &TestServer, token: &str, event_id: &str) -> Vec<
     }
 }
 
-async fn pending_fan_outs(rows: &Rows) -> i64 {
+async fn count(rows: &Rows, sql: &str) -> i64 {
     let backend = rows.db.get_database_backend();
     let row = rows
         .db
-        .query_one_raw(Statement::from_string(
-            backend,
-            "SELECT COUNT(*) AS n FROM fan_outs".to_owned(),
-        ))
+        .query_one_raw(Statement::from_string(backend, sql.to_owned()))
         .await
-        .expect("count fan-outs")
+        .expect("count rows")
         .expect("a row");
     row.try_get::<i64>("", "n").expect("count")
+}
+
+async fn pending_fan_outs(rows: &Rows) -> i64 {
+    count(rows, "SELECT COUNT(*) AS n FROM fan_outs").await
 }
 
 /// 1,000 consumers with one endpoint each and mixed filters; some disabled,
@@ -588,5 +590,93 @@ async fn streams_and_live_tails_receive_broadcasts(backend: Backend) {
         "the other consumer's tail never showed the broadcast"
     );
     drop((durable, tail, other_tail));
+    server.finish().await;
+}
+
+/// A broadcast older than `--retention` goes with its deliveries, attempts,
+/// idempotency key and the record of whom it reached; consumers no longer
+/// list it.
+async fn retention_purges_a_broadcast_with_everything_recorded_for_it(backend: Backend) {
+    let server = TestServer::start_with(backend, |config| {
+        config.retention = Duration::from_secs(3600);
+        config.retention_interval = Duration::from_millis(200);
+    })
+    .await;
+    let receiver = Receiver::start(Reply::Status(204)).await;
+    let rows = Rows::open(&server.database.url).await;
+    let acme = create_consumer(&server, "acme").await;
+    let globex = create_consumer(&server, "globex").await;
+    webhook(&server, &acme, receiver.url("/acme"), None).await;
+    webhook(&server, &globex, receiver.url("/globex"), None).await;
+    let event = broadcast(&server, "status.changed", "{}", "old-news")
+        .await
+        .event
+        .expect("event");
+    receiver.wait_for_count(2, DEADLINE).await;
+    wait_for("the attempts recorded", DEADLINE, || async {
+        (count(
+            &rows,
+            &format!(
+                "SELECT COUNT(*) AS n FROM attempts WHERE event_id = '{}'",
+                event.id
+            ),
+        )
+        .await
+            == 2)
+            .then_some(())
+    })
+    .await;
+    let of_event = |table: &str| {
+        format!(
+            "SELECT COUNT(*) AS n FROM {table} WHERE event_id = '{}'",
+            event.id
+        )
+    };
+    assert_eq!(count(&rows, &of_event("broadcast_recipients")).await, 2);
+    assert_eq!(count(&rows, &of_event("idempotency_keys")).await, 1);
+
+    // Aged past the retention period.
+    let backend = rows.db.get_database_backend();
+    rows.db
+        .execute_raw(Statement::from_string(
+            backend,
+            format!(
+                "UPDATE events SET created_at = {} WHERE id = '{}'",
+                herald::domain::time::now_millis() - 2 * 3600 * 1000,
+                event.id
+            ),
+        ))
+        .await
+        .expect("age the broadcast");
+    wait_for("the broadcast purged", DEADLINE, || async {
+        (count(
+            &rows,
+            &format!("SELECT COUNT(*) AS n FROM events WHERE id = '{}'", event.id),
+        )
+        .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    for table in [
+        "deliveries",
+        "attempts",
+        "broadcast_recipients",
+        "idempotency_keys",
+    ] {
+        assert_eq!(count(&rows, &of_event(table)).await, 0, "{table}");
+    }
+    let listed = server
+        .events(ADMIN_TOKEN)
+        .await
+        .list_events(proto::ListEventsRequest {
+            consumer_id: acme.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("list events")
+        .into_inner()
+        .events;
+    assert!(listed.is_empty(), "{listed:?}");
     server.finish().await;
 }
