@@ -8,9 +8,10 @@
 //!
 //! It starts Herald on a fresh database (as `bench` does), an axum receiver
 //! on 127.0.0.1:0, `--endpoints` webhook endpoints that all match (ten per
-//! consumer), and one more consumer with one endpoint for a steady
+//! consumer), and one more consumer, without endpoints, for a steady
 //! publisher: `--publishers` callers publishing one event a call in a
-//! closed loop. It measures that publisher's call latency while nothing
+//! closed loop (its events are committed, not delivered: what its latency
+//! shows is the publish path a broadcast must not hold). It measures that publisher's call latency while nothing
 //! else runs (quiet), then broadcasts `--broadcasts` events one after the
 //! other, each once every endpoint received the previous one, measuring
 //! how long each Broadcast call took to be answered, how long until the
@@ -279,6 +280,9 @@ async fn main() {
         });
     }
     while tasks.join_next().await.is_some() {}
+    // The steady publisher's consumer has no endpoint: what its calls
+    // measure is the publish path (validation, group commit), which a
+    // broadcast must not hold, not a delivery backlog of its own.
     let mut admin = subscriptions.clone();
     let steady_consumer = admin
         .create_consumer(proto::CreateConsumerRequest {
@@ -291,14 +295,6 @@ async fn main() {
         .consumer
         .expect("consumer")
         .id;
-    admin
-        .create_endpoint(proto::CreateEndpointRequest {
-            consumer_id: steady_consumer.clone(),
-            url: format!("http://{receiver_addr}/steady"),
-            ..Default::default()
-        })
-        .await
-        .expect("create endpoint");
     eprintln!(
         "set up {} endpoints in {:.1?}",
         args.endpoints,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::ids::EndpointId;
 use crate::domain::time::now_millis;
 use crate::handoff::Handoff;
 use crate::queue::Queue;
@@ -35,6 +36,16 @@ pub async fn run(queue: Queue, handoff: Handoff, wake: Arc<Notify>, stop: Cancel
                     let started = tokio::time::Instant::now();
                     match queue.fan_out_slice(&mut fan_out, SLICE, now_millis()).await {
                         Ok(Some(written)) => {
+                            take_what_was_left(&queue, &written).await;
+                            let webhooks: Vec<String> = written
+                                .deliveries
+                                .iter()
+                                .filter(|(_, stream)| !stream)
+                                .filter_map(|(delivery, _)| {
+                                    delivery.endpoint_id().map(|id| id.as_str().to_owned())
+                                })
+                                .collect();
+                            handoff.dispatcher().prime_endpoints(&webhooks).await;
                             handoff.fanned_out(written.deliveries, &fan_out.event);
                             handoff.broadcast_reached(&fan_out.event, written.recipients);
                             // At most half of the database's time: the
@@ -66,6 +77,26 @@ pub async fn run(queue: Queue, handoff: Handoff, wake: Arc<Notify>, stop: Cancel
     }
     if let Err(error) = queue.release_fan_outs().await {
         tracing::warn!(%error, "giving back fan-outs at shutdown failed; their leases lapse instead");
+    }
+}
+
+/// Where nodes share the queue, a slice's webhook deliveries to endpoints no
+/// node owned were left to a sweep; this node takes those endpoints at once,
+/// all of them (a sweep takes only a hundred), so that its next sweep claims
+/// their deliveries. Endpoints another node owns stay with it (its sweep is
+/// told by the handoff). A failure only leaves them to the sweeps.
+async fn take_what_was_left(queue: &Queue, written: &crate::queue::fanout::Written) {
+    if !queue.shared() {
+        return;
+    }
+    let left: Vec<EndpointId> = written
+        .deliveries
+        .iter()
+        .filter(|(delivery, stream)| !stream && !delivery.is_leased_to(queue.node()))
+        .filter_map(|(delivery, _)| delivery.endpoint_id().cloned())
+        .collect();
+    if let Err(error) = queue.take_endpoints(&left, now_millis()).await {
+        tracing::warn!(%error, "taking a fan-out's endpoints failed; the sweeps will");
     }
 }
 

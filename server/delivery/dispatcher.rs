@@ -62,6 +62,15 @@ impl Dispatcher {
         self.shared.mark_overflowed(endpoint_ids);
     }
 
+    /// Loads these endpoints' configurations into the engine's cache in one
+    /// read, ahead of their deliveries (a large fan-out's slice). A failure
+    /// only leaves each to load on its own.
+    pub async fn prime_endpoints(&self, endpoint_ids: &[String]) {
+        if let Err(error) = self.shared.cache.prime(endpoint_ids).await {
+            tracing::warn!(%error, "loading a fan-out slice's endpoints failed");
+        }
+    }
+
     /// Unleased work is waiting in the database (a Redeliver, a Replay):
     /// sweep now rather than at the next tick.
     pub fn wake_sweep(&self) {

@@ -64,6 +64,30 @@ fn endpoint_tls(row: &crate::storage::entities::endpoint::Model) -> Option<Endpo
     EndpointTls::new(pins, row.ca_pem.clone())
 }
 
+fn config_of(
+    row: crate::storage::entities::endpoint::Model,
+    secrets: Vec<crate::storage::entities::endpoint_secret::Model>,
+) -> Arc<EndpointConfig> {
+    Arc::new(EndpointConfig {
+        is_stream: EndpointKind::from_stored(&row.kind) == EndpointKind::Stream,
+        headers: parse_headers(&row.headers),
+        enabled: row.enabled,
+        rate_limit: u32::try_from(row.rate_limit).unwrap_or(0),
+        max_in_flight: match usize::try_from(row.max_in_flight) {
+            Ok(0) | Err(_) => DEFAULT_MAX_IN_FLIGHT,
+            Ok(limit) => limit,
+        },
+        ordered: row.ordered,
+        tls: endpoint_tls(&row).map(Arc::new),
+        updated_at: row.updated_at,
+        url: row.url,
+        secrets: secrets
+            .into_iter()
+            .map(|secret| (SigningSecret::from_stored(secret.secret), secret.expires_at))
+            .collect(),
+    })
+}
+
 struct Entry<T> {
     value: Option<Arc<T>>,
     loaded_at: Instant,
@@ -99,28 +123,7 @@ impl EndpointCache {
         }
         let loaded = endpoints::with_live_secrets(&self.db.conn, endpoint_id, now_millis())
             .await?
-            .map(|(row, secrets)| {
-                Arc::new(EndpointConfig {
-                    is_stream: EndpointKind::from_stored(&row.kind) == EndpointKind::Stream,
-                    headers: parse_headers(&row.headers),
-                    enabled: row.enabled,
-                    rate_limit: u32::try_from(row.rate_limit).unwrap_or(0),
-                    max_in_flight: match usize::try_from(row.max_in_flight) {
-                        Ok(0) | Err(_) => DEFAULT_MAX_IN_FLIGHT,
-                        Ok(limit) => limit,
-                    },
-                    ordered: row.ordered,
-                    tls: endpoint_tls(&row).map(Arc::new),
-                    updated_at: row.updated_at,
-                    url: row.url,
-                    secrets: secrets
-                        .into_iter()
-                        .map(|secret| {
-                            (SigningSecret::from_stored(secret.secret), secret.expires_at)
-                        })
-                        .collect(),
-                })
-            });
+            .map(|(row, secrets)| config_of(row, secrets));
         self.endpoints
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -132,6 +135,48 @@ impl EndpointCache {
                 },
             );
         Ok(loaded)
+    }
+
+    /// Loads the entries of those of `endpoint_ids` that are missing or
+    /// stale, all in one read (a broadcast's slice: a hundred endpoints
+    /// that a hundred reads would otherwise load one by one).
+    pub async fn prime(&self, endpoint_ids: &[String]) -> Result<()> {
+        let wanted: Vec<String> = {
+            let entries = self
+                .endpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            endpoint_ids
+                .iter()
+                .filter(|id| {
+                    entries
+                        .get(id.as_str())
+                        .is_none_or(|entry| entry.loaded_at.elapsed() >= FRESH_FOR)
+                })
+                .cloned()
+                .collect()
+        };
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let loaded =
+            endpoints::many_with_live_secrets(&self.db.conn, &wanted, now_millis()).await?;
+        let loaded_at = Instant::now();
+        let mut entries = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (row, secrets) in loaded {
+            let id = row.id.clone();
+            entries.insert(
+                id,
+                Entry {
+                    value: Some(config_of(row, secrets)),
+                    loaded_at,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Drops an endpoint's entry: it changed (here or on another node), and

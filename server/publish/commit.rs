@@ -778,13 +778,11 @@ impl Planner<'_> {
         Ok((count, only_delivery))
     }
 
-    /// Whether a webhook delivery to `target` may take this node's hot path:
-    /// only if this node owns the endpoint (`queue::owners`), and, where
-    /// nodes share the queue, not for an ordered endpoint, whose owner must
-    /// take its deliveries from the database in order (one published on
-    /// another node may be older than this one).
+    /// Whether a webhook delivery to `target` may take this node's hot path
+    /// (`Queue::sends_at_once`).
     fn hot(&self, target: &Target) -> bool {
-        self.queue.may_send(&target.id, self.now) && !(target.ordered && self.queue.shared())
+        self.queue
+            .sends_at_once(&target.id, target.ordered, self.now)
     }
 
     /// Whether a job's deliveries are written apart (see [`fans_out_apart`]);

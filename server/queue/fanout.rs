@@ -251,11 +251,7 @@ impl Queue {
                         event_id.clone(),
                         Target::Endpoint(target.endpoint_id.clone()),
                         now,
-                        if target.stream {
-                            Waiting::Subscription
-                        } else {
-                            Waiting::ThisNode
-                        },
+                        self.fan_out_waiting(&target.endpoint_id, target.stream, false, now),
                     ),
                     target.stream,
                 )
@@ -343,11 +339,7 @@ impl Queue {
                     event_id.clone(),
                     Target::Endpoint(endpoint_id.clone()),
                     now,
-                    if stream {
-                        Waiting::Subscription
-                    } else {
-                        Waiting::ThisNode
-                    },
+                    self.fan_out_waiting(&endpoint_id, stream, candidate.ordered, now),
                 ),
                 stream,
             ));
@@ -404,6 +396,27 @@ impl Queue {
         }))
     }
 
+    /// Who takes a fan-out's new delivery: a subscription for a stream's,
+    /// this node's hot path for a webhook's it may send at once
+    /// (`Queue::sends_at_once`), a sweep otherwise (here, once it owns the
+    /// endpoint, or on its owner). (The targets of a listed fan-out do not
+    /// record whether their endpoint is ordered: `ordered` is false there.)
+    fn fan_out_waiting(
+        &self,
+        endpoint_id: &EndpointId,
+        stream: bool,
+        ordered: bool,
+        now: i64,
+    ) -> Waiting {
+        if stream {
+            Waiting::Subscription
+        } else if self.sends_at_once(endpoint_id, ordered, now) {
+            Waiting::ThisNode
+        } else {
+            Waiting::Sweep
+        }
+    }
+
     /// How many fan-outs of each of these consumers are still being written.
     pub async fn pending_fan_outs(
         &self,
@@ -446,6 +459,7 @@ impl Queue {
 struct BroadcastCandidate {
     consumer_id: String,
     stream: bool,
+    ordered: bool,
     enabled: bool,
     receive_broadcasts: bool,
     created_at: i64,
@@ -466,6 +480,7 @@ impl BroadcastCandidate {
         Ok(Some(BroadcastCandidate {
             consumer_id: row.try_get("", "consumer_id")?,
             stream: EndpointKind::from_stored(&kind) == EndpointKind::Stream,
+            ordered: row.try_get("", "ordered")?,
             enabled: row.try_get("", "enabled")?,
             receive_broadcasts: row.try_get("", "receive_broadcasts")?,
             created_at: row.try_get("", "created_at")?,

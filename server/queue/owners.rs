@@ -75,6 +75,16 @@ impl Queue {
         may_start(expires_at, now, self.lease.request_timeout_ms())
     }
 
+    /// Whether a new webhook delivery to `endpoint_id` may take this node's
+    /// hot path (leased here at once): only if this node owns the endpoint,
+    /// and, where nodes share the queue, not for an ordered endpoint, whose
+    /// owner must take its deliveries from the database in order (one
+    /// written on another node may be older). Otherwise it is left to a
+    /// sweep, here or on the owner.
+    pub fn sends_at_once(&self, endpoint_id: &EndpointId, ordered: bool, now: i64) -> bool {
+        self.may_send(endpoint_id, now) && !(ordered && self.shared())
+    }
+
     /// Renews this node's ownership of `busy` (its endpoints with a worker)
     /// where due, takes over endpoints with due work and no live owner, and
     /// forgets the rest: after it, [`Queue::may_send`] answers for what the
@@ -88,6 +98,28 @@ impl Queue {
         &self,
         busy: &[EndpointId],
         hints: &[EndpointId],
+        now: i64,
+    ) -> Result<Vec<EndpointId>> {
+        self.own(busy, hints, TAKE_PER_SWEEP, now).await
+    }
+
+    /// Takes every one of `wanted` that has due free work and no live owner
+    /// (a large fan-out's slice just left them to a sweep: one sweep takes
+    /// only [`TAKE_PER_SWEEP`], and a broadcast leaves thousands). Returns
+    /// those taken. Nothing on SQLite.
+    pub async fn take_endpoints(&self, wanted: &[EndpointId], now: i64) -> Result<Vec<EndpointId>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(wanted.len()).unwrap_or(i64::MAX);
+        self.own(&[], wanted, limit, now).await
+    }
+
+    async fn own(
+        &self,
+        busy: &[EndpointId],
+        hints: &[EndpointId],
+        take: i64,
         now: i64,
     ) -> Result<Vec<EndpointId>> {
         let Some(sql) = &self.sql().own_endpoints else {
@@ -119,7 +151,7 @@ impl Queue {
                     self.lease.webhook_expiry(now).into(),
                     id_list(&renew)?,
                     now.into(),
-                    TAKE_PER_SWEEP.into(),
+                    take.into(),
                     id_list(hints)?,
                     now.saturating_sub(lease_ms).into(),
                 ],

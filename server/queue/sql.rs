@@ -567,7 +567,7 @@ impl Statements {
             existing_endpoints: format!("SELECT id FROM endpoints WHERE id IN ({})", ids(1)),
 
             broadcast_candidates: "SELECT id, consumer_id, kind, event_types, enabled, \
-                   receive_broadcasts, created_at FROM endpoints \
+                   receive_broadcasts, ordered, created_at FROM endpoints \
                  WHERE id > $1 ORDER BY id LIMIT $2"
                 .into(),
 

@@ -327,22 +327,67 @@ pub async fn with_live_secrets(
     Ok(Some((row, live_secret_rows(db, endpoint_id, now).await?)))
 }
 
+/// [`with_live_secrets`] of many endpoints in two queries (those that
+/// exist). A broadcast's slice warms the delivery engine's cache with it:
+/// a query pair per endpoint, thousands at once, would hold the database.
+pub async fn many_with_live_secrets(
+    db: &impl ConnectionTrait,
+    endpoint_ids: &[String],
+    now: i64,
+) -> Result<Vec<(endpoint::Model, Vec<endpoint_secret::Model>)>> {
+    if endpoint_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = Endpoints::find()
+        .filter(endpoint::Column::Id.is_in(endpoint_ids.iter().cloned()))
+        .all(db)
+        .await?;
+    let mut secrets: std::collections::HashMap<String, Vec<endpoint_secret::Model>> =
+        std::collections::HashMap::new();
+    for secret in live_secrets_query(now)
+        .filter(endpoint_secret::Column::EndpointId.is_in(endpoint_ids.iter().cloned()))
+        .all(db)
+        .await?
+    {
+        secrets
+            .entry(secret.endpoint_id.clone())
+            .or_default()
+            .push(secret);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let mut live = secrets.remove(&row.id).unwrap_or_default();
+            newest_first(&mut live);
+            (row, live)
+        })
+        .collect())
+}
+
+fn live_secrets_query(now: i64) -> sea_orm::Select<EndpointSecrets> {
+    EndpointSecrets::find().filter(
+        Condition::any()
+            .add(endpoint_secret::Column::ExpiresAt.is_null())
+            .add(endpoint_secret::Column::ExpiresAt.gt(now)),
+    )
+}
+
+/// The current secret first, then rotated ones, newer before older (ids are
+/// monotonic, so a larger id is a newer secret).
+fn newest_first(rows: &mut [endpoint_secret::Model]) {
+    rows.sort_by(|a, b| (a.expires_at.is_some(), &b.id).cmp(&(b.expires_at.is_some(), &a.id)));
+}
+
 async fn live_secret_rows(
     db: &impl ConnectionTrait,
     endpoint_id: &str,
     now: i64,
 ) -> Result<Vec<endpoint_secret::Model>> {
-    let mut rows = EndpointSecrets::find()
+    let mut rows = live_secrets_query(now)
         .filter(endpoint_secret::Column::EndpointId.eq(endpoint_id))
-        .filter(
-            Condition::any()
-                .add(endpoint_secret::Column::ExpiresAt.is_null())
-                .add(endpoint_secret::Column::ExpiresAt.gt(now)),
-        )
         .all(db)
         .await?;
-    // Ids are monotonic, so a larger id is a newer secret.
-    rows.sort_by(|a, b| (a.expires_at.is_some(), &b.id).cmp(&(b.expires_at.is_some(), &a.id)));
+    newest_first(&mut rows);
     Ok(rows)
 }
 
