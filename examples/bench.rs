@@ -35,7 +35,10 @@ use clap::{Parser, ValueEnum};
 
 #[path = "shared/fresh_database.rs"]
 mod fresh_database;
+#[path = "shared/grpc_bench.rs"]
+mod grpc_bench;
 use fresh_database::FreshDatabase;
+use grpc_bench::{Authed, Bearer, percentile};
 use herald::config::ServeConfig;
 use herald::serve::Herald;
 use herald_client::proto;
@@ -100,23 +103,6 @@ struct Args {
     /// Consumers, each with one endpoint; events go to them in turn.
     #[arg(long, default_value_t = 1)]
     consumers: usize,
-}
-
-type Authed = InterceptedService<Channel, Bearer>;
-
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
 }
 
 /// What the receiver saw.
@@ -288,14 +274,6 @@ impl Publisher {
         }
         latencies
     }
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn ms(micros: u64) -> String {

@@ -31,7 +31,10 @@ use clap::{Parser, ValueEnum};
 
 #[path = "shared/fresh_database.rs"]
 mod fresh_database;
+#[path = "shared/grpc_bench.rs"]
+mod grpc_bench;
 use fresh_database::FreshDatabase;
+use grpc_bench::{Authed, Bearer, percentile};
 use herald::config::ServeConfig;
 use herald::serve::Herald;
 use herald_client::proto;
@@ -75,23 +78,6 @@ struct Args {
     timeout_secs: u64,
 }
 
-type Authed = InterceptedService<Channel, Bearer>;
-
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
 /// Arrivals per broadcast (its `b` field), and when the last one came.
 #[derive(Default)]
 struct Arrivals {
@@ -130,14 +116,6 @@ async fn receive(
         state.complete.notify_one();
     }
     StatusCode::NO_CONTENT
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// The steady publisher: `callers` closed loops of one-event Publish calls
