@@ -18,6 +18,8 @@ use crate::domain::ids::EndpointId;
 use crate::domain::time::now_millis;
 use crate::handoff::Handoff;
 use crate::queue::Queue;
+use crate::queue::fanout::Written;
+use crate::storage::entities::event;
 
 /// Deliveries created per transaction.
 pub const SLICE: usize = 100;
@@ -36,18 +38,7 @@ pub async fn run(queue: Queue, handoff: Handoff, wake: Arc<Notify>, stop: Cancel
                     let started = tokio::time::Instant::now();
                     match queue.fan_out_slice(&mut fan_out, SLICE, now_millis()).await {
                         Ok(Some(written)) => {
-                            take_what_was_left(&queue, &written).await;
-                            let webhooks: Vec<String> = written
-                                .deliveries
-                                .iter()
-                                .filter(|(_, stream)| !stream)
-                                .filter_map(|(delivery, _)| {
-                                    delivery.endpoint_id().map(|id| id.as_str().to_owned())
-                                })
-                                .collect();
-                            handoff.dispatcher().prime_endpoints(&webhooks).await;
-                            handoff.fanned_out(written.deliveries, &fan_out.event);
-                            handoff.broadcast_reached(&fan_out.event, written.recipients);
+                            hand_on(&queue, &handoff, &fan_out.event, written).await;
                             // At most half of the database's time: the
                             // writes of other tenants always find a turn.
                             tokio::time::sleep(started.elapsed()).await;
@@ -80,12 +71,29 @@ pub async fn run(queue: Queue, handoff: Handoff, wake: Arc<Notify>, stop: Cancel
     }
 }
 
+/// A written slice goes on like a publish's deliveries, its endpoints'
+/// configurations loaded in one read first (a hundred single reads would
+/// otherwise hold the database), and a broadcast's to its recipients' live
+/// tails.
+async fn hand_on(queue: &Queue, handoff: &Handoff, event: &Arc<event::Model>, written: Written) {
+    take_what_was_left(queue, &written).await;
+    let webhooks: Vec<String> = written
+        .deliveries
+        .iter()
+        .filter(|(_, stream)| !stream)
+        .filter_map(|(delivery, _)| delivery.endpoint_id().map(|id| id.as_str().to_owned()))
+        .collect();
+    handoff.dispatcher().prime_endpoints(&webhooks).await;
+    handoff.fanned_out(written.deliveries, event);
+    handoff.broadcast_reached(event, written.recipients);
+}
+
 /// Where nodes share the queue, a slice's webhook deliveries to endpoints no
 /// node owned were left to a sweep; this node takes those endpoints at once,
 /// all of them (a sweep takes only a hundred), so that its next sweep claims
 /// their deliveries. Endpoints another node owns stay with it (its sweep is
 /// told by the handoff). A failure only leaves them to the sweeps.
-async fn take_what_was_left(queue: &Queue, written: &crate::queue::fanout::Written) {
+async fn take_what_was_left(queue: &Queue, written: &Written) {
     if !queue.shared() {
         return;
     }

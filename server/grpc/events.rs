@@ -465,26 +465,23 @@ impl proto::events_server::Events for EventsService {
                 None
             };
             let row = row.ok_or_else(|| Error::not_found("delivery", id))?;
-            let owner = store::get(&self.state.db.conn, &row.event_id)
+            let event = store::get(&self.state.db.conn, &row.event_id)
                 .await?
                 .ok_or_else(|| Error::not_found("delivery", id))?;
-            self.ensure_sees_event(&principal, &owner, "delivery", id)
-                .await?;
-            // A broadcast's delivery is its endpoint's consumer's.
-            if broadcast::is_broadcast(&owner.consumer_id) {
-                let endpoint = match &row.endpoint_id {
-                    Some(endpoint_id) => {
-                        store::get_endpoint(&self.state.db.conn, endpoint_id).await?
-                    }
+            // A delivery is its event's consumer's; a broadcast's is its
+            // endpoint's consumer's (one gone is nobody's).
+            let owner = if broadcast::is_broadcast(&event.consumer_id) {
+                match &row.endpoint_id {
+                    Some(endpoint_id) => store::get_endpoint(&self.state.db.conn, endpoint_id)
+                        .await?
+                        .map(|endpoint| endpoint.consumer_id),
                     None => None,
-                };
-                let endpoint_owner = endpoint.map(|endpoint| endpoint.consumer_id);
-                principal.ensure_consumer(
-                    endpoint_owner.as_deref().unwrap_or(broadcast::OWNER_ID),
-                    "delivery",
-                    id,
-                )?;
-            }
+                }
+                .unwrap_or(event.consumer_id)
+            } else {
+                event.consumer_id
+            };
+            principal.ensure_consumer(&owner, "delivery", id)?;
         }
         if let Some(id) = &query.event_id {
             let event = self.visible_event(&principal, id).await?;

@@ -47,6 +47,7 @@ use crate::metrics::Metrics;
 use crate::queue::fanout::{FanOutRow, FanOutTarget};
 use crate::queue::{Delivery, Queue, Target as DeliveryTarget, Waiting};
 use crate::storage::Database;
+use crate::storage::endpoints::stored_filter;
 use crate::storage::entities::{event, idempotency_key};
 
 /// Roughly how many events one write takes (a job is never split, so a
@@ -358,22 +359,18 @@ struct Target {
 }
 
 impl Target {
-    /// The enabled endpoints of each consumer. A stored filter that is not a
-    /// JSON list is a bug (Herald writes the column); the endpoint is then
-    /// skipped rather than every publish failing.
+    /// The enabled endpoints of each consumer (but one whose stored filter
+    /// is unreadable, see `storage::endpoints::stored_filter`).
     fn by_consumer(rows: Vec<store::FanOutEndpoint>) -> HashMap<String, Vec<Target>> {
         let mut targets: HashMap<String, Vec<Target>> = HashMap::new();
         for row in rows {
-            match serde_json::from_str::<Vec<String>>(&row.event_types) {
-                Ok(patterns) => targets.entry(row.consumer_id).or_default().push(Target {
+            if let Some(filter) = stored_filter(&row.id, &row.event_types) {
+                targets.entry(row.consumer_id).or_default().push(Target {
                     kind: EndpointKind::from_stored(&row.kind),
-                    filter: EventTypeFilter::from_stored(patterns),
+                    filter,
                     ordered: row.ordered,
                     id: EndpointId::from_stored(row.id),
-                }),
-                Err(err) => {
-                    tracing::error!(endpoint_id = %row.id, error = %err, "stored event type filter is not a JSON list; endpoint skipped");
-                }
+                });
             }
         }
         targets

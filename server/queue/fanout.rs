@@ -27,6 +27,7 @@ use crate::domain::endpoint::EndpointKind;
 use crate::domain::event_type::EventTypeFilter;
 use crate::domain::ids::{EndpointId, EventId};
 use crate::error::{Error, Result};
+use crate::storage::endpoints::stored_filter;
 use crate::storage::entities::event;
 use crate::storage::sql::{Column, json_text};
 
@@ -467,13 +468,12 @@ struct BroadcastCandidate {
 }
 
 impl BroadcastCandidate {
-    /// `None` (the endpoint is passed over, logged) when its stored filter
-    /// is not a JSON list, which only a bug could write.
+    /// `None` (the endpoint is passed over) when its stored filter is
+    /// unreadable (`storage::endpoints::stored_filter`).
     fn read(row: &sea_orm::QueryResult) -> Result<Option<Self>> {
         let id: String = row.try_get("", "id")?;
-        let patterns: String = row.try_get("", "event_types")?;
-        let Ok(patterns) = serde_json::from_str::<Vec<String>>(&patterns) else {
-            tracing::error!(endpoint_id = %id, "stored event type filter is not a JSON list; endpoint skipped by a broadcast");
+        let event_types: String = row.try_get("", "event_types")?;
+        let Some(filter) = stored_filter(&id, &event_types) else {
             return Ok(None);
         };
         let kind: String = row.try_get("", "kind")?;
@@ -484,7 +484,7 @@ impl BroadcastCandidate {
             enabled: row.try_get("", "enabled")?,
             receive_broadcasts: row.try_get("", "receive_broadcasts")?,
             created_at: row.try_get("", "created_at")?,
-            filter: EventTypeFilter::from_stored(patterns),
+            filter,
         }))
     }
 

@@ -66,6 +66,20 @@ pub struct EndpointChanges {
     pub receive_broadcasts: Option<bool>,
 }
 
+/// An endpoint's stored event type filter (the `event_types` column). One
+/// that is not a JSON list is a bug (Herald writes the column): it is
+/// logged and `None` returned, so that the caller passes the endpoint over
+/// rather than failing every publish or broadcast.
+pub fn stored_filter(endpoint_id: &str, event_types: &str) -> Option<EventTypeFilter> {
+    match serde_json::from_str::<Vec<String>>(event_types) {
+        Ok(patterns) => Some(EventTypeFilter::from_stored(patterns)),
+        Err(err) => {
+            tracing::error!(%endpoint_id, error = %err, "stored event type filter is not a JSON list; endpoint skipped");
+            None
+        }
+    }
+}
+
 /// What a rotation did.
 #[derive(Debug, Clone)]
 pub struct SecretRotation {
