@@ -11,12 +11,13 @@
 //! consumer), and one more consumer, without endpoints, for a steady
 //! publisher: `--publishers` callers publishing one event a call in a
 //! closed loop (its events are committed, not delivered: what its latency
-//! shows is the publish path a broadcast must not hold). It measures that publisher's call latency while nothing
-//! else runs (quiet), then broadcasts `--broadcasts` events one after the
-//! other, each once every endpoint received the previous one, measuring
+//! shows is the publish path a broadcast must not hold). It alternates
+//! quiet windows (the publisher alone, `--quiet-secs`) with `--broadcasts`
+//! broadcasts, each once every endpoint received the previous one, measuring
 //! how long each Broadcast call took to be answered, how long until the
 //! last endpoint received it, the delivery rate, and the steady publisher's
-//! call latency meanwhile. Prints a table and one JSON line.
+//! call latency meanwhile. Prints a table and one JSON line. Herald, the
+//! receiver and the publishers run on runtimes (threads) of their own.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -70,7 +71,14 @@ struct Args {
     /// Concurrent callers of the steady publisher.
     #[arg(long, default_value_t = 8)]
     publishers: usize,
-    /// How long the steady publisher runs alone first.
+    /// Publishes per second of the steady publisher, spread over its
+    /// callers, each call's latency counted from when it was due (so a
+    /// stall counts for every call it delayed); 0: closed loops, each
+    /// caller calling again as soon as it is answered (as many as the
+    /// machine takes, so anything else on it shows in their latency).
+    #[arg(long, default_value_t = 0)]
+    publish_rate: u64,
+    /// How long the steady publisher runs alone before each broadcast.
     #[arg(long, default_value_t = 5)]
     quiet_secs: u64,
     /// Give up on a broadcast after this many seconds.
@@ -118,12 +126,14 @@ async fn receive(
     StatusCode::NO_CONTENT
 }
 
-/// The steady publisher: `callers` closed loops of one-event Publish calls
-/// until `stop`, each call's latency (µs) recorded where `sink` says.
+/// The steady publisher: `callers` loops of one-event Publish calls until
+/// `stop`, closed or at `rate` calls/s in all (`--publish-rate`), each
+/// call's latency (µs) recorded where `sink` says.
 async fn steady(
     client: EventsClient<Authed>,
     consumer_id: String,
     callers: usize,
+    rate: u64,
     stop: Arc<AtomicBool>,
     sink: Arc<Mutex<Vec<u64>>>,
 ) {
@@ -133,9 +143,18 @@ async fn steady(
         let consumer_id = consumer_id.clone();
         let stop = stop.clone();
         let sink = sink.clone();
+        let mut ticks = (rate > 0).then(|| {
+            let mut ticks =
+                tokio::time::interval(Duration::from_secs_f64(callers as f64 / rate as f64));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            ticks
+        });
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
+                let started = match ticks.as_mut() {
+                    Some(ticks) => ticks.tick().await.into_std(),
+                    None => Instant::now(),
+                };
                 let result = client
                     .publish(proto::PublishRequest {
                         consumer_id: consumer_id.clone(),
@@ -164,9 +183,34 @@ fn take_sorted(sink: &Mutex<Vec<u64>>) -> Vec<u64> {
     values
 }
 
-#[tokio::main]
-async fn main() {
+/// A runtime of `threads` worker threads named `name`.
+fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Herald, the receiver and the bench's own clients each run on a runtime
+/// of their own, as they would in processes of their own: on one runtime
+/// the receiver's and the publishers' tasks would queue behind Herald's
+/// (and Herald's behind theirs), and the latencies would measure that
+/// queue rather than Herald. The operating system shares the two cores
+/// between the three, as it would between processes.
+fn main() {
     let args = Args::parse();
+    let herald = runtime("herald", 2);
+    let receiver = runtime("receiver", 1);
+    runtime("bench", 2).block_on(bench(args, herald.handle(), receiver.handle()));
+}
+
+async fn bench(
+    args: Args,
+    herald_runtime: &tokio::runtime::Handle,
+    receiver_runtime: &tokio::runtime::Handle,
+) {
     if args.endpoints == 0 || args.broadcasts == 0 || args.publishers == 0 {
         eprintln!("--endpoints, --broadcasts and --publishers must be positive");
         std::process::exit(2);
@@ -182,12 +226,14 @@ async fn main() {
         endpoints: args.endpoints,
         complete: Notify::new(),
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
     let receiver_addr: SocketAddr = listener.local_addr().expect("receiver address");
     let app = axum::Router::new()
         .fallback(receive)
         .with_state(receiver.clone());
-    tokio::spawn(async move {
+    receiver_runtime.spawn(async move {
+        let listener = TcpListener::from_std(listener).expect("the receiver's listener");
         let _ = axum::serve(listener, app).await;
     });
 
@@ -195,14 +241,19 @@ async fn main() {
     config.admin_token = Some(ADMIN_TOKEN.to_owned());
     config.allow_http = true;
     config.allow_target_cidrs = vec!["127.0.0.0/8".parse().expect("cidr")];
-    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let herald = Herald::start_on(config, grpc, metrics)
+    let herald = herald_runtime
+        .spawn(async move {
+            let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            Herald::start_on(config, grpc, metrics)
+                .await
+                .expect("Herald starts")
+        })
         .await
-        .expect("Herald starts");
+        .expect("Herald's start");
     let grpc_addr = herald.grpc_addr().expect("gRPC address");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(herald.serve(shutdown.clone()));
+    let server = herald_runtime.spawn(herald.serve(shutdown.clone()));
 
     let bearer = Bearer(
         format!("Bearer {ADMIN_TOKEN}")
@@ -286,17 +337,27 @@ async fn main() {
         events.clone(),
         steady_consumer,
         args.publishers,
+        args.publish_rate,
         stop.clone(),
         sink.clone(),
     ));
-    tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
-    let quiet = take_sorted(&sink);
+    // A warm-up, not counted (the set-up's writes settle).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(take_sorted(&sink));
 
-    // Broadcasts, one after the other, the steady publisher still going.
+    // Quiet windows and broadcasts alternate, so that a shared machine's
+    // slower and faster moments fall on both sides alike.
+    let mut quiet = Vec::new();
+    let mut during = Vec::new();
+    let (mut quiet_time, mut during_time) = (Duration::ZERO, Duration::ZERO);
     let mut accepted_us = Vec::new();
     let mut fan_out_secs = Vec::new();
     let mut events_client = events.clone();
     for b in 0..args.broadcasts as u64 {
+        let quiet_started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(args.quiet_secs)).await;
+        quiet.extend(take_sorted(&sink));
+        quiet_time += quiet_started.elapsed();
         let complete = receiver.complete.notified();
         let started = Instant::now();
         events_client
@@ -334,8 +395,13 @@ async fn main() {
             .and_then(|entry| entry.1)
             .unwrap_or_else(Instant::now);
         fan_out_secs.push(last.duration_since(started).as_secs_f64());
+        during.extend(take_sorted(&sink));
+        during_time += started.elapsed();
     }
-    let during = take_sorted(&sink);
+    quiet.sort_unstable();
+    during.sort_unstable();
+    let quiet_rate = quiet.len() as f64 / quiet_time.as_secs_f64();
+    let during_rate = during.len() as f64 / during_time.as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = publisher.await;
     let duplicates = receiver
@@ -353,8 +419,16 @@ async fn main() {
     accepted_sorted.sort_unstable();
     let ms = |micros: u64| micros as f64 / 1000.0;
     println!(
-        "database={:?} endpoints={} broadcasts={} steady publishers={}",
-        args.database, args.endpoints, args.broadcasts, args.publishers
+        "database={:?} endpoints={} broadcasts={} steady publishers={} rate={}",
+        args.database,
+        args.endpoints,
+        args.broadcasts,
+        args.publishers,
+        if args.publish_rate == 0 {
+            "closed loop".to_owned()
+        } else {
+            format!("{}/s", args.publish_rate)
+        }
     );
     println!(
         "broadcast accepted in:  max {:.2} ms (each: {:?} ms)",
@@ -366,13 +440,13 @@ async fn main() {
         mean_fan_out, fan_out_secs, rate
     );
     println!(
-        "steady publish, quiet:  {} calls, p50 {:.2} ms p99 {:.2} ms",
+        "steady publish, quiet:  {} calls ({quiet_rate:.0}/s), p50 {:.2} ms p99 {:.2} ms",
         quiet.len(),
         ms(percentile(&quiet, 50.0)),
         ms(percentile(&quiet, 99.0))
     );
     println!(
-        "steady publish, during: {} calls, p50 {:.2} ms p99 {:.2} ms (p99 {:.2}x quiet)",
+        "steady publish, during: {} calls ({during_rate:.0}/s), p50 {:.2} ms p99 {:.2} ms (p99 {:.2}x quiet)",
         during.len(),
         ms(percentile(&during, 50.0)),
         ms(percentile(&during, 99.0)),
@@ -388,6 +462,9 @@ async fn main() {
             "fan_out_mean_s": mean_fan_out,
             "deliveries_per_s": rate,
             "duplicates": duplicates,
+            "publish_rate": args.publish_rate,
+            "quiet_calls_per_s": quiet_rate,
+            "during_calls_per_s": during_rate,
             "quiet_p50_ms": ms(percentile(&quiet, 50.0)),
             "quiet_p99_ms": ms(percentile(&quiet, 99.0)),
             "during_p50_ms": ms(percentile(&during, 50.0)),

@@ -25,6 +25,10 @@ use crate::storage::entities::event;
 pub const SLICE: usize = 100;
 /// How often the writer looks for fan-outs nobody told it about.
 const POLL: Duration = Duration::from_secs(1);
+/// The longest the writer waits for a slice's deliveries to be attempted
+/// before writing the next (slow receivers must not stall a fan-out).
+const SETTLE: Duration = Duration::from_secs(1);
+const SETTLE_CHECK: Duration = Duration::from_millis(5);
 
 /// Runs until `stop` is cancelled; then gives back the fan-outs it holds.
 pub async fn run(queue: Queue, handoff: Handoff, wake: Arc<Notify>, stop: CancellationToken) {
@@ -38,10 +42,12 @@ pub async fn run(queue: Queue, handoff: Handoff, wake: Arc<Notify>, stop: Cancel
                     let started = tokio::time::Instant::now();
                     match queue.fan_out_slice(&mut fan_out, SLICE, now_millis()).await {
                         Ok(Some(written)) => {
+                            let held = handoff.dispatcher().held();
                             hand_on(&queue, &handoff, &fan_out.event, written).await;
                             // At most half of the database's time: the
                             // writes of other tenants always find a turn.
                             tokio::time::sleep(started.elapsed()).await;
+                            settle(&handoff, held, &stop).await;
                         }
                         // Another node took it over.
                         Ok(None) => break,
@@ -105,6 +111,22 @@ async fn take_what_was_left(queue: &Queue, written: &Written) {
         .collect();
     if let Err(error) = queue.take_endpoints(&left, now_millis()).await {
         tracing::warn!(%error, "taking a fan-out's endpoints failed; the sweeps will");
+    }
+}
+
+/// Waits until the engine has attempted most of the slice just handed on
+/// (it holds at most a quarter of a slice more than before), or for
+/// [`SETTLE`]. Writing slices faster than they are delivered only piles
+/// deliveries into memory, and their outcome writes then hold the database
+/// in bursts that other tenants' publishes queue behind.
+async fn settle(handoff: &Handoff, held_before: usize, stop: &CancellationToken) {
+    let settled = held_before.saturating_add(SLICE / 4);
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while handoff.dispatcher().held() > settled
+        && tokio::time::Instant::now() < deadline
+        && !stop.is_cancelled()
+    {
+        tokio::time::sleep(SETTLE_CHECK).await;
     }
 }
 

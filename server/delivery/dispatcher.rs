@@ -44,6 +44,13 @@ impl Dispatcher {
         }
     }
 
+    /// How many deliveries this node's engine holds in memory (queued, in
+    /// flight, or waiting for an in-memory retry): the backlog a large
+    /// fan-out paces itself by.
+    pub fn held(&self) -> usize {
+        self.shared.held_count()
+    }
+
     /// Endpoints whose in-memory queue on this node is nearly full: their
     /// new deliveries are better left unleased for the sweep than leased,
     /// turned away and released (two more statements each).

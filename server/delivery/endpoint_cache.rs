@@ -159,6 +159,7 @@ impl EndpointCache {
         if wanted.is_empty() {
             return Ok(());
         }
+        self.db.turns.background().await;
         let loaded =
             endpoints::many_with_live_secrets(&self.db.conn, &wanted, now_millis()).await?;
         let loaded_at = Instant::now();

@@ -169,6 +169,10 @@ impl Shared {
             .saturating_sub(lock(&self.known).len())
     }
 
+    pub fn held_count(&self) -> usize {
+        lock(&self.known).len()
+    }
+
     /// The deliveries held in memory (their leases are renewed).
     pub fn held(&self) -> Vec<DeliveryId> {
         lock(&self.known).iter().cloned().collect()

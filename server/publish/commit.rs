@@ -242,6 +242,7 @@ impl Committer {
         if self.db.is_postgres() {
             return self.plan_and_write(&self.db.conn, jobs).await;
         }
+        let _first = self.db.turns.foreground();
         let txn = self.db.conn.begin().await?;
         let outcomes = self.plan_and_write(&txn, jobs).await?;
         txn.commit().await?;

@@ -229,6 +229,7 @@ impl Queue {
         size: usize,
         now: i64,
     ) -> Result<Option<Written>> {
+        self.db.turns.background().await;
         if fan_out.broadcast_after.is_some() {
             return self.broadcast_slice(fan_out, size, now).await;
         }

@@ -49,6 +49,7 @@ impl Queue {
         if batch.is_empty() {
             return Ok(Recorded::default());
         }
+        self.db.turns.background().await;
         if let Some(sql) = &self.sql().record_successes
             && let Some(succeeded) = only_successes(batch)
         {

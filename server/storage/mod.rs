@@ -17,6 +17,7 @@ pub mod portal_sessions;
 pub mod server_secrets;
 pub mod sql;
 pub mod stats;
+pub mod turns;
 
 use std::fs::{File, OpenOptions};
 use std::time::Duration;
@@ -74,6 +75,9 @@ pub struct Database {
     /// For the delivery queue's statements (see [`QUEUE_PLANNER_SETTINGS`]);
     /// on SQLite the same pool as `conn`.
     pub queue: DatabaseConnection,
+    /// Publishes before background writes where they share a connection
+    /// (SQLite).
+    pub turns: turns::Turns,
     _sqlite_lock: Option<std::sync::Arc<File>>,
 }
 
@@ -165,6 +169,7 @@ impl Database {
         Ok(Database {
             queue: conn.clone(),
             conn,
+            turns: turns::Turns::shared(),
             _sqlite_lock: lock,
         })
     }
@@ -176,6 +181,7 @@ impl Database {
         Ok(Database {
             conn,
             queue,
+            turns: turns::Turns::default(),
             _sqlite_lock: None,
         })
     }
