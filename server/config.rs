@@ -44,14 +44,11 @@ pub enum Command {
 
 /// Settings of `herald listen`.
 #[derive(Debug, Clone, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["endpoint", "consumer"]))]
 pub struct ListenArgs {
     /// The STREAM endpoint to receive: durable, acknowledged on a 2xx answer,
     /// sent again otherwise.
-    #[arg(
-        long,
-        required_unless_present = "consumer",
-        conflicts_with = "consumer"
-    )]
+    #[arg(long)]
     pub endpoint: Option<String>,
     /// Instead of --endpoint: tail this consumer's (id or uid) new events live;
     /// nothing is stored or acknowledged.
@@ -60,8 +57,20 @@ pub struct ListenArgs {
     /// With --consumer: only these types (exact names or `prefix.*`).
     #[arg(long, value_delimiter = ',', requires = "consumer")]
     pub event_types: Vec<String>,
+    /// With --consumer: the secret (`whsec_…`) each forwarded event is
+    /// signed with, as a webhook would be, so the local server verifies it
+    /// the same way; by default one made for this run and printed at start.
+    /// (With --endpoint, events arrive signed with the STREAM endpoint's own
+    /// secret.)
+    #[arg(
+        long,
+        env = "HERALD_FORWARD_SECRET",
+        hide_env_values = true,
+        requires = "consumer"
+    )]
+    pub forward_secret: Option<String>,
     /// Where each event is POSTed, e.g. `http://localhost:3000/webhooks`.
-    #[arg(long)]
+    #[arg(long, value_parser = forward_url)]
     pub forward_to: url::Url,
     /// The Herald server.
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:50051")]
@@ -383,5 +392,20 @@ impl ServeConfig {
             allow_http: self.allow_http,
             allowed: self.allow_target_cidrs.clone(),
         }
+    }
+}
+
+/// `--forward-to`: an absolute `http://` or `https://` URL (`localhost:8080`
+/// parses as a URL of scheme `localhost`, which would fail every event).
+fn forward_url(raw: &str) -> std::result::Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|err| {
+        format!("{err}: give an absolute URL, e.g. http://localhost:8080/webhooks")
+    })?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" | "https" => Err("the URL has no host, e.g. http://localhost:8080/webhooks".into()),
+        scheme => Err(format!(
+            "the scheme must be http or https, not {scheme:?}: e.g. http://{raw}"
+        )),
     }
 }

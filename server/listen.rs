@@ -14,9 +14,11 @@ use std::time::{Duration, SystemTime};
 
 use herald_client::proto::streams_client::StreamsClient;
 use herald_client::proto::{self, subscribe_response};
+use herald_client::webhook::Webhook;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::ListenArgs;
+use crate::domain::secret::SigningSecret;
 use crate::error::{Error, Result};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -46,6 +48,14 @@ fn tls_config(args: &ListenArgs) -> Result<ClientTlsConfig> {
     if let Some(path) = &args.ca_cert {
         tls = tls.ca_certificate(Certificate::from_pem(read("ca_cert", path)?));
     }
+    // What OpenSSL-based tools (curl, grpcurl, Python) trust besides the
+    // system's roots, so a CA that works for them works here too.
+    if let Some(path) = std::env::var_os("SSL_CERT_FILE") {
+        tls = tls.ca_certificate(Certificate::from_pem(read(
+            "SSL_CERT_FILE",
+            std::path::Path::new(&path),
+        )?));
+    }
     if let (Some(certificate), Some(key)) = (&args.client_cert, &args.client_key) {
         tls = tls.identity(Identity::from_pem(
             read("client_cert", certificate)?,
@@ -60,6 +70,8 @@ struct Listener {
     endpoint: Endpoint,
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     http: reqwest::Client,
+    /// A live tail's signer (`--forward-secret` or one made for this run).
+    tail_signer: Option<Webhook>,
 }
 
 /// How one connection ended.
@@ -103,11 +115,30 @@ impl Listener {
             .user_agent(concat!("herald-listen/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| Error::internal_from("cannot build the HTTP client", err))?;
+        let tail_signer = match (&args.consumer, &args.forward_secret) {
+            (None, _) => None,
+            (Some(_), given) => {
+                let secret = match given {
+                    Some(secret) => secret.trim().to_owned(),
+                    None => {
+                        let secret = SigningSecret::generate().expose().to_owned();
+                        eprintln!(
+                            "herald listen: forwarded events are signed with {secret} (this run's; --forward-secret keeps one)"
+                        );
+                        secret
+                    }
+                };
+                Some(Webhook::new(&secret).map_err(|err| {
+                    Error::invalid("forward_secret", format!("must be whsec_<base64>: {err}"))
+                })?)
+            }
+        };
         Ok(Listener {
             args,
             endpoint,
             authorization,
             http,
+            tail_signer,
         })
     }
 
@@ -156,7 +187,11 @@ impl Listener {
             Ok(channel) => channel,
             Err(err) => {
                 return Ok(SessionEnd::WithoutProgress(tonic::Status::unavailable(
-                    format!("cannot connect to {}: {err}", self.args.server),
+                    format!(
+                        "cannot connect to {}: {}",
+                        self.args.server,
+                        error_chain(&err)
+                    ),
                 )));
             }
         };
@@ -238,14 +273,20 @@ impl Listener {
         }
         if event.headers.is_empty() {
             // A live tail carries no delivery headers: give the local server
-            // the id and time a webhook would have, unsigned.
+            // those a webhook would have, signed with this run's secret.
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_secs())
+                .map(|elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
                 .unwrap_or(0);
             request = request
                 .header("webhook-id", event.event_id.as_str())
                 .header("webhook-timestamp", now.to_string());
+            if let Some(signer) = &self.tail_signer {
+                request = request.header(
+                    "webhook-signature",
+                    signer.sign(&event.event_id, now, event.payload.as_bytes()),
+                );
+            }
         }
         let outcome = request.body(event.payload.clone()).send().await;
         let time = humantime::format_rfc3339_seconds(SystemTime::now());
@@ -322,7 +363,13 @@ fn is_fatal(status: &tonic::Status) -> bool {
 }
 
 fn describe(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let hint = if status.code() == tonic::Code::Internal && status.message().contains("h2 protocol")
+    {
+        " (a TLS server answers a plaintext client this way: use --server https://…)"
+    } else {
+        ""
+    };
+    format!("{:?}: {}{hint}", status.code(), status.message())
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -108,7 +108,7 @@ async fn an_operator_can_list_call_and_is_refused_without_a_key() {
         "-H",
         &auth,
         "-d",
-        r#"{"consumer_id": "acme", "url": "https://example.com/webhooks", "event_types": ["invoice.*"]}"#,
+        r#"{"consumer_id": "acme", "url": "https://example.com/webhooks", "event_types": ["order.*"]}"#,
         &addr,
         "herald.v1.Subscriptions/CreateEndpoint",
     ])

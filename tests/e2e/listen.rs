@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
+use herald_client::webhook::Webhook;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
@@ -62,13 +63,21 @@ struct Listening {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
     stderr: Lines<BufReader<ChildStderr>>,
+    /// What it printed to stderr before it was receiving.
+    preamble: Vec<String>,
 }
 
 /// Starts `herald listen` and waits until it has subscribed.
 async fn listen(server: &TestServer, args: &[&str]) -> Listening {
+    listen_with(server, args, &[]).await
+}
+
+/// [`listen`] with these environment variables set.
+async fn listen_with(server: &TestServer, args: &[&str], envs: &[(&str, &str)]) -> Listening {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("listen")
         .args(args)
+        .envs(envs.iter().copied())
         .env("HERALD_URL", server.url())
         .env("HERALD_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::piped())
@@ -78,7 +87,8 @@ async fn listen(server: &TestServer, args: &[&str]) -> Listening {
         .expect("run herald listen");
     let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    tokio::time::timeout(Duration::from_secs(20), async {
+    let preamble = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut preamble = Vec::new();
         loop {
             let line = stderr
                 .next_line()
@@ -86,8 +96,9 @@ async fn listen(server: &TestServer, args: &[&str]) -> Listening {
                 .expect("read stderr")
                 .expect("herald listen exited early");
             if line.contains("receiving") {
-                return;
+                return preamble;
             }
+            preamble.push(line);
         }
     })
     .await
@@ -96,6 +107,7 @@ async fn listen(server: &TestServer, args: &[&str]) -> Listening {
         child,
         stdout,
         stderr,
+        preamble,
     }
 }
 
@@ -238,8 +250,104 @@ async fn listen_tails_a_consumer_live() {
             .and_then(|value| value.to_str().ok()),
         Some(wanted.as_str())
     );
+    // Signed with the secret it printed, as a webhook would be.
+    let secret = listening
+        .preamble
+        .iter()
+        .find_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with("whsec_"))
+        })
+        .unwrap_or_else(|| panic!("no secret printed: {:?}", listening.preamble))
+        .to_owned();
+    let verified = Webhook::new(&secret)
+        .expect("the printed secret")
+        .verify(&received[0].headers, received[0].body.as_bytes())
+        .expect("the forwarded event verifies with the printed secret");
+    assert_eq!(verified.id, wanted);
     listening.interrupt().await;
     server.finish().await;
+}
+
+/// `--forward-secret` signs a live tail's events with a secret the local
+/// server already has (a webhook endpoint's, say).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_signs_a_live_tail_with_the_given_secret() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let consumer_id = consumer(&server, "tail-secret").await;
+    let (url, received) = receiver(vec![]).await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut listening = listen(
+        &server,
+        &[
+            "--consumer",
+            "tail-secret",
+            "--forward-secret",
+            secret,
+            "--forward-to",
+            &url,
+        ],
+    )
+    .await;
+    assert!(
+        !listening
+            .preamble
+            .iter()
+            .any(|line| line.contains("whsec_")),
+        "a given secret is not printed: {:?}",
+        listening.preamble
+    );
+    let wanted = publish(&server, &consumer_id, "invoice.paid", "{\"given\":1}").await;
+    listening.line_with(&wanted).await;
+    let received = received.lock().expect("lock").clone();
+    let webhook = Webhook::new(secret).expect("secret");
+    webhook
+        .verify(&received[0].headers, received[0].body.as_bytes())
+        .expect("verifies with the given secret");
+    let other = Webhook::new("whsec_c2VjcmV0LW90aGVyLXRoYW4tdGhlLWdpdmVuLW9uZQ==").expect("other");
+    assert!(
+        other
+            .verify(&received[0].headers, received[0].body.as_bytes())
+            .is_err(),
+        "a signature checks something"
+    );
+    listening.interrupt().await;
+    server.finish().await;
+}
+
+/// Arguments that could only fail later are refused at once, saying what
+/// to give instead.
+#[test]
+fn listen_refuses_a_target_without_a_scheme_and_a_missing_source() {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("listen")
+            .args(args)
+            .env("HERALD_TOKEN", ADMIN_TOKEN)
+            .output()
+            .expect("run herald listen");
+        assert!(!output.status.success(), "{args:?} must be refused");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let no_scheme = run(&["--endpoint", "ep_1", "--forward-to", "localhost:8080"]);
+    assert!(
+        no_scheme.contains("http://localhost:8080"),
+        "says what to give: {no_scheme}"
+    );
+    let no_source = run(&["--forward-to", "http://localhost:8080/"]);
+    assert!(
+        no_source.contains("--endpoint") && no_source.contains("--consumer"),
+        "names both choices: {no_source}"
+    );
+    let both = run(&[
+        "--endpoint",
+        "ep_1",
+        "--consumer",
+        "acme",
+        "--forward-to",
+        "http://localhost:8080/",
+    ]);
+    assert!(both.contains("cannot be used with"), "{both}");
 }
 
 /// `herald listen` against a server that requires mutual TLS, with a
@@ -295,6 +403,42 @@ async fn listen_connects_with_a_private_ca_and_a_client_certificate() {
     let line = listening.line_with(&published).await;
     assert!(line.contains("200"), "{line}");
     assert_eq!(received.lock().expect("lock").len(), 1);
+    listening.interrupt().await;
+
+    // The CA from SSL_CERT_FILE instead of --ca-cert, as curl and grpcurl
+    // take it.
+    let mut listening = listen_with(
+        &server,
+        &[
+            "--server",
+            &https,
+            "--client-cert",
+            &cert,
+            "--client-key",
+            &key,
+            "--consumer",
+            "tail-tls",
+            "--forward-to",
+            &url,
+        ],
+        &[("SSL_CERT_FILE", ca.as_str())],
+    )
+    .await;
+    let published = herald
+        .publish(
+            "tail-tls",
+            "invoice.paid",
+            serde_json::json!({"ssl_cert_file": true}),
+        )
+        .send()
+        .await
+        .expect("publish")
+        .event
+        .expect("the event")
+        .id;
+    let line = listening.line_with(&published).await;
+    assert!(line.contains("200"), "{line}");
+    assert_eq!(received.lock().expect("lock").len(), 2);
     listening.interrupt().await;
     server.finish().await;
 }
