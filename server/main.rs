@@ -1,7 +1,7 @@
 //! The `herald` binary: parse the command line, set up logging, and hand over
 //! to the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,8 +14,11 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,h2=warn,hyper=warn")
     });
+    // Colour only for a person at a terminal: in a file, a pipe or a
+    // journal, escape codes are noise that breaks grep.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -51,20 +54,46 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
+/// The grpcurl command that lists the services with the first admin key:
+/// plaintext, or over TLS trusting the serving certificate (self-signed, or
+/// replace it with the CA that issued it) by a name it holds (`localhost`
+/// for a loopback or unspecified address).
+fn first_call(
+    token: &str,
+    tls_cert: Option<&std::path::Path>,
+    addr: std::net::SocketAddr,
+) -> String {
+    match tls_cert {
+        None => format!("grpcurl -H 'authorization: Bearer {token}' -plaintext {addr} list"),
+        Some(cert) => {
+            let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+                format!("localhost:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            format!(
+                "grpcurl -H 'authorization: Bearer {token}' -cacert {} {host} list",
+                cert.display()
+            )
+        }
+    }
+}
+
 /// Any failure of a subcommand; printed with its causes.
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(config) => {
+            let tls_cert = config.tls_cert.clone();
             let herald = Herald::start(*config).await?;
             if let Some(token) = &herald.generated_admin_token {
                 // Written in one go and never fatal: a closed stdout (a pipe
                 // whose reader left) must not take the server down.
                 let message = format!(
                     "Created the first admin API key. It is shown only now; keep it:\n\n    {token}\n\n\
-                     Use it as:  grpcurl -H 'authorization: Bearer {token}' -plaintext {} list\n",
-                    herald.grpc_addr()?
+                     Use it as:  {}\n",
+                    first_call(token, tls_cert.as_deref(), herald.grpc_addr()?)
                 );
                 let mut stdout = std::io::stdout().lock();
                 let _ = stdout
@@ -97,5 +126,29 @@ async fn main() -> ExitCode {
             eprintln!("herald: {}", herald::error::chain(err.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_call;
+
+    #[test]
+    fn the_first_call_is_plaintext_only_without_tls() {
+        let addr = "127.0.0.1:50051".parse().expect("address");
+        let plain = first_call("hk_x", None, addr);
+        assert!(plain.contains("-plaintext 127.0.0.1:50051 list"), "{plain}");
+        let tls = first_call("hk_x", Some(std::path::Path::new("cert.pem")), addr);
+        assert!(!tls.contains("-plaintext"), "{tls}");
+        assert!(
+            tls.contains("-cacert cert.pem localhost:50051 list"),
+            "by a name a certificate holds: {tls}"
+        );
+        let public = first_call(
+            "hk_x",
+            Some(std::path::Path::new("cert.pem")),
+            "203.0.113.7:443".parse().expect("address"),
+        );
+        assert!(public.contains("203.0.113.7:443"), "{public}");
     }
 }

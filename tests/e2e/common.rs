@@ -433,16 +433,23 @@ impl HeraldProcess {
                 if let Some(pair) = serving_addresses(&line)
                     && let Some(found) = found.take()
                 {
-                    let _ = found.send(pair);
+                    let _ = found.send((pair, line));
                 }
             }
         });
         match addresses.recv_timeout(Duration::from_secs(60)) {
-            Ok((grpc, metrics)) => HeraldProcess {
-                child,
-                grpc,
-                metrics,
-            },
+            Ok(((grpc, metrics), line)) => {
+                // stderr is a pipe here, not a terminal: no colour codes.
+                assert!(
+                    !line.contains('\u{1b}'),
+                    "ANSI escape codes in a log written to a pipe: {line:?}"
+                );
+                HeraldProcess {
+                    child,
+                    grpc,
+                    metrics,
+                }
+            }
             Err(err) => {
                 let _ = child.kill();
                 panic!("herald did not log where it serves within 60 s: {err}");
