@@ -14,6 +14,7 @@ pub mod history;
 pub mod nodelay;
 pub mod ops_changes;
 pub mod portal_sessions;
+pub mod reach;
 pub mod server_secrets;
 pub mod sql;
 pub mod stats;
@@ -44,6 +45,13 @@ pub enum OpenError {
     },
     #[error("cannot connect to the database")]
     Connect(#[source] sea_orm::DbErr),
+    #[error("cannot reach PostgreSQL at {target}: {cause}{hint}")]
+    Unreachable {
+        target: String,
+        cause: String,
+        /// What usually fixes it (`"; create it: createdb …"`), or empty.
+        hint: String,
+    },
     #[error("cannot apply the database migrations")]
     Migrate(#[source] sea_orm::DbErr),
 }
@@ -175,6 +183,7 @@ impl Database {
     }
 
     async fn connect_postgres(url: &str) -> OpenResult<Self> {
+        reach::probe_postgres(url).await?;
         let peers = nodelay::DatabasePeers::resolve(url).await;
         let conn = Self::postgres_pool(url, MAIN_POOL, &[], peers.clone()).await?;
         let queue = Self::postgres_pool(url, QUEUE_POOL, &QUEUE_PLANNER_SETTINGS, peers).await?;

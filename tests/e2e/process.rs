@@ -255,3 +255,33 @@ async fn grpc_is_served_over_tls() {
     }
     server.finish().await;
 }
+
+/// PostgreSQL that cannot be reached fails the start within seconds, naming
+/// where it tried, what it was told and what usually fixes it.
+#[test]
+fn an_unreachable_or_missing_postgres_database_fails_fast_and_says_why() {
+    let attempt = |url: &str| {
+        let started = std::time::Instant::now();
+        let output = herald()
+            .args(["migrate", "--database-url", url])
+            .output()
+            .expect("herald migrate");
+        assert!(!output.status.success(), "{url} must fail");
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // Port 1 on loopback: nothing listens, the connection is refused.
+    let (took, said) = attempt("postgres://postgres@127.0.0.1:1/test");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {said}");
+    assert!(said.contains("127.0.0.1:1"), "names host and port: {said}");
+    assert!(said.contains("is PostgreSQL running"), "{said}");
+
+    let (took, said) = attempt("postgres://postgres@127.0.0.1:5432/herald_no_such_database");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {said}");
+    assert!(
+        said.contains("createdb -h 127.0.0.1 -p 5432 -U postgres herald_no_such_database"),
+        "{said}"
+    );
+}
