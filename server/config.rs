@@ -40,6 +40,12 @@ pub enum Command {
     /// Receives events over a subscription stream and POSTs each to a local
     /// URL, as a webhook would arrive (for consumers without a public URL).
     Listen(Box<ListenArgs>),
+    /// Prints a completion script for a shell, e.g.
+    /// `herald completions bash > /etc/bash_completion.d/herald`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Settings of `herald listen`.
@@ -100,6 +106,29 @@ pub struct ListenArgs {
 pub enum KeyCommand {
     /// Creates an API key and prints its token once.
     Create(KeyCreateArgs),
+    /// Lists API keys, oldest first (never their tokens: Herald keeps only
+    /// a hash of each).
+    List(KeyListArgs),
+    /// Revokes an API key: it is refused from the next call on (by running
+    /// servers within 2 s).
+    Revoke(KeyRevokeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyListArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Lists revoked keys too.
+    #[arg(long)]
+    pub include_revoked: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyRevokeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The key's id (`key_…`), as `herald key list` shows it.
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -43,6 +43,7 @@ pub mod handoff;
 pub mod listen;
 pub mod metrics;
 pub mod ops;
+pub mod pem;
 pub mod portal;
 pub mod publish;
 pub mod queue;

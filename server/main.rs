@@ -105,14 +105,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(herald.serve(shutdown).await?)
         }
         Command::Migrate(args) => Ok(herald::cli::migrate(&args).await?),
-        Command::Key {
-            command: KeyCommand::Create(args),
-        } => {
-            let token = herald::cli::create_key(&args).await?;
-            println!("{token}");
+        Command::Key { command } => {
+            let said = match command {
+                KeyCommand::Create(args) => herald::cli::create_key(&args).await?,
+                KeyCommand::List(args) => herald::cli::list_keys(&args).await?,
+                KeyCommand::Revoke(args) => herald::cli::revoke_key(&args).await?,
+            };
+            println!("{}", said.trim_end());
             Ok(())
         }
         Command::Listen(args) => Ok(herald::listen::run(*args).await?),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "herald",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 

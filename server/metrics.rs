@@ -1,4 +1,6 @@
-//! Prometheus metrics: what Herald counts, and the `/metrics` HTTP server.
+//! Prometheus metrics: what Herald counts, and the HTTP server of the
+//! metrics address, which also answers load balancers and orchestrators:
+//! `/healthz` (the process serves) and `/readyz` (and its database answers).
 //!
 //! Each server has its own recorder and its own handles to every series
 //! (registered once, at start), rather than the `metrics` crate's
@@ -11,10 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -236,8 +240,18 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
-/// Serves `GET /metrics` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// How long `/readyz` waits for the database before saying it is not ready:
+/// within the shortest usual probe timeout (Kubernetes' default of 1 s), so
+/// the prober hears "not ready" with a reason rather than a timeout.
+const READY_TIMEOUT: Duration = Duration::from_millis(900);
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    database: DatabaseConnection,
+    shutdown: CancellationToken,
+) {
     let upkeep_metrics = metrics.clone();
     let upkeep_shutdown = shutdown.clone();
     let upkeep = tokio::spawn(async move {
@@ -249,13 +263,22 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
             }
         }
     });
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move { metrics.render() }
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let database = database.clone();
+                async move { readiness(&database).await }
+            }),
+        );
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
@@ -263,6 +286,26 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
         tracing::error!(error = %err, "metrics server failed");
     }
     let _ = upkeep.await;
+}
+
+/// 200 when the database answers a ping within [`READY_TIMEOUT`], 503
+/// saying why otherwise: a node that cannot commit cannot acknowledge a
+/// publish, so it should get no traffic.
+async fn readiness(database: &DatabaseConnection) -> (StatusCode, String) {
+    match tokio::time::timeout(READY_TIMEOUT, database.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(Err(err)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the database does not answer: {err}\n"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the database did not answer within {} ms\n",
+                READY_TIMEOUT.as_millis()
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]

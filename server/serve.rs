@@ -73,6 +73,8 @@ impl StartError {
 /// A started, not yet serving, Herald.
 pub struct Herald {
     config: ServeConfig,
+    /// gRPC over TLS (`--tls-cert`), its files read and checked at start.
+    tls: Option<ServerTlsConfig>,
     state: Arc<AppState>,
     grpc_listener: TcpListener,
     metrics_listener: TcpListener,
@@ -95,6 +97,43 @@ pub struct Herald {
     fan_outs: Arc<tokio::sync::Notify>,
     /// Stops sending and hearing other nodes' wake-ups (`crate::wakeups`).
     wakeups_stop: CancellationToken,
+}
+
+/// The gRPC server's TLS, from `--tls-cert`, `--tls-key` and
+/// `--tls-client-ca`, each file read and checked now so that a wrong one
+/// stops the start with what is wrong with it.
+fn serving_tls(config: &ServeConfig) -> Result<Option<ServerTlsConfig>, StartError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |flag: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| StartError::ReadFile {
+            flag,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let (cert_pem, key_pem) = (read("--tls-cert", cert)?, read("--tls-key", key)?);
+    crate::pem::check_serving(&cert_pem, &key_pem).map_err(|err| {
+        StartError::Config(format!(
+            "--tls-cert {} / --tls-key {}: {err}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+    if let Some(ca) = &config.tls_client_ca {
+        let ca_pem = read("--tls-client-ca", ca)?;
+        crate::pem::certificates(&ca_pem).map_err(|err| {
+            StartError::Config(format!("--tls-client-ca {}: {err}", ca.display()))
+        })?;
+        // Client certificates are required, not optional: mutual TLS that
+        // lets anonymous clients in would be a false promise.
+        tls = tls
+            .client_ca_root(Certificate::from_pem(ca_pem))
+            .client_auth_optional(false);
+    }
+    Ok(Some(tls))
 }
 
 impl Herald {
@@ -125,6 +164,7 @@ impl Herald {
         metrics_listener: TcpListener,
     ) -> Result<Herald, StartError> {
         crate::install_crypto_provider();
+        let tls = serving_tls(&config)?;
         let portal_look = config.portal_look().map_err(StartError::Config)?;
         let portal_listener = match config.portal_addr {
             Some(address) => {
@@ -255,6 +295,7 @@ impl Herald {
         });
         Ok(Herald {
             config,
+            tls,
             state,
             grpc_listener,
             metrics_listener,
@@ -318,6 +359,7 @@ impl Herald {
         let metrics_task = tokio::spawn(crate::metrics::serve(
             self.metrics_listener,
             self.metrics.clone(),
+            self.state.db.conn.clone(),
             shutdown.clone(),
         ));
         let portal_task = self.portal_listener.map(|listener| {
@@ -332,23 +374,7 @@ impl Herald {
         let (routes, auth_layer) =
             grpc::routes(self.state.clone()).map_err(StartError::internal)?;
         let mut builder = Server::builder();
-        if let (Some(cert), Some(key)) = (&self.config.tls_cert, &self.config.tls_key) {
-            let read = |flag: &'static str, path: &std::path::Path| {
-                std::fs::read(path).map_err(|source| StartError::ReadFile {
-                    flag,
-                    path: path.to_owned(),
-                    source,
-                })
-            };
-            let identity = Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?);
-            let mut tls = ServerTlsConfig::new().identity(identity);
-            if let Some(ca) = &self.config.tls_client_ca {
-                // Client certificates are required, not optional: mutual TLS
-                // that lets anonymous clients in would be a false promise.
-                tls = tls
-                    .client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?))
-                    .client_auth_optional(false);
-            }
+        if let Some(tls) = self.tls {
             builder = builder.tls_config(tls).map_err(StartError::Tls)?;
         }
         // The engine stops after publishing has (so that the last accepted

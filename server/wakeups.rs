@@ -120,6 +120,20 @@ impl Wakeups {
     }
 }
 
+/// Tells running nodes of a change made outside any of them (an offline
+/// `herald key revoke`), from a sender name no node has. PostgreSQL only;
+/// a failure is logged, as in [`Wakeups::tell_now`].
+pub async fn tell_once(db: &Database, notice: Notice) {
+    if !db.is_postgres() {
+        return;
+    }
+    for payload in encode(&LeaseOwner::generate(), std::slice::from_ref(&notice)) {
+        if let Err(error) = notify(db, &payload).await {
+            tracing::warn!(error = %crate::error::chain(&error), "cannot tell running nodes of the change; their caches catch up within seconds");
+        }
+    }
+}
+
 async fn notify(db: &Database, payload: &str) -> crate::error::Result<()> {
     db.conn
         .execute_raw(Statement::from_sql_and_values(

@@ -1,5 +1,5 @@
 //! A tiny webhook receiver: verifies each POST's Standard Webhooks
-//! signature and prints the event.
+//! signature and prints the event's body as it arrived.
 //!
 //! Herald refuses loopback and plain-HTTP targets unless the operator
 //! allows them, so for a local try start the server with
@@ -71,7 +71,14 @@ async fn handle(mut connection: TcpStream, webhook: &Webhook) -> std::io::Result
         Err(problem) => ("400 Bad Request", problem),
         Ok((headers, body)) => match webhook.verify(&headers, &body) {
             Ok(event) => {
-                println!("{} at {}: {}", event.id, event.timestamp, event.payload);
+                // The body as it arrived, byte for byte (`event.payload` is
+                // the same JSON parsed, which would print re-serialised).
+                println!(
+                    "{} at {}: {}",
+                    event.id,
+                    event.timestamp,
+                    String::from_utf8_lossy(&body)
+                );
                 ("204 No Content", String::new())
             }
             Err(error) => {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use sha2::{Digest, Sha256};
@@ -68,14 +67,7 @@ impl ClientIdentity {
     }
 
     pub fn from_pem(certificate_pem: &[u8], key_pem: &[u8]) -> Result<ClientIdentity, String> {
-        let chain = CertificateDer::pem_slice_iter(certificate_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| format!("the certificate file is not valid PEM ({err})"))?;
-        if chain.is_empty() {
-            return Err("the certificate file holds no PEM certificate".to_owned());
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|err| format!("the key file holds no usable PEM private key ({err})"))?;
+        let (chain, key) = crate::pem::identity(certificate_pem, key_pem)?;
         // Fails when the key does not parse or does not match.
         client_config(
             None,

@@ -6,7 +6,8 @@
 //! an endpoint's delivery TLS settings and the pin check
 //! (`endpoint_tls`), who receives a broadcast (`broadcast`), the idempotency rule (`idempotency`), how an endpoint's health report
 //! buckets its attempts (`health`) and the token bucket behind rate limits
-//! (`rate_limit`). Nothing here knows about gRPC or
+//! (`rate_limit`), and which failed attempts reach the log
+//! (`failure_log`). Nothing here knows about gRPC or
 //! the database.
 
 pub mod api_key;
@@ -16,6 +17,7 @@ pub mod delivery;
 pub mod endpoint;
 pub mod endpoint_tls;
 pub mod event_type;
+pub mod failure_log;
 pub mod health;
 pub mod idempotency;
 pub mod ids;

@@ -376,6 +376,8 @@ pub struct HeraldProcess {
     pub child: std::process::Child,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// Every line it has logged so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl HeraldProcess {
@@ -422,6 +424,8 @@ impl HeraldProcess {
             .expect("start the herald binary");
         let stderr = child.stderr.take().expect("stderr piped");
         let (found, addresses) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             use std::io::BufRead;
             let mut found = Some(found);
@@ -430,6 +434,10 @@ impl HeraldProcess {
                 .map_while(Result::ok)
             {
                 eprintln!("herald: {line}");
+                lines
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line.clone());
                 if let Some(pair) = serving_addresses(&line)
                     && let Some(found) = found.take()
                 {
@@ -448,6 +456,7 @@ impl HeraldProcess {
                     child,
                     grpc,
                     metrics,
+                    log,
                 }
             }
             Err(err) => {
@@ -459,6 +468,37 @@ impl HeraldProcess {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// The first line it logs (or has logged) that `matches`, waiting for
+    /// it up to `deadline`.
+    pub async fn logged(
+        &self,
+        what: &str,
+        deadline: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        wait_for(what, deadline, || {
+            let found = self
+                .log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .find(|line| matches(line))
+                .cloned();
+            async move { found }
+        })
+        .await
+    }
+
+    /// How many lines it has logged that `match`.
+    pub fn count_logged(&self, matches: impl Fn(&str) -> bool) -> usize {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|line| matches(line))
+            .count()
     }
 
     /// SIGKILL, and reap it.

@@ -442,3 +442,106 @@ async fn listen_connects_with_a_private_ca_and_a_client_certificate() {
     listening.interrupt().await;
     server.finish().await;
 }
+
+/// The `openssl req …` command of the README's TLS section, as written
+/// there (its continuation lines joined).
+fn readme_certificate_recipe() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let mut lines = readme
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("openssl req -x509"));
+    let mut command = String::new();
+    for line in lines.by_ref() {
+        let line = line.trim();
+        match line.strip_suffix('\\') {
+            Some(part) => {
+                command.push_str(part);
+                command.push(' ');
+            }
+            None => {
+                command.push_str(line);
+                break;
+            }
+        }
+    }
+    assert!(
+        command.starts_with("openssl req -x509"),
+        "the README shows how to make a serving certificate with openssl"
+    );
+    command
+}
+
+/// The README's TLS recipe, run as written: the certificate it makes is
+/// served by Herald and trusted, as its own CA, by Herald's Rust client,
+/// by `herald listen --ca-cert` and by grpcurl `-cacert`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_tls_recipe_works_with_the_client_listen_and_grpcurl() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let made = std::process::Command::new("bash")
+        .args(["-c", &readme_certificate_recipe()])
+        .current_dir(dir.path())
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let cert = dir.path().join("herald-cert.pem");
+    let key = dir.path().join("herald-key.pem");
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.tls_cert = Some(cert.clone());
+        config.tls_key = Some(key.clone());
+    })
+    .await;
+    let https = format!("https://localhost:{}", server.addr.port());
+    let herald = herald_client::Herald::connect(https.clone())
+        .ca_certificate(std::fs::read(&cert).expect("read the certificate"))
+        .token(ADMIN_TOKEN)
+        .connect_timeout(Duration::from_secs(5))
+        .await
+        .expect("Herald's client trusts the README's certificate");
+    herald
+        .create_consumer("readme-tls")
+        .send()
+        .await
+        .expect("a call over TLS");
+
+    let (url, received) = receiver(vec![]).await;
+    let cert_arg = cert.to_string_lossy().into_owned();
+    let mut listening = listen(
+        &server,
+        &[
+            "--server",
+            &https,
+            "--ca-cert",
+            &cert_arg,
+            "--consumer",
+            "readme-tls",
+            "--forward-to",
+            &url,
+        ],
+    )
+    .await;
+    let published = herald
+        .publish("readme-tls", "order.created", serde_json::json!({"n": 1}))
+        .send()
+        .await
+        .expect("publish")
+        .event
+        .expect("the event")
+        .id;
+    let line = listening.line_with(&published).await;
+    assert!(line.contains("200"), "{line}");
+    assert_eq!(received.lock().expect("lock").len(), 1);
+    listening.interrupt().await;
+
+    let authorization = format!("authorization: Bearer {ADMIN_TOKEN}");
+    let address = format!("localhost:{}", server.addr.port());
+    let (ok, listed, said) =
+        crate::grpcurl::grpcurl(&["-H", &authorization, "-cacert", &cert_arg, &address, "list"]);
+    assert!(ok, "{said}");
+    assert!(listed.contains("herald.v1.Events"), "{listed}");
+    server.finish().await;
+}

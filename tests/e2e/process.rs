@@ -285,3 +285,169 @@ fn an_unreachable_or_missing_postgres_database_fails_fast_and_says_why() {
         "{said}"
     );
 }
+
+/// A certificate and key that do not belong together (or a file that holds
+/// neither) stop the start at once, naming the files and what is wrong.
+#[test]
+fn a_wrong_tls_certificate_or_key_stops_the_start_and_says_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let one = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let two = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let cert = write("cert.pem", one.cert.pem());
+    let other_key = write("other-key.pem", two.signing_key.serialize_pem());
+    let database = format!("sqlite://{}", dir.path().join("herald.db").display());
+    let start = |cert: &str, key: &str| {
+        let mut child = herald()
+            .args(["serve", "--database-url", &database, "--tls-cert", cert])
+            .args(["--tls-key", key, "--grpc-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start herald");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("herald kept running with a wrong --tls-key");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut said)
+            .expect("read stderr");
+        assert!(!status.success(), "{said}");
+        said
+    };
+    let said = start(&cert, &other_key);
+    assert!(
+        said.contains(&cert) && said.contains(&other_key),
+        "names the files: {said}"
+    );
+    assert!(
+        said.contains("the key does not suit the certificate"),
+        "{said}"
+    );
+    let said = start(&other_key, &cert);
+    assert!(said.contains("holds no PEM certificate"), "{said}");
+}
+
+/// Runs the binary to its end; its exit status, stdout and stderr.
+fn run_herald(args: &[&str]) -> (bool, String, String) {
+    let output = herald().args(args).output().expect("run herald");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `herald key list` and `herald key revoke` without a server: the list
+/// shows keys without tokens, a revoked key is refused by the server that
+/// starts next, and revoking the last admin key says how to make another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_key_list_and_revoke() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let create = |scope: &str, name: &str| {
+        let (ok, token, said) = run_herald(&[
+            "key",
+            "create",
+            "--scope",
+            scope,
+            "--name",
+            name,
+            "--database-url",
+            &url,
+        ]);
+        assert!(ok, "{said}");
+        token.trim().to_owned()
+    };
+    let admin = create("admin", "ops\tteam");
+    let publisher = create("publisher", "billing");
+
+    let (ok, listed, said) = run_herald(&["key", "list", "--database-url", &url]);
+    assert!(ok, "{said}");
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|line| line.split('\t').collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "ID", "SCOPE", "CONSUMER", "NAME", "CREATED", "EXPIRES", "REVOKED"
+        ]
+    );
+    assert_eq!(rows.len(), 3, "{listed}");
+    assert!(
+        rows.iter().all(|row| row.len() == 7),
+        "a tab in a name does not shift columns: {listed}"
+    );
+    assert_eq!(&rows[1][1..4], ["admin", "-", "ops team"]);
+    assert_eq!(&rows[2][1..4], ["publisher", "-", "billing"]);
+    assert!(
+        !listed.contains(&admin) && !listed.contains(&publisher),
+        "no token is listed"
+    );
+    let publisher_id = rows[2][0].to_owned();
+    let admin_id = rows[1][0].to_owned();
+
+    let (ok, said, _) = run_herald(&["key", "revoke", &publisher_id, "--database-url", &url]);
+    assert!(ok);
+    assert_eq!(said.trim(), format!("revoked {publisher_id}"));
+    let (ok, again, _) = run_herald(&["key", "revoke", &publisher_id, "--database-url", &url]);
+    assert!(ok);
+    assert!(again.contains("already revoked at"), "{again}");
+    let (ok, _, unknown) = run_herald(&["key", "revoke", "key_nope", "--database-url", &url]);
+    assert!(!ok);
+    assert!(unknown.contains("key_nope"), "{unknown}");
+
+    let (_, live, _) = run_herald(&["key", "list", "--database-url", &url]);
+    assert!(!live.contains(&publisher_id), "{live}");
+    let (_, all, _) = run_herald(&["key", "list", "--include-revoked", "--database-url", &url]);
+    let revoked = all
+        .lines()
+        .find(|line| line.starts_with(&publisher_id))
+        .expect("listed");
+    assert!(
+        revoked.ends_with('Z'),
+        "with its revocation time: {revoked}"
+    );
+
+    let mut server = serve(&url, &[]);
+    wait_serving(&server.grpc.to_string()).await;
+    let grpc = server.grpc.to_string();
+    stats(&grpc, &admin).await.expect("the admin key works");
+    let refused = stats(&grpc, &publisher).await.expect_err("revoked");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(terminate(&mut server.child).code(), Some(0));
+
+    let (ok, said, _) = run_herald(&["key", "revoke", &admin_id, "--database-url", &url]);
+    assert!(ok);
+    assert!(said.contains("no live admin key is left"), "{said}");
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, mark) in [
+        ("bash", "_herald()"),
+        ("zsh", "#compdef herald"),
+        ("fish", "complete -c herald"),
+    ] {
+        let (ok, script, said) = run_herald(&["completions", shell]);
+        assert!(ok, "{said}");
+        assert!(script.contains(mark), "{shell}: {script}");
+        assert!(script.contains("listen"), "knows the subcommands: {shell}");
+    }
+    let (ok, _, said) = run_herald(&["completions", "tcsh"]);
+    assert!(!ok);
+    assert!(said.contains("possible values"), "{said}");
+}
