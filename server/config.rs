@@ -167,6 +167,12 @@ pub struct KeyCreateArgs {
 /// Settings of `herald serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// A TOML file of settings: its keys are this command's long flags
+    /// (`grpc-addr = "0.0.0.0:50051"`, `retry-schedule = ["5s", "5m"]`,
+    /// `allow-http = true`); a flag or its environment variable overrides
+    /// the file.
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Where gRPC listens.
     #[arg(long, env = "HERALD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,

@@ -33,6 +33,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod delivery;
 pub mod descriptors;
 pub mod domain;

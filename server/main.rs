@@ -4,7 +4,6 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
 use herald::config::{Cli, Command, KeyCommand, LogFormat};
 use herald::serve::Herald;
 use tokio_util::sync::CancellationToken;
@@ -129,7 +128,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match herald::config_file::parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("herald: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_tracing(cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

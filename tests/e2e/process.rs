@@ -451,3 +451,108 @@ fn completions_are_printed_for_each_shell() {
     assert!(!ok);
     assert!(said.contains("possible values"), "{said}");
 }
+
+/// `herald serve --config FILE`: the file's keys are the long flags; a flag
+/// on the command line and an environment variable each override it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_file_sets_what_flags_and_environment_do_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("herald.toml");
+    let token = "hk_from_the_configuration_file_0123456789";
+    std::fs::write(
+        &path,
+        format!(
+            "# Settings of one node.\n\
+             database-url = \"sqlite://{}\"\n\
+             admin_token = \"{token}\"\n\
+             grpc-addr = \"127.0.0.1:1\"  # overridden by the command line\n\
+             max-payload-bytes = 100      # overridden by the environment\n\
+             retry-schedule = [\"1s\", \"2s\"]\n",
+            dir.path().join("file.db").display()
+        ),
+    )
+    .expect("write the configuration file");
+    let mut command = herald();
+    command
+        .env("HERALD_MAX_PAYLOAD_BYTES", "200")
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null());
+    // spawn adds --grpc-addr 127.0.0.1:0: it serves on a chosen port, not 1.
+    let mut server = HeraldProcess::spawn(command);
+    assert_ne!(server.grpc.port(), 1, "the command line overrides the file");
+    stats(&server.grpc.to_string(), token)
+        .await
+        .expect("the file's admin token is an admin key");
+
+    let channel = Channel::from_shared(server.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let broadcast = |bytes: usize| {
+        let channel = channel.clone();
+        async move {
+            let mut request = tonic::Request::new(proto::BroadcastRequest {
+                event_type: "config.checked".into(),
+                payload: format!("{{\"x\":\"{}\"}}", "a".repeat(bytes - 8)),
+                idempotency_key: String::new(),
+            });
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+            proto::events_client::EventsClient::new(channel)
+                .broadcast(request)
+                .await
+        }
+    };
+    broadcast(150)
+        .await
+        .expect("150 bytes: the environment's limit (200) overrides the file's (100)");
+    let refused = broadcast(250).await.expect_err("250 bytes is over 200");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("200"), "{}", refused.message());
+    assert_eq!(terminate(&mut server.child).code(), Some(0));
+
+    // A key that is not a setting stops the start, naming it and the file.
+    std::fs::write(&path, "grpc-adress = \"127.0.0.1:0\"\n").expect("rewrite");
+    let (ok, _, said) = run_herald(&["serve", "--config", &path.display().to_string()]);
+    assert!(!ok, "an unknown key must stop the start");
+    assert!(
+        said.contains("`grpc-adress`") && said.contains("herald.toml"),
+        "{said}"
+    );
+}
+
+/// deploy/herald.service is a unit systemd accepts without a warning, and
+/// its ExecStart runs this binary with deploy/herald.toml's shape of
+/// arguments. (The Dockerfile beside it cannot be built here: these
+/// machines have no Docker engine.)
+#[test]
+fn the_systemd_unit_in_deploy_verifies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/herald.service"
+    ))
+    .expect("read deploy/herald.service");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/herald serve --config /etc/herald/herald.toml"),
+        "{unit}"
+    );
+    let local = unit.replace("/usr/local/bin/herald", env!("CARGO_BIN_EXE_herald"));
+    let path = dir.path().join("herald.service");
+    std::fs::write(&path, local).expect("write the unit");
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is required for this test (Debian's systemd package)");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        !said.contains("herald.service"),
+        "systemd warns about the unit: {said}"
+    );
+}
