@@ -18,6 +18,11 @@ pub struct Cli {
     /// How log lines look.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
+    /// Export traces (a span per publish and per delivery attempt) over
+    /// OTLP/HTTP to this collector, e.g. `http://127.0.0.1:4318`. The
+    /// environment variable is OpenTelemetry's standard one.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

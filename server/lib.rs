@@ -26,7 +26,10 @@
 //!   hub that publishing wakes, one task per subscription).
 //! - `listen`: the `herald listen` client, forwarding a stream to a local URL.
 //! - `metrics`: Prometheus metric names and the `/metrics` endpoint.
-//! - `cli`: the offline subcommands (`migrate`, `key create`).
+//! - `telemetry`: OpenTelemetry traces (OTLP), from a publish to its
+//!   delivery attempts through the `traceparent` stored with the event.
+//! - `cli`: the offline subcommands (`migrate`, `key create|list|revoke`).
+//! - `config_file`: `herald serve --config FILE`.
 //! - `descriptors`: the open-files limit, raised at start, from which the
 //!   connection budgets are set.
 //! - `error`: the one error type and its mapping to gRPC statuses.
@@ -51,6 +54,7 @@ pub mod queue;
 pub mod serve;
 pub mod storage;
 pub mod streams;
+pub mod telemetry;
 pub mod wakeups;
 
 /// The generated protobuf and gRPC server code of `proto/herald/v1`.

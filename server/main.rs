@@ -6,23 +6,44 @@ use std::process::ExitCode;
 
 use herald::config::{Cli, Command, KeyCommand, LogFormat};
 use herald::serve::Herald;
+use herald::telemetry::Exporter;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-fn init_tracing(format: LogFormat) {
+/// Log lines to stderr, and spans to an OTLP collector when one is named.
+fn init_tracing(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Result<Option<Exporter>, herald::telemetry::TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,h2=warn,hyper=warn")
     });
+    let exporter = otlp_endpoint.map(Exporter::start).transpose()?;
+    // RUST_LOG chooses log lines, not spans: Herald's own spans are
+    // exported whatever the log level.
+    let spans = exporter.as_ref().map(|exporter| {
+        exporter
+            .layer()
+            .with_filter(Targets::new().with_target("herald", tracing::Level::INFO))
+    });
     // Colour only for a person at a terminal: in a file, a pipe or a
     // journal, escape codes are noise that breaks grep.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let lines = match format {
+        LogFormat::Human => lines.with_filter(filter).boxed(),
+        LogFormat::Json => lines.json().with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(spans)
+        .with(lines)
+        .init();
+    Ok(exporter)
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -126,8 +147,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = match herald::config_file::parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -135,8 +155,30 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_tracing(cli.log_format);
-    match run(cli).await {
+    // Before the runtime: the trace exporter's HTTP client is a blocking
+    // one, with a thread of its own.
+    // And after the TLS provider: that client is built at once.
+    herald::install_crypto_provider();
+    let exporter = match init_tracing(cli.log_format, cli.otlp_endpoint.as_deref()) {
+        Ok(exporter) => exporter,
+        Err(err) => {
+            eprintln!("herald: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("herald: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    drop(runtime);
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("herald: {}", herald::error::chain(err.as_ref()));

@@ -30,6 +30,7 @@ mod m20261204_000012_attempts_by_endpoint_time;
 mod m20261205_000013_endpoint_tls;
 mod m20261206_000014_broadcasts;
 mod m20261206_000015_ops_outbox;
+mod m20261207_000016_event_trace_parent;
 
 pub struct Migrator;
 
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000013_endpoint_tls::Migration),
             Box::new(m20261206_000014_broadcasts::Migration),
             Box::new(m20261206_000015_ops_outbox::Migration),
+            Box::new(m20261207_000016_event_trace_parent::Migration),
         ]
     }
 }

@@ -109,6 +109,8 @@ pub struct Outgoing<'a> {
     pub payload: &'a str,
     /// The endpoint's TLS settings; `None` for the defaults (and callbacks).
     pub tls: Option<&'a EndpointTls>,
+    /// The W3C trace context the receiver gets (crate::telemetry).
+    pub traceparent: Option<&'a str>,
 }
 
 /// Where host names are looked up: the system resolver, or in tests one
@@ -286,6 +288,13 @@ impl WebhookClient {
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(HeaderName::from_static(name), value);
             }
+        }
+
+        if let Some(value) = outgoing
+            .traceparent
+            .and_then(|value| HeaderValue::from_str(value).ok())
+        {
+            headers.insert(HeaderName::from_static("traceparent"), value);
         }
 
         let client = match outgoing.tls {
@@ -577,6 +586,7 @@ mod tests {
             message_id: "evt_test",
             payload: "{}",
             tls: None,
+            traceparent: None,
         }
     }
 

@@ -26,6 +26,8 @@ use crate::domain::rate_limit::RateLimiter;
 use crate::domain::secret::SigningSecret;
 use crate::domain::time::{duration_millis, now_millis};
 use crate::queue::{AttemptRecord, AttemptedAs, Lease, Outcome, Target as DeliveryTarget};
+use crate::telemetry;
+use tracing::Instrument;
 
 /// A worker with nothing to do for this long retires.
 const IDLE_RETIREMENT: Duration = Duration::from_secs(120);
@@ -240,6 +242,16 @@ impl Worker {
                 continue;
             };
             let client = self.shared.client.clone();
+            // Only an event published with a trace context is traced.
+            let (span, traceparent) = match &job.event.trace_parent {
+                Some(stored) => telemetry::delivery_span(
+                    stored,
+                    &job.event.id,
+                    job.delivery_id.as_str(),
+                    job.attempt_count + 1,
+                ),
+                None => (tracing::Span::none(), None),
+            };
             self.in_flight.spawn(async move {
                 // Held for as long as the request (and its connection) is.
                 let _permit = permit;
@@ -251,8 +263,16 @@ impl Worker {
                         message_id: &job.event.id,
                         payload: &job.event.payload,
                         tls: tls.as_deref(),
+                        traceparent: traceparent.as_deref(),
                     })
+                    .instrument(span.clone())
                     .await;
+                if let Some(status) = report.status {
+                    span.record("http.response.status_code", status);
+                }
+                if let Some(class) = report.error_class {
+                    span.record("error.type", class.as_str());
+                }
                 (job, report)
             });
         }

@@ -31,6 +31,8 @@ use crate::storage::entities::{attempt, endpoint, event};
 use crate::storage::events as store;
 use crate::storage::health::AttemptHealth;
 use crate::storage::{consumers, endpoints, health};
+use crate::telemetry;
+use tracing::Instrument;
 
 pub struct EventsService {
     state: Arc<AppState>,
@@ -42,13 +44,14 @@ impl EventsService {
     }
 }
 
-fn event_input(request: proto::PublishRequest) -> EventInput {
+fn event_input(request: proto::PublishRequest, trace_parent: &Option<String>) -> EventInput {
     EventInput {
         consumer_id: request.consumer_id,
         event_type: request.event_type,
         payload: request.payload,
         idempotency_key: request.idempotency_key,
         callback_url: request.callback_url,
+        trace_parent: trace_parent.clone(),
         ..EventInput::default()
     }
 }
@@ -308,10 +311,12 @@ impl proto::events_server::Events for EventsService {
         &self,
         request: Request<proto::PublishRequest>,
     ) -> Result<Response<proto::PublishResponse>, Status> {
+        let (span, trace_parent) = telemetry::publish_span("herald.publish", request.metadata());
         let published = self
             .state
             .publisher
-            .publish(event_input(request.into_inner()))
+            .publish(event_input(request.into_inner(), &trace_parent))
+            .instrument(span)
             .await?;
         Ok(Response::new(publish_response(published)))
     }
@@ -320,13 +325,20 @@ impl proto::events_server::Events for EventsService {
         &self,
         request: Request<proto::PublishBatchRequest>,
     ) -> Result<Response<proto::PublishBatchResponse>, Status> {
+        let (span, trace_parent) =
+            telemetry::publish_span("herald.publish_batch", request.metadata());
         let inputs = request
             .into_inner()
             .events
             .into_iter()
-            .map(event_input)
+            .map(|request| event_input(request, &trace_parent))
             .collect();
-        let results = self.state.publisher.publish_batch(inputs).await?;
+        let results = self
+            .state
+            .publisher
+            .publish_batch(inputs)
+            .instrument(span)
+            .await?;
         Ok(Response::new(proto::PublishBatchResponse {
             results: results.into_iter().map(publish_response).collect(),
         }))
@@ -596,11 +608,18 @@ impl proto::events_server::Events for EventsService {
         &self,
         request: Request<proto::BroadcastRequest>,
     ) -> Result<Response<proto::BroadcastResponse>, Status> {
+        let (span, trace_parent) = telemetry::publish_span("herald.broadcast", request.metadata());
         let request = request.into_inner();
         let published = self
             .state
             .publisher
-            .broadcast(request.event_type, request.payload, request.idempotency_key)
+            .broadcast(
+                request.event_type,
+                request.payload,
+                request.idempotency_key,
+                trace_parent,
+            )
+            .instrument(span)
             .await?;
         if !published.duplicate {
             tracing::info!(event_id = %published.event.id, event_type = %published.event.event_type, "broadcast accepted");

@@ -568,6 +568,7 @@ impl Planner<'_> {
                 idempotency_key: prepared.idempotency_key.clone(),
                 callback_url: prepared.callback_url.clone(),
                 created_at: self.now,
+                trace_parent: prepared.trace_parent.clone(),
             });
             let (count, only_delivery) = self.fan_out(prepared, &event, apart, &mut planned)?;
             if let Some(endpoint_id) = &prepared.only_endpoint

@@ -77,6 +77,9 @@ pub struct EventInput {
     /// broadcasts' owner is used) and there is no callback URL; the event
     /// is stored with a fan-out over every consumer's endpoints.
     pub broadcast: bool,
+    /// The publish's W3C trace context, stored with the event
+    /// (crate::telemetry::publish_span).
+    pub trace_parent: Option<String>,
 }
 
 /// The outcome of one published event.
@@ -191,6 +194,7 @@ impl Publisher {
         event_type: String,
         payload: String,
         idempotency_key: String,
+        trace_parent: Option<String>,
     ) -> Result<Published> {
         let input = EventInput {
             consumer_id: crate::domain::broadcast::OWNER_ID.to_owned(),
@@ -198,6 +202,7 @@ impl Publisher {
             payload,
             idempotency_key,
             broadcast: true,
+            trace_parent,
             ..EventInput::default()
         };
         let published = self.publish(input).await?;

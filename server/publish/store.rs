@@ -222,7 +222,7 @@ const fn column(name: &'static str, postgres_type: &'static str) -> Column {
 }
 
 /// The columns of `events`, in the order of [`EventRow`].
-const EVENT_COLUMNS: [Column; 7] = [
+const EVENT_COLUMNS: [Column; 8] = [
     column("id", "text"),
     column("consumer_id", "text"),
     column("event_type", "text"),
@@ -230,6 +230,7 @@ const EVENT_COLUMNS: [Column; 7] = [
     column("idempotency_key", "text"),
     column("callback_url", "text"),
     column("created_at", "bigint"),
+    column("trace_parent", "text"),
 ];
 
 #[derive(Serialize)]
@@ -241,6 +242,7 @@ struct EventRow<'a> {
     idempotency_key: Option<&'a str>,
     callback_url: Option<&'a str>,
     created_at: i64,
+    trace_parent: Option<&'a str>,
 }
 
 impl<'a> From<&'a event::Model> for EventRow<'a> {
@@ -253,6 +255,7 @@ impl<'a> From<&'a event::Model> for EventRow<'a> {
             idempotency_key: row.idempotency_key.as_deref(),
             callback_url: row.callback_url.as_deref(),
             created_at: row.created_at,
+            trace_parent: row.trace_parent.as_deref(),
         }
     }
 }
@@ -319,6 +322,7 @@ mod tests {
             idempotency_key: None,
             callback_url: None,
             created_at: 1,
+            trace_parent: None,
         };
         let key = idempotency_key::Model {
             consumer_id: "con_1".into(),

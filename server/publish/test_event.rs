@@ -73,6 +73,7 @@ impl Publisher {
             callback_url: String::new(),
             only_endpoint: Some(EndpointId::from_stored(endpoint.id.clone())),
             broadcast: false,
+            trace_parent: None,
         };
         let published = self.publish(input).await.map_err(|error| match error {
             // The caller sent no payload: say where the one refused came

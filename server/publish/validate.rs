@@ -59,6 +59,8 @@ pub struct Prepared {
     pub only_endpoint: Option<EndpointId>,
     /// See [`EventInput::broadcast`].
     pub broadcast: bool,
+    /// See [`EventInput::trace_parent`].
+    pub trace_parent: Option<String>,
 }
 
 impl Prepared {
@@ -198,6 +200,7 @@ impl Validator {
             request_hash,
             only_endpoint: input.only_endpoint,
             broadcast: input.broadcast,
+            trace_parent: input.trace_parent,
         })
     }
 

@@ -246,6 +246,7 @@ mod tests {
             idempotency_key: None,
             callback_url: None,
             created_at: 5,
+            trace_parent: None,
         };
         let secret = SigningSecret::generate();
         let message = StreamMessage::delivery(

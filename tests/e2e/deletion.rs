@@ -574,6 +574,7 @@ async fn insert_event(db: &impl ConnectionTrait, id: &str, consumer_id: &str, ke
         idempotency_key: Set(key.map(str::to_owned)),
         callback_url: Set(None),
         created_at: Set(now_millis()),
+        trace_parent: Set(None),
     })
     .exec_without_returning(db)
     .await
@@ -1029,7 +1030,8 @@ async fn the_sqlite_migration_to_one_schema_keeps_every_row_and_index() {
     // pending STREAM delivery (dlv_3) out of the due index, migration 9 adds
     // the API keys' (empty) expiry, migration 11 the event types' (empty)
     // example, migration 13 the endpoints' (empty) pins and CA, migration
-    // 14 their broadcast opt-in (yes) and the broadcasts' reserved owner.
+    // 14 their broadcast opt-in (yes) and the broadcasts' reserved owner,
+    // migration 16 the events' (empty) trace context.
     Migrator::up(db, None).await.expect("the later migrations");
     let mut expected = rows.clone();
     for row in expected.get_mut("endpoints").expect("endpoints") {
@@ -1045,6 +1047,10 @@ async fn the_sqlite_migration_to_one_schema_keeps_every_row_and_index() {
     }
     for row in expected.get_mut("event_types").expect("event types") {
         *row = row.replacen(']', ",null]", 1);
+    }
+    for row in expected.get_mut("events").expect("events") {
+        let columns = row.strip_suffix(']').expect("a JSON array");
+        *row = format!("{columns},null]");
     }
     for row in expected.get_mut("deliveries").expect("deliveries") {
         *row = row.replace(

@@ -254,6 +254,7 @@ async fn list_events_selects_exactly_what_the_filter_matches(backend: Backend) {
             idempotency_key: Set(None),
             callback_url: Set(None),
             created_at: Set(herald::domain::time::now_millis()),
+            trace_parent: Set(None),
         })
         .exec_without_returning(&fixtures.db)
         .await

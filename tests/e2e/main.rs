@@ -38,3 +38,4 @@ mod streams;
 mod subscriptions;
 mod test_events;
 mod tls;
+mod traces;

@@ -23,7 +23,7 @@ both_backends!(
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-async fn channel(herald: &HeraldProcess) -> Authed {
+pub(crate) async fn channel(herald: &HeraldProcess) -> Authed {
     let url = herald.url();
     let channel = wait_for("herald to listen", DEADLINE, || {
         let url = url.clone();
@@ -34,7 +34,7 @@ async fn channel(herald: &HeraldProcess) -> Authed {
 }
 
 /// A consumer with one webhook endpoint at `url`; the endpoint's id.
-async fn endpoint_at(
+pub(crate) async fn endpoint_at(
     subscriptions: &mut SubscriptionsClient<Authed>,
     uid: &str,
     url: String,

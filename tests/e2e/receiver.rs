@@ -381,6 +381,7 @@ pub mod rows {
                 idempotency_key: Set(None),
                 callback_url: Set(callback_url.map(str::to_owned)),
                 created_at: Set(now),
+                trace_parent: Set(None),
             })
             .exec_without_returning(&self.db)
             .await

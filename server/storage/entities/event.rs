@@ -12,6 +12,9 @@ pub struct Model {
     pub idempotency_key: Option<String>,
     pub callback_url: Option<String>,
     pub created_at: i64,
+    /// The W3C `traceparent` of the publish, for its delivery attempts'
+    /// spans and the receiver's `traceparent` header (crate::telemetry).
+    pub trace_parent: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
