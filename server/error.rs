@@ -172,6 +172,32 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// answers to requests it could not decode).
 pub const INTERNAL_MESSAGE: &str = "internal error";
 
+/// What a call that met the database unreachable is told (UNAVAILABLE).
+pub const LOST_DATABASE_MESSAGE: &str = "the database is unreachable: this call may not have \
+     been stored; retry later (a publish retried with the same idempotency_key is stored once)";
+
+/// Whether a database error says the database could not be reached (as
+/// opposed to a statement it refused): the connection failed, broke, or
+/// none could be had in time.
+fn lost_connection(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => {
+            match &**error {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+                // PostgreSQL's classes 08 (connection exception) and 57P
+                // (shut down by its operator, or starting up).
+                sqlx::Error::Database(error) => error
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
         let (code, message) = match error {
@@ -183,6 +209,10 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => (Code::PermissionDenied, message),
             Error::ResourceExhausted(message) => (Code::ResourceExhausted, message),
             Error::Unavailable(message) => (Code::Unavailable, message),
+            Error::Database { ref source, .. } if lost_connection(source) => {
+                tracing::warn!(error = %chain(&error), "a call met the database unreachable");
+                (Code::Unavailable, LOST_DATABASE_MESSAGE.to_owned())
+            }
             Error::Database { .. } | Error::Internal { .. } => {
                 tracing::error!(error = %chain(&error), "internal error answered as INTERNAL");
                 return Status::internal(INTERNAL_MESSAGE);

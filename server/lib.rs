@@ -37,6 +37,7 @@
 pub mod cli;
 pub mod config;
 pub mod config_file;
+pub mod database_watch;
 pub mod delivery;
 pub mod descriptors;
 pub mod domain;

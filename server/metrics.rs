@@ -32,6 +32,7 @@ pub const OPEN_STREAMS: &str = "herald_open_streams";
 pub const DISABLED_ENDPOINTS: &str = "herald_endpoints_disabled_total";
 pub const STREAM_BUFFERED_BYTES: &str = "herald_stream_buffered_bytes";
 pub const OUTBOUND_REQUESTS: &str = "herald_outbound_requests";
+pub const DATABASE_UP: &str = "herald_database_up";
 
 const LATENCY_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0,

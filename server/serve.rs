@@ -276,7 +276,18 @@ impl Herald {
             },
             publish_stop.clone(),
         );
+        let database_watch = crate::database_watch::DatabaseWatch::new();
+        {
+            let watch = Arc::downgrade(&database_watch);
+            metrics.probe(
+                crate::metrics::DATABASE_UP,
+                None,
+                "1 while the database answers (pinged every 0.5 s; PostgreSQL only), 0 while calls are answered UNAVAILABLE.",
+                move || watch.upgrade().is_none_or(|watch| watch.is_up()).into(),
+            );
+        }
         let state = Arc::new(AppState {
+            database_watch,
             ops,
             authenticator: Arc::new(Authenticator::new(db.clone())),
             db,
@@ -371,8 +382,22 @@ impl Herald {
             ))
         });
 
-        let (routes, auth_layer) =
-            grpc::routes(self.state.clone()).map_err(StartError::internal)?;
+        let (routes, auth_layer, health) = grpc::routes(self.state.clone())
+            .await
+            .map_err(StartError::internal)?;
+        let watch_task = self
+            .config
+            .database
+            .database_url
+            .starts_with("postgres")
+            .then(|| {
+                tokio::spawn(self.state.database_watch.clone().run(
+                    self.config.database.database_url.clone(),
+                    health,
+                    grpc::HEALTH_SERVICES,
+                    shutdown.clone(),
+                ))
+            });
         let mut builder = Server::builder();
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls).map_err(StartError::Tls)?;
@@ -520,6 +545,9 @@ impl Herald {
         self.wakeups_stop.cancel();
         let _ = listening.await;
         let _ = metrics_task.await;
+        if let Some(watch_task) = watch_task {
+            let _ = watch_task.await;
+        }
         if let Some(portal_task) = portal_task {
             let _ = portal_task.await;
         }

@@ -7,7 +7,8 @@
 //! (`endpoint_tls`), who receives a broadcast (`broadcast`), the idempotency rule (`idempotency`), how an endpoint's health report
 //! buckets its attempts (`health`) and the token bucket behind rate limits
 //! (`rate_limit`), and which failed attempts reach the log
-//! (`failure_log`). Nothing here knows about gRPC or
+//! (`failure_log`), and when the database counts as lost or back
+//! (`outage`). Nothing here knows about gRPC or
 //! the database.
 
 pub mod api_key;
@@ -22,6 +23,7 @@ pub mod health;
 pub mod idempotency;
 pub mod ids;
 pub mod ops;
+pub mod outage;
 pub mod page;
 pub mod portal;
 pub mod rate_limit;

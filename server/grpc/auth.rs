@@ -8,6 +8,7 @@
 //! for another consumer's resource gets NOT_FOUND (via
 //! [`Principal::ensure_consumer`]), so ids of other tenants cannot be probed.
 
+use crate::database_watch::DatabaseWatch;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -221,14 +222,22 @@ fn unexpired(principal: Principal) -> Result<Principal> {
 }
 
 /// The tower layer that puts an [`AuthService`] in front of every service.
+/// It also answers UNAVAILABLE for every call but the public ones while
+/// the database is lost, and for a call in progress when it is lost
+/// (`crate::database_watch`): the caller learns at once that nothing can
+/// be stored, instead of waiting out its deadline.
 #[derive(Clone)]
 pub struct AuthLayer {
     authenticator: Arc<Authenticator>,
+    database: Arc<DatabaseWatch>,
 }
 
 impl AuthLayer {
-    pub fn new(authenticator: Arc<Authenticator>) -> Self {
-        AuthLayer { authenticator }
+    pub fn new(authenticator: Arc<Authenticator>, database: Arc<DatabaseWatch>) -> Self {
+        AuthLayer {
+            authenticator,
+            database,
+        }
     }
 }
 
@@ -239,6 +248,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             authenticator: self.authenticator.clone(),
+            database: self.database.clone(),
         }
     }
 }
@@ -247,6 +257,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     authenticator: Arc<Authenticator>,
+    database: Arc<DatabaseWatch>,
 }
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
@@ -276,13 +287,25 @@ where
             return Box::pin(inner.call(request));
         }
         let authenticator = self.authenticator.clone();
+        let database = self.database.clone();
         Box::pin(async move {
-            match authenticator.authenticate(request.headers(), &path).await {
-                Ok(principal) => {
-                    request.extensions_mut().insert(principal);
-                    inner.call(request).await
+            if !database.is_up() {
+                return Ok(Status::from(database.unavailable()).into_http());
+            }
+            let call = async {
+                match authenticator.authenticate(request.headers(), &path).await {
+                    Ok(principal) => {
+                        request.extensions_mut().insert(principal);
+                        inner.call(request).await
+                    }
+                    Err(error) => Ok(Status::from(error).into_http()),
                 }
-                Err(error) => Ok(Status::from(error).into_http()),
+            };
+            // A publish cut here may still commit: the message says to
+            // retry with the same idempotency key, which stores it once.
+            tokio::select! {
+                answer = call => answer,
+                () = database.lost() => Ok(Status::from(database.unavailable()).into_http()),
             }
         })
     }

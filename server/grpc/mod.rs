@@ -51,10 +51,27 @@ pub struct AppState {
     pub portal: Option<crate::domain::portal::PortalLinks>,
     /// Operational events, when `--ops-consumer` is set.
     pub ops: Option<crate::ops::Ops>,
+    /// Whether the database answers: calls fail fast while it does not.
+    pub database_watch: Arc<crate::database_watch::DatabaseWatch>,
 }
 
-/// Every service Herald serves, and the [`Layers`] to put in front of them.
-pub fn routes(state: Arc<AppState>) -> Result<(Routes, Layers), tonic_reflection::server::Error> {
+/// Herald's own services, as the gRPC health service knows them ("" is the
+/// server as a whole): NOT_SERVING while the database is lost.
+pub const HEALTH_SERVICES: &[&str] = &[
+    "",
+    proto::events_server::SERVICE_NAME,
+    proto::subscriptions_server::SERVICE_NAME,
+    proto::streams_server::SERVICE_NAME,
+    proto::admin_server::SERVICE_NAME,
+];
+
+/// Every service Herald serves, the [`Layers`] to put in front of them, and
+/// what sets the health service's answers (each of [`HEALTH_SERVICES`]
+/// SERVING now).
+pub async fn routes(
+    state: Arc<AppState>,
+) -> Result<(Routes, Layers, tonic_health::server::HealthReporter), tonic_reflection::server::Error>
+{
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -65,7 +82,11 @@ pub fn routes(state: Arc<AppState>) -> Result<(Routes, Layers), tonic_reflection
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    drop(health_reporter);
+    for service in HEALTH_SERVICES {
+        health_reporter
+            .set_service_status(*service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
 
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
@@ -84,7 +105,7 @@ pub fn routes(state: Arc<AppState>) -> Result<(Routes, Layers), tonic_reflection
         ));
     let layers = Stack::new(
         MalformedRequestLayer,
-        AuthLayer::new(state.authenticator.clone()),
+        AuthLayer::new(state.authenticator.clone(), state.database_watch.clone()),
     );
-    Ok((routes, layers))
+    Ok((routes, layers, health_reporter))
 }

@@ -408,7 +408,8 @@ impl HeraldProcess {
     /// port-0 addresses, and waits for it to say where it serves. Its log
     /// goes to the test's stderr.
     pub fn spawn(mut command: std::process::Command) -> HeraldProcess {
-        if std::env::var_os("RUST_LOG").is_none() {
+        let chosen = command.get_envs().any(|(name, _)| name == "RUST_LOG");
+        if std::env::var_os("RUST_LOG").is_none() && !chosen {
             command.env("RUST_LOG", "warn,herald::serve=info");
         }
         let mut child = command

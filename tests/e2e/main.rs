@@ -28,6 +28,7 @@ mod operations;
 mod ops_events;
 mod ops_outbox;
 mod other_languages;
+mod outage;
 mod portal;
 mod process;
 mod publish;
