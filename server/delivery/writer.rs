@@ -168,33 +168,24 @@ fn log_failures(log: &mut FailureLog, outcomes: &[Outcome], now: i64) {
             .map(|next| (next.saturating_sub(now).max(0) + 999) / 1000);
         let left_out = (left_out > 0).then_some(left_out);
         let attempt_number = outcome.attempted_as.attempt_count.saturating_add(1);
-        match outcome.status {
-            DeliveryStatus::Failed => tracing::warn!(
-                endpoint_id,
-                callback,
-                event_id = %attempt.event_id,
-                delivery_id = %attempt.delivery_id,
-                attempt = attempt_number,
-                status = attempt.status_code,
-                error = attempt.error_class,
-                excerpt = excerpt.as_deref().map(tracing::field::debug),
-                left_out,
-                "delivery failed for good: no attempt left",
-            ),
-            _ => tracing::warn!(
-                endpoint_id,
-                callback,
-                event_id = %attempt.event_id,
-                delivery_id = %attempt.delivery_id,
-                attempt = attempt_number,
-                status = attempt.status_code,
-                error = attempt.error_class,
-                excerpt = excerpt.as_deref().map(tracing::field::debug),
-                retry_in_s,
-                left_out,
-                "delivery attempt failed",
-            ),
-        }
+        // With no attempt left there is no retry_in_s.
+        let what = match outcome.status {
+            DeliveryStatus::Failed => "delivery failed for good: no attempt left",
+            _ => "delivery attempt failed",
+        };
+        tracing::warn!(
+            endpoint_id,
+            callback,
+            event_id = %attempt.event_id,
+            delivery_id = %attempt.delivery_id,
+            attempt = attempt_number,
+            status = attempt.status_code,
+            error = attempt.error_class,
+            excerpt = excerpt.as_deref().map(tracing::field::debug),
+            retry_in_s,
+            left_out,
+            "{what}",
+        );
     }
 }
 

@@ -80,7 +80,7 @@ impl Place {
             .and_then(|db| db.code().map(|code| code.into_owned()));
         let cause = match err.as_database_error() {
             Some(db) => db.message().to_owned(),
-            None => error_chain(err),
+            None => crate::error::chain(err),
         };
         OpenError::Unreachable {
             target: self.target(),
@@ -112,20 +112,6 @@ impl Place {
             None => String::new(),
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

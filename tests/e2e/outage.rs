@@ -164,6 +164,21 @@ async fn serving(herald: &HeraldProcess, service: &str) -> Option<ServingStatus>
     ServingStatus::try_from(answer.into_inner().status).ok()
 }
 
+/// The health service and the gauge agree that the database is `up`.
+async fn assert_said(herald: &HeraldProcess, up: bool) {
+    let (status, gauge) = if up {
+        (ServingStatus::Serving, 1.0)
+    } else {
+        (ServingStatus::NotServing, 0.0)
+    };
+    assert_eq!(serving(herald, "herald.v1.Events").await, Some(status));
+    assert_eq!(serving(herald, "").await, Some(status));
+    assert_eq!(
+        gauge_at(herald.metrics, "herald_database_up").await,
+        Some(gauge)
+    );
+}
+
 async fn ready(herald: &HeraldProcess) -> Option<u16> {
     let answer = reqwest::get(format!("http://{}/readyz", herald.metrics))
         .await
@@ -177,20 +192,16 @@ async fn postgres_stops_under_a_publisher_and_comes_back() {
     let postgres = PrivatePostgres::init();
     postgres.start();
     let mut command = HeraldProcess::serve_command(&postgres.url(), &[]);
-    command.env("RUST_LOG", "warn,herald::serve=info,herald::database_watch=info");
+    command.env(
+        "RUST_LOG",
+        "warn,herald::serve=info,herald::database_watch=info",
+    );
     let herald = HeraldProcess::spawn(command);
     let receiver = Receiver::start(Reply::Status(204)).await;
     let mut subscriptions = SubscriptionsClient::new(channel(&herald).await);
     let mut events = EventsClient::new(channel(&herald).await);
     endpoint_at(&mut subscriptions, "acme", receiver.url("/hook")).await;
-    assert_eq!(
-        serving(&herald, "herald.v1.Events").await,
-        Some(ServingStatus::Serving)
-    );
-    assert_eq!(
-        gauge_at(herald.metrics, "herald_database_up").await,
-        Some(1.0)
-    );
+    assert_said(&herald, true).await;
 
     let mut keys = Vec::new();
     for n in 0..20 {
@@ -243,15 +254,7 @@ async fn postgres_stops_under_a_publisher_and_comes_back() {
         stopped.elapsed()
     );
     assert_eq!(ready(&herald).await, Some(503), "readiness says not ready");
-    assert_eq!(
-        serving(&herald, "herald.v1.Events").await,
-        Some(ServingStatus::NotServing)
-    );
-    assert_eq!(serving(&herald, "").await, Some(ServingStatus::NotServing));
-    assert_eq!(
-        gauge_at(herald.metrics, "herald_database_up").await,
-        Some(0.0)
-    );
+    assert_said(&herald, false).await;
     assert_eq!(
         herald.count_logged(|line| line.contains("database unreachable")),
         1,
@@ -269,14 +272,7 @@ async fn postgres_stops_under_a_publisher_and_comes_back() {
         (ready(&herald).await == Some(200)).then_some(())
     })
     .await;
-    assert_eq!(
-        serving(&herald, "herald.v1.Events").await,
-        Some(ServingStatus::Serving)
-    );
-    assert_eq!(
-        gauge_at(herald.metrics, "herald_database_up").await,
-        Some(1.0)
-    );
+    assert_said(&herald, true).await;
     herald
         .logged("the return logged", DEADLINE, |line| {
             line.contains("database reachable again")
