@@ -176,24 +176,65 @@ pub const INTERNAL_MESSAGE: &str = "internal error";
 pub const LOST_DATABASE_MESSAGE: &str = "the database is unreachable: this call may not have \
      been stored; retry later (a publish retried with the same idempotency_key is stored once)";
 
+/// What a call that met the database's disk full is told (RESOURCE_EXHAUSTED).
+pub const DISK_FULL_MESSAGE: &str = "the database's disk is full: nothing was stored; \
+     retry once space is freed (a publish retried with the same idempotency_key is stored once)";
+/// What a call that met SQLite unable to write is told (UNAVAILABLE).
+pub const CANNOT_WRITE_MESSAGE: &str = "the database file cannot be written (read-only or an \
+     I/O error): nothing was stored; retry once it is writable (a publish retried with the \
+     same idempotency_key is stored once)";
+
+/// Whether a database error says that nothing can be stored now, whatever
+/// the statement (the database is unreachable, its disk is full, its file
+/// cannot be written), and what the caller is told: the code and message.
+/// Anything else is a statement's own failure, answered INTERNAL.
+fn unusable(error: &sea_orm::DbErr) -> Option<(Code, &'static str)> {
+    if lost_connection(error) {
+        return Some((Code::Unavailable, LOST_DATABASE_MESSAGE));
+    }
+    let database = sqlx_error(error)?.as_database_error()?;
+    let code = database.code()?;
+    if database
+        .try_downcast_ref::<sea_orm::SqlxSqliteError>()
+        .is_none()
+    {
+        // PostgreSQL's disk_full.
+        return (code == "53100").then_some((Code::ResourceExhausted, DISK_FULL_MESSAGE));
+    }
+    // SQLite's result codes (the primary code is the low byte): FULL 13;
+    // READONLY 8, IOERR 10, CANTOPEN 14.
+    match code.parse::<i32>().ok()? & 0xff {
+        13 => Some((Code::ResourceExhausted, DISK_FULL_MESSAGE)),
+        8 | 10 | 14 => Some((Code::Unavailable, CANNOT_WRITE_MESSAGE)),
+        _ => None,
+    }
+}
+
+fn sqlx_error(error: &sea_orm::DbErr) -> Option<&sea_orm::sqlx::Error> {
+    use sea_orm::{DbErr, RuntimeErr};
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => {
+            Some(error)
+        }
+        _ => None,
+    }
+}
+
 /// Whether a database error says the database could not be reached (as
 /// opposed to a statement it refused): the connection failed, broke, or
 /// none could be had in time.
 fn lost_connection(error: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr, sqlx};
-    match error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => {
-            match &**error {
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-                // PostgreSQL's classes 08 (connection exception) and 57P
-                // (shut down by its operator, or starting up).
-                sqlx::Error::Database(error) => error
-                    .code()
-                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-                _ => false,
-            }
-        }
+    use sea_orm::{DbErr, sqlx};
+    if matches!(error, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) {
+        return true;
+    }
+    match sqlx_error(error) {
+        Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+        // PostgreSQL's classes 08 (connection exception) and 57P (shut
+        // down by its operator, or starting up).
+        Some(sqlx::Error::Database(error)) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
         _ => false,
     }
 }
@@ -209,9 +250,9 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => (Code::PermissionDenied, message),
             Error::ResourceExhausted(message) => (Code::ResourceExhausted, message),
             Error::Unavailable(message) => (Code::Unavailable, message),
-            Error::Database { ref source, .. } if lost_connection(source) => {
-                tracing::warn!(error = %chain(&error), "a call met the database unreachable");
-                (Code::Unavailable, LOST_DATABASE_MESSAGE.to_owned())
+            Error::Database { ref source, .. } if let Some((code, message)) = unusable(source) => {
+                tracing::warn!(error = %chain(&error), "a call met the database unable to store");
+                (code, message.to_owned())
             }
             Error::Database { .. } | Error::Internal { .. } => {
                 tracing::error!(error = %chain(&error), "internal error answered as INTERNAL");

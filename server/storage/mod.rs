@@ -171,6 +171,25 @@ impl Database {
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(10))
             });
+        // A transaction whose COMMIT failed with SQLITE_FULL or an I/O
+        // error may have been rolled back by SQLite itself; the ROLLBACK
+        // sqlx then sends fails, and its count of open transactions
+        // stays at one. Every later "transaction" on that connection
+        // would be a savepoint inside a transaction never committed:
+        // acknowledged, then lost. Such a connection is closed instead
+        // of reused (a fresh one is opened at once).
+        // (Not for an in-memory database: closing its one connection
+        // would drop the database.)
+        if !in_memory {
+            options.map_sqlx_sqlite_before_acquire(|connection, _| {
+                use sea_orm::sqlx::Connection;
+                let stuck = connection.is_in_transaction();
+                if stuck {
+                    tracing::warn!("closing a SQLite connection left inside a transaction");
+                }
+                Box::pin(async move { Ok(!stuck) })
+            });
+        }
         let conn = sea_orm::Database::connect(options)
             .await
             .map_err(OpenError::Connect)?;

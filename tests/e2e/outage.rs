@@ -323,3 +323,122 @@ async fn postgres_stops_under_a_publisher_and_comes_back() {
     .await;
     drop(herald);
 }
+
+/// A tmpfs of its own size on a fresh directory (mounting needs root, as
+/// CI has); unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let disk = SmallDisk {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        disk.mount_with(&format!("size={size}"));
+        disk
+    }
+
+    fn mount_with(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs (this test needs root)");
+    }
+
+    fn resize(&self, size: &str) {
+        self.mount_with(&format!("remount,size={size}"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// SQLite on a disk that fills up: publishes are refused with
+/// RESOURCE_EXHAUSTED naming the full disk (never acknowledged, never
+/// stored), and accepted again once there is space, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_sqlite_refuses_publishes_until_there_is_space() {
+    herald::install_crypto_provider();
+    let disk = SmallDisk::mount("3m");
+    let url = format!("sqlite://{}", disk.dir.path().join("herald.db").display());
+    let herald = HeraldProcess::spawn(HeraldProcess::serve_command(&url, &[]));
+    let receiver = Receiver::start(Reply::Status(204)).await;
+    let mut subscriptions = SubscriptionsClient::new(channel(&herald).await);
+    let events = EventsClient::new(channel(&herald).await);
+    endpoint_at(&mut subscriptions, "acme", receiver.url("/hook")).await;
+
+    let filler = "x".repeat(60_000);
+    let publish_big = |key: String| {
+        let mut events = events.clone();
+        let payload = format!("{{\"key\":\"{key}\",\"fill\":\"{filler}\"}}");
+        async move {
+            let mut request = tonic::Request::new(proto::PublishRequest {
+                consumer_id: "acme".into(),
+                event_type: "order.created".into(),
+                payload,
+                idempotency_key: key,
+                ..Default::default()
+            });
+            request.set_timeout(Duration::from_secs(10));
+            events
+                .publish(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for n in 0..200 {
+        let key = format!("fill-{n}");
+        // Once full, a write may still fit now and then (a rolled-back
+        // transaction gives its pages back): acknowledged, it is stored.
+        match publish_big(key.clone()).await {
+            Ok(_) => acknowledged.push(key),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("disk is full"), "{status:?}");
+                refused.push(key);
+                if refused.len() == 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        refused.len(),
+        3,
+        "a 3 MB disk filled by 200 events of 60 KB"
+    );
+    assert!(!acknowledged.is_empty());
+
+    disk.resize("64m");
+    wait_for("a publish accepted once there is space", DEADLINE, || {
+        let publish = publish_big("after".into());
+        async move { publish.await.ok() }
+    })
+    .await;
+    for key in &acknowledged {
+        let answer = publish_big(key.clone()).await.expect("publish again");
+        assert!(answer.duplicate, "{key} was acknowledged, so it was stored");
+    }
+    for key in &refused {
+        let answer = publish_big(key.clone()).await.expect("publish again");
+        assert!(
+            !answer.duplicate,
+            "{key} was refused, so nothing was stored"
+        );
+    }
+    receiver
+        .wait_for_count(acknowledged.len() + refused.len() + 1, DEADLINE)
+        .await;
+    drop(herald);
+}
