@@ -1,7 +1,5 @@
 //! The subcommands that work on the database without a running server.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use crate::config::{DatabaseArgs, KeyCreateArgs, KeyListArgs, KeyRevokeArgs, ScopeArg};
 use crate::domain::api_key::{Scope, generate_token};
 use crate::domain::page::{MAX_PAGE_SIZE, PageRequest};
@@ -129,8 +127,7 @@ pub async fn revoke_key(args: &KeyRevokeArgs) -> Result<String, CliError> {
 
 /// Epoch milliseconds as RFC 3339, to the second, in UTC.
 fn timestamp(millis: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-    humantime::format_rfc3339_seconds(at).to_string()
+    humantime::format_rfc3339_seconds(crate::domain::time::system_time(millis)).to_string()
 }
 
 #[cfg(test)]

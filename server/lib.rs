@@ -30,6 +30,10 @@
 //!   delivery attempts through the `traceparent` stored with the event.
 //! - `cli`: the offline subcommands (`migrate`, `key create|list|revoke`).
 //! - `config_file`: `herald serve --config FILE`.
+//! - `database_watch`: whether PostgreSQL answers; calls fail fast while
+//!   it does not.
+//! - `pem`: certificates and keys read from operators' PEM files, checked
+//!   at start.
 //! - `descriptors`: the open-files limit, raised at start, from which the
 //!   connection budgets are set.
 //! - `error`: the one error type and its mapping to gRPC statuses.

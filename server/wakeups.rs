@@ -111,11 +111,8 @@ impl Wakeups {
     /// delivery whichever node sends it). A failure is logged, not
     /// returned: the change itself committed, and caches expire anyway.
     pub async fn tell_now(&self, notice: Notice) {
-        let Some(db) = &self.db else { return };
-        for payload in encode(&self.node, std::slice::from_ref(&notice)) {
-            if let Err(error) = notify(db, &payload).await {
-                tracing::warn!(error = %crate::error::chain(&error), "cannot tell other nodes of a change; their caches catch up within seconds");
-            }
+        if let Some(db) = &self.db {
+            send(db, &self.node, notice).await;
         }
     }
 }
@@ -124,12 +121,16 @@ impl Wakeups {
 /// `herald key revoke`), from a sender name no node has. PostgreSQL only;
 /// a failure is logged, as in [`Wakeups::tell_now`].
 pub async fn tell_once(db: &Database, notice: Notice) {
-    if !db.is_postgres() {
-        return;
+    if db.is_postgres() {
+        send(db, &LeaseOwner::generate(), notice).await;
     }
-    for payload in encode(&LeaseOwner::generate(), std::slice::from_ref(&notice)) {
+}
+
+/// Sends `notice` from `sender` before returning; a failure is logged.
+async fn send(db: &Database, sender: &LeaseOwner, notice: Notice) {
+    for payload in encode(sender, std::slice::from_ref(&notice)) {
         if let Err(error) = notify(db, &payload).await {
-            tracing::warn!(error = %crate::error::chain(&error), "cannot tell running nodes of the change; their caches catch up within seconds");
+            tracing::warn!(error = %crate::error::chain(&error), "cannot tell other nodes of a change; their caches catch up within seconds");
         }
     }
 }

@@ -221,9 +221,7 @@ pub fn excerpt(body: &str) -> &str {
 }
 
 fn rfc3339(millis: i64) -> String {
-    let time = std::time::UNIX_EPOCH
-        + std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(0));
-    humantime::format_rfc3339_millis(time).to_string()
+    humantime::format_rfc3339_millis(super::time::system_time(millis)).to_string()
 }
 
 /// A catalogue entry Herald registers at start when `--ops-consumer` is set.

@@ -10,6 +10,11 @@ pub fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// Stored milliseconds as a `SystemTime` (before the epoch: the epoch).
+pub fn system_time(millis: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+}
+
 pub fn duration_millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
