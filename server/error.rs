@@ -11,7 +11,9 @@
 //! 1 MB echo reached them as RESOURCE_EXHAUSTED instead of the real code). Everything else (`Database`, `Internal`) keeps its cause and the
 //! place where it entered Herald, is logged here with both, and leaves the
 //! server as an opaque `INTERNAL`, so that no database detail reaches a
-//! caller. Failures to start are not requests and have their own plain error
+//! caller; except a database error that means nothing can be stored now
+//! (connection lost, disk full, file unwritable), which leaves as
+//! `UNAVAILABLE` or `RESOURCE_EXHAUSTED` with a fixed message saying so. Failures to start are not requests and have their own plain error
 //! (`serve::StartError`), with no gRPC code.
 
 use std::panic::Location;
